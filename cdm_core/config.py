@@ -1,0 +1,96 @@
+"""The sampler's configuration: one frozen dataclass, validated up front.
+
+The same object is serialised (``to_json``) into every `.npz` result and exported manifest so a
+result can be reproduced from its file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import CdmInputError
+
+INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Upper limits that keep a single request bounded; named in the error when exceeded.
+MAX_SAMPLES = 100_000
+MAX_DRAWS = 256
+MAX_STEPS = 10_000
+MAX_NEIGHBOURS = 4096
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to draw samples from the (smoothed) closed-form diffusion model (DESIGN.md section 2)."""
+
+    n_samples: int = 64  # number of samples to draw; sample i depends only on (seed, i)
+    sigma: float = 0.0  # smoothing scale, in the data's own units; 0 = exact, memorising model
+    draws: int = 1  # M: smoothing draws per sample, fixed along its trajectory
+    steps: int = 20  # S: Euler steps on a uniform grid from `start` to 1
+    start: float = 0.0  # T: start time in [0, 1); 0 starts from pure noise
+    neighbours: int = 64  # K: training points kept per query by truncated indexes
+    index: str = "auto"  # auto | exact (dense, no truncation) | flat | ivf | torch (dense top-K)
+    seed: int = 0  # base seed; sample i uses the random stream (seed, i)
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
+    nearest: int = 8  # how many nearest training points to report per sample
+    batch_size: int = 64  # samples processed together; bounds memory, never changes results
+    truncation_tol: float = 1e-6  # a truncated query whose omitted-mass bound exceeds this is
+    #                               recomputed densely (exactly); 1.0 disables the fallback
+    nprobe: int = 32  # IVF only: inverted lists visited per query
+    nlist: int = 0  # IVF only: number of inverted lists; 0 picks about 4 sqrt(N)
+    trajectory: bool = False  # keep the state after every step, shape (steps + 1, n, D)
+    extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form provenance
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, lo: int, hi: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise CdmInputError(f"{name} must be an integer, got {v!r}")
+            if not lo <= v <= hi:
+                raise CdmInputError(f"{name} must be between {lo} and {hi}, got {v}")
+
+        def check_float(name: str, lo: float, hi: float, hi_open: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise CdmInputError(f"{name} must be a finite number, got {v!r}")
+            if v < lo or v > hi or (hi_open and v >= hi):
+                bracket = ")" if hi_open else "]"
+                raise CdmInputError(f"{name} must be in [{lo}, {hi}{bracket}, got {v}")
+
+        check_int("n_samples", 1, MAX_SAMPLES)
+        check_float("sigma", 0.0, 1e6)
+        check_int("draws", 1, MAX_DRAWS)
+        check_int("steps", 1, MAX_STEPS)
+        check_float("start", 0.0, 1.0, hi_open=True)
+        check_int("neighbours", 1, MAX_NEIGHBOURS)
+        check_int("seed", 0, 2**63 - 1)
+        check_int("nearest", 1, MAX_NEIGHBOURS)
+        check_int("batch_size", 1, MAX_SAMPLES)
+        check_float("truncation_tol", 0.0, 1.0)
+        check_int("nprobe", 1, 1 << 20)
+        check_int("nlist", 0, 1 << 20)
+        if self.index not in INDEX_KINDS:
+            raise CdmInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        if self.device not in DEVICES:
+            raise CdmInputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    def replace(self, **changes) -> "SamplerConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplerConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CdmInputError(f"unknown sampler option(s): {', '.join(unknown)}")
+        return cls(**d)

@@ -1,0 +1,215 @@
+"""Euler sampler for the (smoothed) closed-form diffusion model.
+
+Pure function over arrays, in the style of k-diffusion: no I/O, no UI. Progress, trajectories and
+the blend of every step are reported through `callback(info: dict)`.
+
+Steps (DESIGN.md section 2), on the uniform grid t_k = T + (1 - T) k / S, k = 0..S:
+    start    x_T = T x_i + (1 - T) z,  i ~ pi by inverse CDF of u,  z ~ N(0, I)
+    step k   x_{k+1} = x_k + (t_{k+1} - t_k) v(x_k, t_k),   v = (D_sigma - x) / (1 - t)
+    last     t_S = 1, so x_S = x + (1 - t)(D_sigma - x)/(1 - t) = D_sigma(x_{S-1}, t_{S-1}):
+             every sample is exactly a convex combination of training points (its sources).
+Sample i draws (u, z, eps_1..eps_M) from its own stream seeded by (seed, i), so it does not depend
+on its batch, on how many samples are asked for, or on the training weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import SamplerConfig
+from .errors import CdmInputError
+from .model import F64, Blend, BlendEngine, normalise_log_weights
+from .prepare import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+
+def random_draws(seed: int, ids: np.ndarray, dim: int, draws: int):
+    """Per-sample random numbers: u (B,), z (B, D), eps (B, M, D), float64.
+
+    Drawn in a fixed order (u, z, eps) from numpy's PCG64 seeded by (seed, i): identical on every
+    device and independent of the batch, of M for (u, z), and of the training weights.
+    """
+    u = np.empty(len(ids))
+    z = np.empty((len(ids), dim))
+    eps = np.empty((len(ids), draws, dim))
+    for row, i in enumerate(ids):
+        rng = np.random.default_rng([int(seed), int(i)])
+        u[row] = rng.random()
+        z[row] = rng.standard_normal(dim)
+        eps[row] = rng.standard_normal((draws, dim))
+    return u, z, eps
+
+
+def inverse_cdf(log_pi: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Training index drawn from pi by inverse CDF of the uniform numbers u."""
+    cdf = np.cumsum(np.exp(log_pi))
+    idx = np.searchsorted(cdf, u * cdf[-1], side="right")
+    idx = np.minimum(idx, len(cdf) - 1)
+    # never land on a zero-weight point (possible only through rounding at a flat CDF step)
+    zero = ~np.isfinite(log_pi[idx])
+    if zero.any():
+        pos = np.flatnonzero(np.isfinite(log_pi))
+        idx[zero] = pos[np.minimum(np.searchsorted(pos, idx[zero]), len(pos) - 1)]
+    return idx
+
+
+def time_grid(start: float, steps: int) -> np.ndarray:
+    ts = start + (1.0 - start) * np.arange(steps + 1) / steps
+    ts[-1] = 1.0
+    return ts
+
+
+@dataclass
+class Step:
+    """What one Euler step saw: handed to callbacks and to the sensitivity recursion."""
+
+    k: int  # step number, 0-based
+    t: float  # time of the state the velocity was evaluated at
+    h: float  # step size t_{k+1} - t_k
+    x: torch.Tensor  # (B, D) state before the step
+    blend: Blend  # blend of the B*M smoothing queries
+    smoothed: torch.Tensor  # (B, D) D_sigma(x, t)
+    x_next: torch.Tensor  # (B, D) state after the step
+
+
+def euler_steps(engine: BlendEngine, x: torch.Tensor, eps: torch.Tensor, sigma: float,
+                ts: np.ndarray, support_every_step: bool = False):
+    """Yield each `Step` of the Euler integration from ts[0] to ts[-1] = 1."""
+    b, m, d = eps.shape
+    if sigma == 0.0:
+        m = 1  # all smoothing queries coincide; evaluate one
+    steps = len(ts) - 1
+    for k in range(steps):
+        t, h = float(ts[k]), float(ts[k + 1] - ts[k])
+        last = k == steps - 1
+        # Smoothing queries y_m = x + sigma eps_m, the same eps_m at every step.
+        y = (x[:, None, :] + sigma * eps[:, :m]).reshape(b * m, d)
+        blend = engine.blend(y, t, support=last or support_every_step)
+        smoothed = blend.denoised.reshape(b, m, d).mean(1)  # D_sigma(x, t)
+        if last:
+            x_next = smoothed  # Euler step of size (1 - t) lands exactly on D_sigma
+        else:
+            x_next = x + h * (smoothed - x) / (1.0 - t)  # x + h v(x, t)
+        yield Step(k, t, h, x, blend, smoothed, x_next)
+        x = x_next
+
+
+@dataclass
+class SampleResult:
+    samples: np.ndarray  # (n, D) float32
+    source_ids: np.ndarray  # (n, k) int64, -1 padded, sorted by weight
+    source_weights: np.ndarray  # (n, k) float64, rows sum to 1
+    nn_ids: np.ndarray  # (n, nearest) int64: nearest training points to each sample
+    nn_dist: np.ndarray  # (n, nearest) float64: their Euclidean distances
+    truncation_bound: np.ndarray  # (n,) max over steps of the mean omitted weight mass
+    start_ids: np.ndarray  # (n,) training point each start state was drawn around
+    config: SamplerConfig
+    dataset: dict = field(default_factory=dict)  # Dataset.describe() of the training set
+    trajectory: np.ndarray | None = None  # (S + 1, n, D) float32
+    dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
+    bound_certified: bool = True  # False for IVF, whose search may miss neighbours
+    seconds: float = 0.0
+    weights_given: bool = False
+
+    def arrays(self) -> dict:
+        out = {k: getattr(self, k) for k in ("samples", "source_ids", "source_weights", "nn_ids",
+                                             "nn_dist", "truncation_bound", "start_ids")}
+        if self.trajectory is not None:
+            out["trajectory"] = self.trajectory
+        return out
+
+
+def aggregate_sources(ids: torch.Tensor, weights: torch.Tensor, b: int, m: int):
+    """Merge the final blends of M draws into per-sample sources: weights averaged over draws."""
+    ids = ids.reshape(b, -1).cpu().numpy()
+    w = weights.reshape(b, -1).cpu().numpy() / m
+    rows = []
+    for i in range(b):
+        ok = ids[i] >= 0
+        uniq, inv = np.unique(ids[i][ok], return_inverse=True)
+        tot = np.zeros(len(uniq))
+        np.add.at(tot, inv, w[i][ok])
+        order = np.argsort(-tot, kind="stable")
+        rows.append((uniq[order], tot[order] / tot.sum()))
+    width = max(len(r[0]) for r in rows)
+    out_ids = np.full((b, width), -1, np.int64)
+    out_w = np.zeros((b, width))
+    for i, (u, tw) in enumerate(rows):
+        out_ids[i, :len(u)] = u
+        out_w[i, :len(u)] = tw
+    return out_ids, out_w
+
+
+def _merge_rows(blocks, fill):
+    width = max(a.shape[1] for a in blocks)
+    return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+                           for a in blocks])
+
+
+def sample(data, config: SamplerConfig, weights=None, callback=None,
+           prepared: Prepared | None = None) -> SampleResult:
+    """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array."""
+    t0 = time.perf_counter()
+    prep = prepared or prepare(data, config)
+    n_train, dim = prep.points.shape
+    log_pi = normalise_log_weights(weights, n_train)
+    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol)
+    ts = time_grid(config.start, config.steps)
+    n, bs = config.n_samples, config.batch_size
+    batches = [np.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
+    samples = np.empty((n, dim), np.float32)
+    bounds = np.zeros(n)
+    start_ids = np.empty(n, np.int64)
+    traj = np.empty((config.steps + 1, n, dim), np.float32) if config.trajectory else None
+    src_ids, src_w = [], []
+    dense_count = total_count = 0
+    for bi, ids in enumerate(batches):
+        u, z, eps = random_draws(config.seed, ids, dim, config.draws)
+        start_ids[ids] = inverse_cdf(log_pi, u)
+        dev = prep.points.device
+        z_t = torch.as_tensor(z, dtype=F64, device=dev)
+        eps_t = torch.as_tensor(eps, dtype=F64, device=dev)
+        x = config.start * prep.points[torch.as_tensor(start_ids[ids], device=dev)] + (1 - config.start) * z_t
+        if traj is not None:
+            traj[0, ids] = x.cpu().numpy()
+        m_eff = 1 if config.sigma == 0 else config.draws
+        for step in euler_steps(engine, x, eps_t, config.sigma, ts):
+            bounds[ids] = np.maximum(bounds[ids], step.blend.bound.reshape(len(ids), m_eff).mean(1).cpu().numpy())
+            dense_count += int(step.blend.dense.sum())
+            total_count += len(step.blend.dense)
+            if traj is not None:
+                traj[step.k + 1, ids] = step.x_next.cpu().numpy()
+            if callback is not None:
+                callback({"step": step.k + 1, "steps": config.steps, "t": float(ts[step.k + 1]),
+                          "batch": bi + 1, "batches": len(batches), "sample_ids": ids,
+                          "x": step.x_next, "denoised": step.smoothed, "blend": step.blend})
+            last = step
+        samples[ids] = last.x_next.cpu().numpy()
+        si, sw = aggregate_sources(last.blend.ids, last.blend.weights, len(ids), m_eff)
+        src_ids.append(si)
+        src_w.append(sw)
+    nn_ids, nn_dist = prep.nearest(samples, config.nearest)
+    return SampleResult(
+        samples=samples, source_ids=_merge_rows(src_ids, -1), source_weights=_merge_rows(src_w, 0.0),
+        nn_ids=nn_ids, nn_dist=nn_dist, truncation_bound=bounds, start_ids=start_ids, config=config,
+        dataset=prep.describe, trajectory=traj, dense_fraction=dense_count / max(total_count, 1),
+        bound_certified=prep.index is None or prep.index.exact, seconds=time.perf_counter() - t0,
+        weights_given=weights is not None)
+
+
+def check_weights_file(path: str, n: int) -> np.ndarray:
+    """Load a `.npy` of N training weights (never unpickled) and validate it."""
+    from .files import read_npy_bytes
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise CdmInputError(f"{path}: cannot read weights ({e.strerror})") from None
+    w = read_npy_bytes(path, raw)
+    normalise_log_weights(w, n, name=path)
+    return w
