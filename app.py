@@ -1,0 +1,54 @@
+"""cfdm-explorer: the dashboard's entry point (page config, navigation, shared sidebar)."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from cdm_core.datasets import REGISTRY, availability
+from ui import state
+
+ASSETS = Path(__file__).parent / "assets"
+st.set_page_config(page_title="cfdm-explorer", page_icon=str(ASSETS / "logo.svg"), layout="wide")
+st.markdown(f"<style>{(ASSETS / 'style.css').read_text()}</style>", unsafe_allow_html=True)
+
+state.init()
+
+PAGES = [
+    st.Page("app_pages/data.py", title="Data", icon=":material/dataset:", url_path="data", default=True),
+    st.Page("app_pages/generate.py", title="Generate", icon=":material/auto_awesome:", url_path="generate"),
+    st.Page("app_pages/sources.py", title="Sources", icon=":material/account_tree:", url_path="sources"),
+]
+nav = st.navigation(PAGES)
+
+with st.sidebar:
+    st.logo(str(ASSETS / "logo.svg"))
+    st.markdown("### cfdm-explorer")
+    st.caption("Closed-form diffusion: where does every sample come from?")
+    choices = state.dataset_choices()
+    current = st.session_state.dataset_name
+    if current not in choices:
+        choices.append(current)
+    picked = st.selectbox("Data set", choices, index=choices.index(current), format_func=state.label_for,
+                          key=f"sidebar_dataset_{len(choices)}_{current}",
+                          help="Registered data sets and your uploads (Data page).")
+    if picked != current:
+        state.set_dataset(picked)
+        st.rerun()
+    try:
+        ds = state.current_dataset()
+        kind = f"images {'x'.join(map(str, ds.image_shape))}" if ds.is_image else f"{ds.dim}-D points"
+        st.caption(f"**{ds.n:,}** training items · {kind}")
+    except Exception as e:  # a data set that fails to load must not take the app down
+        st.error(f"Could not load the data set: {e}")
+    p = st.session_state.params
+    st.caption(f"σ = {p['sigma']:g} · M = {p['draws']} · S = {p['steps']} · T = {p['start']:g} · "
+               f"n = {p['n']} · seed {p['seed']}")
+    run = state.current_run()
+    if run is not None:
+        st.caption(f"Last run: {run.result.samples.shape[0]} samples in {run.result.seconds:.2f} s")
+    missing = [n for n in REGISTRY if not availability(n)[0]]
+    if missing:
+        st.caption("Unavailable here: " + ", ".join(missing) + " (see the Data page).")
+
+nav.run()
+state.sync_url()

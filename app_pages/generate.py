@@ -1,0 +1,129 @@
+"""Generate page: sampler settings, a progress bar, samples coloured by memorisation."""
+
+import numpy as np
+import streamlit as st
+
+from cdm_core import figures, metrics
+from cdm_core.config import INDEX_KINDS
+from cdm_core.errors import CdmInputError
+from cdm_core.sampler import time_grid
+from ui import state
+
+HELP = {
+    "sigma": "Smoothing scale σ: 0 copies training points; larger values blend points that are farther apart.",
+    "draws": "Smoothing draws M per sample: each draw snaps to one training point, the sample blends up to M.",
+    "steps": "Euler steps S from the start time to 1; more steps follow the flow more exactly.",
+    "start": "Start time T: 0 starts from pure noise; larger T starts near a training point and saves steps.",
+    "n": "How many samples to draw; sample i depends only on (seed, i).",
+    "seed": "Base seed: the same seed gives the same samples.",
+    "neighbours": "Neighbours K kept per query by truncated indexes (the omitted weight is bounded and reported).",
+    "index": "exact: all N points (no truncation); flat/ivf/torch: top-K neighbours; auto picks by size.",
+}
+
+
+def controls(ds) -> dict:
+    p = dict(st.session_state.params)
+    sig_max = float(max(1.0, 4 * state.defaults_for(st.session_state.dataset_name)["sigma"], 2 * p["sigma"]))
+    c1, c2, c3, c4 = st.columns(4)
+    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, float(p["sigma"]), step=sig_max / 200, help=HELP["sigma"],
+                           key="w_sigma")
+    p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
+    p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
+    p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")
+    c5, c6, c7, c8 = st.columns(4)
+    p["n"] = int(c5.number_input("Samples n", 1, 1024, int(p["n"]), help=HELP["n"], key="w_n"))
+    p["seed"] = int(c6.number_input("Seed", 0, 2**31 - 1, int(p["seed"]), help=HELP["seed"], key="w_seed"))
+    p["neighbours"] = int(c7.number_input("Neighbours K", 1, 1024, int(p["neighbours"]), help=HELP["neighbours"],
+                                          key="w_neighbours"))
+    p["index"] = c8.selectbox("Index", INDEX_KINDS[:4], index=INDEX_KINDS.index(p["index"]) if p["index"] in INDEX_KINDS[:4] else 0,
+                              help=HELP["index"], key="w_index")
+    st.session_state.params = p
+    return p
+
+
+def summary(res, ds) -> None:
+    m = metrics.set_metrics(res, ds.points)
+    c = st.columns(5)
+    c[0].metric("Near-copies", f"{100 * m.near_copy_fraction:.0f}%",
+                help=f"Samples whose nearest/second-nearest distance ratio is below {m.copy_ratio:.2f}.")
+    c[1].metric("Mean NN ratio", f"{m.mean_nn_ratio:.2f}", help="Nearest / second-nearest training distance (0 = copy).")
+    c[2].metric("Effective sources", f"{m.mean_effective_sources:.2f}", help="exp(entropy) of each sample's blend weights.")
+    c[3].metric("Diversity", f"{m.diversity:.2f}", help="Mean pairwise sample distance / that of the training data.")
+    c[4].metric("Time", f"{res.seconds:.2f} s", help=f"Max truncation bound {res.truncation_bound.max():.1e}; "
+                                                      f"{100 * res.dense_fraction:.0f}% of queries computed densely.")
+
+
+def pick_from(event, curve: int | None) -> None:
+    pts = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "points", []) or []
+    for pt in pts:
+        if curve is None or pt.get("curve_number") == curve:
+            cd = pt.get("customdata")
+            idx = cd[0] if isinstance(cd, (list, tuple)) else cd
+            if idx is not None:
+                st.session_state.selected_sample = int(idx)
+                return
+
+
+def results(run, ds) -> None:
+    res = run.result
+    summary(res, ds)
+    ratio = metrics.nn_ratio(res.nn_dist)
+    sel = st.session_state.get("selected_sample", 0)
+    if ds.is_image:
+        fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=16 if ds.image_shape[0] <= 16 else 12,
+                                        values=ratio, value_name="NN ratio",
+                                        scale=3 if ds.image_shape[0] < 20 else 2)
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
+                                key="gen_grid", config={"displayModeBar": False})
+        pick_from(event, curve=len(fig.data) - 1)  # the invisible per-tile markers come last
+    else:
+        tabs = st.tabs(["Samples", "Trajectories"])
+        with tabs[0]:
+            fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio",
+                                          highlight=sel if sel < len(res.samples) else None)
+            event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
+                                    key="gen_scatter")
+            pick_from(event, curve=1)
+        with tabs[1]:
+            if res.trajectory is not None:
+                st.plotly_chart(figures.trajectories_figure(ds.points[:, :2], res.trajectory[..., :2],
+                                                            time_grid(res.config.start, res.config.steps)),
+                                width="stretch", key="gen_traj")
+                st.caption("Press Play or drag the time slider: samples flow from noise (t = T) to data (t = 1).")
+    sel = st.session_state.get("selected_sample", 0)
+    c1, c2 = st.columns([3, 1])
+    c1.caption(f"Colour: nearest/second-nearest distance ratio (dark = near-copy). Selected sample: **#{sel}**. "
+               "Click a sample to select it.")
+    c2.page_link("app_pages/sources.py", label=f"Sources of sample #{sel} →", icon=":material/account_tree:")
+
+
+def body() -> None:
+    st.title("Generate")
+    ds = state.current_dataset()
+    st.caption(f"Closed-form sampler on **{ds.name}** ({ds.n:,} items). Every sample is an exact blend of training items.")
+    p = controls(ds)
+    try:
+        cfg = state.config_from(p, trajectory=not ds.is_image)
+    except CdmInputError as e:
+        st.error(f"Invalid settings: {e}")
+        return
+    run = state.current_run()
+    fresh = run is not None and run.key == state.result_key(ds, cfg)
+    auto = state.is_interactive(ds, cfg)
+    clicked = st.button("Generate", type="primary", icon=":material/play_arrow:",
+                        help="Draw samples with these settings.")
+    if clicked or (not fresh and auto):
+        run = state.run_sampler(ds, cfg) or run
+    elif not fresh and run is not None:
+        st.info("Settings changed: press **Generate** to draw new samples (showing the previous ones).")
+    if run is None:
+        st.info("Press **Generate** to draw samples.")
+        return
+    if run.key[0] != ds.content_hash:
+        st.info("These results belong to another data set: press **Generate**.")
+        return
+    results(run, ds)
+
+
+state.guard(body)

@@ -1,0 +1,88 @@
+"""Sources page: one sample's exact blend sources next to its nearest training items."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cdm_core import figures, metrics
+from ui import state
+
+
+def verdict(res, i: int) -> str:
+    ratio = float(metrics.nn_ratio(res.nn_dist[i:i + 1])[0])
+    eff = float(metrics.effective_sources(res.source_weights[i:i + 1])[0])
+    nn, d = int(res.nn_ids[i, 0]), float(res.nn_dist[i, 0])
+    if ratio < metrics.COPY_RATIO:
+        return (f"**Near-copy** of training item #{nn}: distance {d:.3g}, {ratio:.2f}× the distance to the "
+                f"second-nearest item (below {metrics.COPY_RATIO:.2f}).")
+    return (f"**New blend** of about {eff:.1f} training items (effective number of sources); its nearest "
+            f"training item #{nn} is {d:.3g} away, {ratio:.2f}× the second-nearest distance.")
+
+
+def image_row(ds, ids, captions, scale) -> None:
+    cols = st.columns(min(8, max(1, len(ids))))
+    for k, (j, cap) in enumerate(zip(ids, captions)):
+        cols[k % len(cols)].image(figures.to_image(ds.points[j], ds.image_shape, scale), caption=cap, width=84)
+
+
+def users_of(res, j: int) -> pd.DataFrame:
+    rows, cols = np.nonzero(res.source_ids == j)
+    df = pd.DataFrame({"sample": rows, "weight": res.source_weights[rows, cols]})
+    return df.sort_values("weight", ascending=False).reset_index(drop=True)
+
+
+def body() -> None:
+    st.title("Sources")
+    ds = state.current_dataset()
+    run = state.ensure_run(ds)
+    if run is None:
+        st.info("No samples yet for this data set.")
+        st.page_link("app_pages/generate.py", label="Generate samples →", icon=":material/auto_awesome:")
+        return
+    res = run.result
+    n = len(res.samples)
+    sel = min(int(st.session_state.get("selected_sample", 0)), n - 1)
+    i = int(st.number_input("Sample", 0, n - 1, sel, help="Pick a sample by index (or click one on the Generate page).",
+                            key=f"w_sample_{sel}"))
+    st.session_state.selected_sample = i
+    st.markdown(verdict(res, i))
+    ok = res.source_ids[i] >= 0
+    ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
+    shown = w >= 1e-3
+    scale = 4 if ds.is_image and ds.image_shape[0] <= 16 else 3
+    if ds.is_image:
+        left, right = st.columns([1, 4])
+        left.image(figures.to_image(res.samples[i], ds.image_shape, scale + 1), caption=f"sample #{i}")
+        with right:
+            st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
+            image_row(ds, ids[shown][:16], [f"#{j} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
+            st.markdown("**Nearest training items** (Euclidean distance)")
+            image_row(ds, res.nn_ids[i][:8], [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
+    else:
+        left, right = st.columns([3, 2])
+        left.plotly_chart(figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i]),
+                          width="stretch", key="src_scatter")
+        with right:
+            st.plotly_chart(figures.weights_bar(ids[shown][:20], w[shown][:20], title="Blend weights"),
+                            width="stretch", key="src_bar")
+            st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance": res.nn_dist[i]}), hide_index=True,
+                         width="stretch", height=200)
+    st.caption(f"The sample equals Σ w·x over these sources exactly (max truncation bound "
+               f"{res.truncation_bound[i]:.1e}{'' if res.bound_certified else ', approximate for IVF'}).")
+
+    st.subheader("Which samples use a training item?")
+    options = [int(j) for j in ids[shown]] or [int(res.nn_ids[i, 0])]
+    j = st.selectbox("Training item", options, format_func=lambda j: f"#{j}", key=f"w_item_{i}",
+                     help="Any of this sample's sources; the table lists every sample that blends it.")
+    df = users_of(res, j)
+    if df.empty:
+        st.write(f"No sample uses training item #{j}.")
+    else:
+        st.write(f"Training item #{j} is a source of **{len(df)}** of {n} samples.")
+        st.dataframe(df, hide_index=True, width="stretch", height=min(300, 40 + 35 * len(df)))
+        if ds.is_image:
+            st.image(figures.image_grid(res.samples[df["sample"].to_numpy()[:16]], ds.image_shape, ncols=16, scale=2),
+                     caption="Samples that use it (most weight first)")
+
+
+state.guard(body)

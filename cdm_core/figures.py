@@ -1,0 +1,201 @@
+"""Pure figure builders: arrays and config in, a plotly figure or a PIL image out.
+
+Used by the dashboard pages and by export alike, so what is exported is what is shown.
+Palettes are colour-blind-safe (Okabe-Ito for categories, cividis for sequential values,
+RdBu for signed values centred at zero); images are upscaled by nearest neighbour, never blurred.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw
+
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+SEQUENTIAL = "cividis"
+DIVERGING = "RdBu_r"
+TRAIN_COLOUR = "#9AA5B1"
+SAMPLE_COLOUR = "#D55E00"
+SOURCE_COLOUR = "#0072B2"
+FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
+
+
+def base_layout(fig: go.Figure, title: str | None = None, height: int = 480, square: bool = False) -> go.Figure:
+    fig.update_layout(template="plotly_white", font=FONT, height=height, title=title,
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    if square:
+        fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+# ---------------------------------------------------------------------------- images
+
+def to_image(vec: np.ndarray, image_shape: tuple, scale: int = 1) -> Image.Image:
+    """One flattened image in [0, 1] -> PIL image, upscaled `scale` times by nearest neighbour."""
+    arr = np.clip(np.asarray(vec, np.float64).reshape(image_shape), 0, 1)
+    img = Image.fromarray((arr * 255 + 0.5).astype(np.uint8), mode="L" if arr.ndim == 2 else "RGB")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def image_grid(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, scale: int = 3, pad: int = 2,
+               borders: np.ndarray | None = None) -> Image.Image:
+    """Tile images into a grid (white padding). `borders`: optional per-image RGB hex colour."""
+    n = len(vectors)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    h, w = image_shape[0] * scale, image_shape[1] * scale
+    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, v in enumerate(vectors):
+        r, c = divmod(i, ncols)
+        x0, y0 = pad + c * (w + pad), pad + r * (h + pad)
+        grid.paste(to_image(v, image_shape, scale).convert("RGB"), (x0, y0))
+        if borders is not None and borders[i]:
+            draw.rectangle([x0 - 1, y0 - 1, x0 + w, y0 + h], outline=borders[i], width=max(1, pad))
+    return grid
+
+
+def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, values=None,
+                      value_name: str = "", scale: int = 3, title: str | None = None,
+                      labels=None) -> go.Figure:
+    """A clickable grid: the tiled image plus one (nearly invisible) marker per tile, so that
+    clicking or box-selecting a tile selects that item (`customdata` holds its position)."""
+    pad = 2
+    grid = image_grid(vectors, image_shape, ncols, scale, pad)
+    n = len(vectors)
+    ncols = max(1, min(ncols, n))
+    h, w = image_shape[0] * scale, image_shape[1] * scale
+    idx = np.arange(n)
+    cx = pad + (idx % ncols) * (w + pad) + w / 2
+    cy = pad + (idx // ncols) * (h + pad) + h / 2
+    fig = go.Figure(go.Image(z=np.asarray(grid), hoverinfo="skip"))
+    hover = [f"#{i}" + (f"<br>{value_name} {values[i]:.3g}" if values is not None else "")
+             + (f"<br>label {labels[i]}" if labels is not None else "") for i in idx]
+    marker = dict(size=max(8, min(w, 40)), opacity=0.01, color="black", symbol="square")
+    if values is not None:  # a visible colour cue under each tile: a thin bar below it
+        fig.add_trace(go.Scatter(x=cx, y=cy + h / 2 - 1, mode="markers", hoverinfo="skip",
+                                 marker=dict(size=6, symbol="line-ew", line=dict(width=3),
+                                             color=values, colorscale=SEQUENTIAL, showscale=True,
+                                             colorbar=dict(title=value_name, thickness=12)),
+                                 showlegend=False))
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=marker, customdata=idx, text=hover,
+                             hovertemplate="%{text}<extra></extra>", showlegend=False, name="items"))
+    fig.update_xaxes(visible=False, range=[0, grid.width])
+    fig.update_yaxes(visible=False, range=[grid.height, 0])
+    base_layout(fig, title, height=max(220, int(grid.height * 1.05) + (40 if title else 10)))
+    fig.update_layout(dragmode="select", clickmode="event+select")
+    return fig
+
+
+# ---------------------------------------------------------------------------- point clouds
+
+def train_trace(points: np.ndarray, labels=None, max_points: int = 20000, name: str = "training data"):
+    pts = points[:max_points]
+    colour = TRAIN_COLOUR
+    return go.Scattergl(x=pts[:, 0], y=pts[:, 1], mode="markers", name=name,
+                        marker=dict(size=4, color=colour, opacity=0.55),
+                        customdata=np.arange(len(pts)), hovertemplate="training #%{customdata}<extra></extra>")
+
+
+def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_name: str = "nn ratio",
+                    title: str | None = None, highlight: int | None = None) -> go.Figure:
+    """2-D samples over the training data, coloured by a memorisation measure."""
+    fig = go.Figure(train_trace(train))
+    marker = dict(size=8, line=dict(width=0.5, color="white"))
+    if values is not None:
+        marker |= dict(color=values, colorscale=SEQUENTIAL, cmin=0, cmax=1, showscale=True,
+                       colorbar=dict(title=value_name, thickness=12))
+    else:
+        marker |= dict(color=SAMPLE_COLOUR)
+    fig.add_trace(go.Scattergl(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples",
+                               marker=marker, customdata=np.arange(len(samples)),
+                               hovertemplate="sample #%{customdata}<br>(%{x:.3f}, %{y:.3f})<extra></extra>"))
+    if highlight is not None:
+        fig.add_trace(go.Scatter(x=samples[[highlight], 0], y=samples[[highlight], 1], mode="markers",
+                                 name=f"sample #{highlight}", hoverinfo="skip",
+                                 marker=dict(size=16, symbol="circle-open", color="black", line=dict(width=2))))
+    base_layout(fig, title, square=True)
+    fig.update_layout(dragmode="select", clickmode="event+select")
+    return fig
+
+
+def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.ndarray,
+                        title: str | None = None, max_paths: int = 64) -> go.Figure:
+    """Animated 2-D trajectories from noise to data: faint full paths, a frame per step."""
+    traj = trajectory[:, :max_paths]
+    fig = go.Figure([train_trace(train)])
+    xs = np.concatenate([np.append(traj[:, i, 0], np.nan) for i in range(traj.shape[1])])
+    ys = np.concatenate([np.append(traj[:, i, 1], np.nan) for i in range(traj.shape[1])])
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="paths", hoverinfo="skip",
+                             line=dict(width=1, color=SOURCE_COLOUR), opacity=0.35))
+    last = len(traj) - 1
+    fig.add_trace(go.Scatter(x=traj[last, :, 0], y=traj[last, :, 1], mode="markers", name="samples",
+                             marker=dict(size=8, color=SAMPLE_COLOUR, line=dict(width=0.5, color="white"))))
+    fig.frames = [go.Frame(data=[go.Scatter(x=traj[k, :, 0], y=traj[k, :, 1])], traces=[2], name=str(k))
+                  for k in range(len(traj))]
+    steps = [dict(method="animate", label=f"{times[k]:.2f}",
+                  args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=False), transition=dict(duration=0))])
+             for k in range(len(traj))]
+    lo = np.nanmin(traj[..., :2].reshape(-1, 2), 0)
+    hi = np.nanmax(traj[..., :2].reshape(-1, 2), 0)
+    fig.update_xaxes(range=[min(lo[0], train[:, 0].min()) - 0.2, max(hi[0], train[:, 0].max()) + 0.2])
+    fig.update_yaxes(range=[min(lo[1], train[:, 1].min()) - 0.2, max(hi[1], train[:, 1].max()) + 0.2])
+    base_layout(fig, title, height=520, square=True)
+    fig.update_layout(
+        sliders=[dict(active=last, currentvalue=dict(prefix="t = "), steps=steps, pad=dict(t=30))],
+        updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.08, xanchor="left",
+                          buttons=[dict(label="Play", method="animate",
+                                        args=[None, dict(frame=dict(duration=120, redraw=False), fromcurrent=False,
+                                                         transition=dict(duration=0))])])])
+    return fig
+
+
+def sources_scatter(train: np.ndarray, sample: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
+                    nn_ids: np.ndarray, title: str | None = None) -> go.Figure:
+    """One 2-D sample, lines to its blend sources (width by weight) and its nearest points."""
+    fig = go.Figure(train_trace(train))
+    ok = source_ids >= 0
+    ids, w = source_ids[ok], source_weights[ok]
+    for j, wt in zip(ids, w):
+        if wt < 1e-3:
+            continue
+        fig.add_trace(go.Scatter(x=[sample[0], train[j, 0]], y=[sample[1], train[j, 1]], mode="lines",
+                                 line=dict(width=1 + 8 * float(wt), color=SOURCE_COLOUR), opacity=0.7,
+                                 hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(x=train[nn_ids, 0], y=train[nn_ids, 1], mode="markers", name="nearest points",
+                             marker=dict(size=12, symbol="circle-open", color=OKABE_ITO[2], line=dict(width=2)),
+                             customdata=nn_ids, hovertemplate="nearest #%{customdata}<extra></extra>"))
+    keep = w >= 1e-3
+    fig.add_trace(go.Scatter(x=train[ids[keep], 0], y=train[ids[keep], 1], mode="markers", name="blend sources",
+                             marker=dict(size=6 + 14 * w[keep], color=SOURCE_COLOUR),
+                             customdata=np.stack([ids[keep], w[keep]], 1),
+                             hovertemplate="source #%{customdata[0]:.0f}<br>weight %{customdata[1]:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[sample[0]], y=[sample[1]], mode="markers", name="sample",
+                             marker=dict(size=16, symbol="star", color=SAMPLE_COLOUR, line=dict(width=1, color="black"))))
+    base_layout(fig, title, square=True)
+    return fig
+
+
+def weights_bar(ids: np.ndarray, weights: np.ndarray, title: str | None = None) -> go.Figure:
+    ok = ids >= 0
+    fig = go.Figure(go.Bar(x=[f"#{i}" for i in ids[ok]], y=weights[ok], marker_color=SOURCE_COLOUR,
+                           hovertemplate="training %{x}<br>weight %{y:.4f}<extra></extra>"))
+    fig.update_yaxes(title="blend weight", range=[0, 1])
+    return base_layout(fig, title, height=260)
+
+
+def data_scatter(points: np.ndarray, labels=None, title: str | None = None, max_points: int = 20000) -> go.Figure:
+    pts = points[:max_points]
+    if labels is None:
+        fig = go.Figure(train_trace(pts))
+    else:
+        fig = go.Figure()
+        lab = labels[:max_points]
+        for k, val in enumerate(np.unique(lab)):
+            m = lab == val
+            fig.add_trace(go.Scattergl(x=pts[m, 0], y=pts[m, 1], mode="markers", name=f"label {val}",
+                                       marker=dict(size=4, color=OKABE_ITO[k % len(OKABE_ITO)], opacity=0.7)))
+    return base_layout(fig, title, square=True)

@@ -1,0 +1,110 @@
+"""AppTest: every page loads without exception, controls change results, state survives page
+switches, a bad upload shows an error and keeps the previous data set."""
+
+import io
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT
+
+APP = str(ROOT / "app.py")
+PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py"]
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def errors(at):
+    return [e.value for e in at.error]
+
+
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads(page):
+    at = app()
+    at.switch_page(page).run()
+    assert not at.exception and not errors(at)
+    assert at.title[0].value in ("Data", "Generate", "Sources")
+
+
+def test_generate_slider_changes_results_and_state_survives_pages():
+    at = app()
+    at.switch_page("app_pages/generate.py").run()
+    first = at.session_state["result"].result.samples.copy()
+    copies_before = metric(at, "Near-copies")
+    at.slider(key="w_sigma").set_value(0.0).run()
+    assert not at.exception and not errors(at)
+    res = at.session_state["result"].result
+    assert res.config.sigma == 0.0 and not np.allclose(first, res.samples)
+    assert metric(at, "Near-copies") != copies_before
+    at.switch_page("app_pages/sources.py").run()
+    assert at.session_state["result"].result is res  # not recomputed
+    assert any("sample" in m.value.lower() or "copy" in m.value.lower() for m in at.markdown)
+    at.switch_page("app_pages/generate.py").run()
+    assert at.session_state["result"].result is res
+    assert at.slider(key="w_sigma").value == 0.0
+
+
+def test_sources_page_for_images_and_item_users():
+    at = app()
+    at.session_state["params"] = at.session_state["params"] | {"n": 8}
+    at.sidebar.selectbox[0].set_value("digits").run()
+    at.switch_page("app_pages/sources.py").run()
+    assert not at.exception and not errors(at)
+    assert at.session_state["result"].result.samples.shape == (64, 64) or at.session_state["result"].result.samples.shape[1] == 64
+    at.number_input(key="w_sample_0").set_value(3).run()
+    assert at.session_state["selected_sample"] == 3
+    assert any("is a source of" in m.value for m in at.markdown)
+
+
+def test_bad_upload_shows_error_and_keeps_dataset():
+    at = app()
+    before = at.session_state["dataset_name"]
+    at.file_uploader[0].upload("broken.npy", b"this is not numpy", "application/octet-stream").run()
+    assert not at.exception
+    assert any("broken.npy" in e for e in errors(at))
+    assert at.session_state["dataset_name"] == before
+
+
+def test_good_upload_becomes_current_dataset():
+    at = app()
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(0).standard_normal((200, 2)) * 5)
+    at.file_uploader[0].upload("points.npy", buf.getvalue(), "application/octet-stream").run()
+    assert not at.exception and not errors(at)
+    assert at.session_state["dataset_name"].startswith("upload:points.npy")
+    at.switch_page("app_pages/generate.py").run()
+    assert not at.exception and not errors(at)
+    assert at.session_state["result"].result.samples.shape == (64, 2)
+
+
+def test_invalid_query_params_fall_back_to_defaults():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["data"] = "no-such-set"
+    at.query_params["sigma"] = "banana"
+    at.query_params["steps"] = "-4"
+    at.run()
+    assert not at.exception
+    assert at.session_state["dataset_name"] == "moons"
+    assert at.session_state["params"]["steps"] > 0
+
+
+def test_query_params_restore_configuration():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["data"] = "circles"
+    at.query_params["sigma"] = "0.25"
+    at.query_params["seed"] = "9"
+    at.run()
+    at.switch_page("app_pages/generate.py").run()
+    assert not at.exception
+    cfg = at.session_state["result"].result.config
+    assert cfg.sigma == 0.25 and cfg.seed == 9 and at.session_state["dataset_name"] == "circles"

@@ -1,0 +1,98 @@
+"""Real-browser journeys: Debian chromium driven by playwright against `streamlit run app.py`.
+Screenshots of each page go to test-artifacts/ for a person to look at."""
+
+import re
+
+import pytest
+
+from tests.browser_util import browser, have_chromium, streamlit_server, wait_idle
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not have_chromium(), reason="Debian chromium is not installed (make setup installs it as root)")]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture
+def page(chromium):
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    yield pg
+    ctx.close()
+
+
+def open_page(page, url):
+    page.goto(url)
+    page.wait_for_selector("h1", timeout=90_000)
+    wait_idle(page)
+
+
+def no_exception(page):
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+@pytest.mark.parametrize("path,title", [("data", "Data"), ("generate", "Generate"), ("sources", "Sources")])
+def test_each_page_opens(server, page, artifacts, path, title):
+    open_page(page, f"{server}/{path}")
+    assert page.locator("h1").first.inner_text().strip() == title
+    no_exception(page)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(artifacts / f"page-{path}.png"), full_page=True)
+
+
+def test_sigma_generate_click_sample_sources(server, page, artifacts):
+    open_page(page, f"{server}/generate?data=digits&n=32&sigma=0.5&draws=4&steps=20")
+    no_exception(page)
+    # move the sigma slider with the keyboard; the small data set regenerates at once
+    slider = page.get_by_role("slider").first
+    before = slider.get_attribute("aria-valuetext")
+    slider.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    wait_idle(page)
+    assert slider.get_attribute("aria-valuetext") != before
+    assert re.search(r"sigma=0\.[5-9]", page.url)
+    page.get_by_role("button", name="Generate").click()
+    wait_idle(page)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "journey-generate.png"), full_page=True)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    # select the 6th sample tile in the grid (an invisible marker sits on each tile)
+    points = page.locator(".js-plotly-plot .scatterlayer .trace").last.locator("path.point")
+    box = points.nth(5).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    # a small box selection around the tile's centre (plotly picks points on its drag layer)
+    page.mouse.move(x - 9, y - 9)
+    page.mouse.down()
+    page.mouse.move(x, y, steps=5)
+    page.mouse.move(x + 9, y + 9, steps=5)
+    page.mouse.up()
+    wait_idle(page)
+    page.get_by_text("Sources of sample #5").click()
+    wait_idle(page)
+    assert page.locator("h1").first.inner_text().strip() == "Sources"
+    page.get_by_text("Blend sources").first.wait_for(timeout=30_000)
+    assert page.get_by_text(re.compile(r"sample #5")).count() >= 1
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "journey-sources.png"), full_page=True)
+
+
+def test_bad_upload_in_browser_keeps_dataset(server, page, artifacts, tmp_path):
+    open_page(page, f"{server}/data")
+    bad = tmp_path / "broken.csv"
+    bad.write_text("a,b\nx,y\n")
+    page.locator("input[type=file]").set_input_files(str(bad))
+    page.get_by_text("Could not load broken.csv").wait_for(timeout=30_000)
+    assert page.get_by_role("heading", name="moons").count() >= 1  # previous data set kept
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "journey-bad-upload.png"), full_page=True)

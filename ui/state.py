@@ -1,0 +1,202 @@
+"""Session state, caching and URL sync for the dashboard.
+
+- Data sets and their prepared neighbour indexes live in `st.cache_resource` (shared by all
+  sessions, read-only); results live in `st.session_state` (per session), so switching pages never
+  recomputes what is already there.
+- Sampler parameters are kept in `st.session_state["params"]` (not in widget keys, which Streamlit
+  drops when a page is left) and mirrored into the URL query string so a link reopens the view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from cdm_core import SamplerConfig, sample
+from cdm_core.datasets import DEFAULT_DATASET, REGISTRY, Dataset, availability, load
+from cdm_core.errors import CdmInputError
+from cdm_core.files import load_bytes
+from cdm_core.prepare import prepare
+
+UPLOAD_PREFIX = "upload:"
+# Query-string names of the parameters, and how to parse them.
+PARAMS = {"sigma": float, "draws": int, "steps": int, "start": float, "n": int, "seed": int,
+          "neighbours": int, "index": str}
+
+
+def defaults_for(name: str) -> dict:
+    entry = REGISTRY.get(name)
+    sigma = entry.default_sigma if entry else 0.1
+    return {"sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
+            "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto"}
+
+
+@st.cache_resource(show_spinner="Loading data set…", max_entries=8)
+def cached_dataset(name: str) -> Dataset:
+    return load(name)
+
+
+@st.cache_resource(show_spinner="Building the neighbour index…", max_entries=8)
+def cached_prepared(content_hash: str, index: str, _dataset: Dataset):
+    return prepare(_dataset, SamplerConfig(index=index))
+
+
+def init() -> None:
+    """First run of a session: defaults, then whatever the URL says."""
+    ss = st.session_state
+    if "params" in ss:
+        return
+    qp = st.query_params
+    name = qp.get("data", DEFAULT_DATASET)
+    if name not in REGISTRY or not availability(name)[0]:
+        name = DEFAULT_DATASET
+    ss.dataset_name = name
+    params = defaults_for(name)
+    for key, kind in PARAMS.items():
+        if key in qp:
+            try:
+                params[key] = kind(qp[key])
+            except ValueError:
+                pass  # a hand-edited URL with a bad value keeps the default
+    try:
+        config_from(params)
+    except CdmInputError:
+        params = defaults_for(name)
+    ss.params = params
+    ss.result = None
+    ss.selected_sample = int(qp.get("sample", 0)) if str(qp.get("sample", "0")).isdigit() else 0
+    ss.uploads = {}
+
+
+def sync_url() -> None:
+    ss = st.session_state
+    wanted = {"data": ss.dataset_name if not ss.dataset_name.startswith(UPLOAD_PREFIX) else "upload"}
+    wanted |= {k: str(v) for k, v in ss.params.items()}
+    wanted["sample"] = str(ss.get("selected_sample", 0))
+    if {k: st.query_params.get(k) for k in wanted} != wanted:
+        st.query_params.update(wanted)
+
+
+def config_from(params: dict, **extra) -> SamplerConfig:
+    return SamplerConfig(sigma=float(params["sigma"]), draws=int(params["draws"]), steps=int(params["steps"]),
+                         start=float(params["start"]), n_samples=int(params["n"]), seed=int(params["seed"]),
+                         neighbours=int(params["neighbours"]), index=str(params["index"]), **extra)
+
+
+def current_dataset() -> Dataset:
+    name = st.session_state.dataset_name
+    if name.startswith(UPLOAD_PREFIX):
+        return st.session_state.uploads[name]
+    return cached_dataset(name)
+
+
+def set_dataset(name: str) -> None:
+    ss = st.session_state
+    if name == ss.dataset_name:
+        return
+    ss.dataset_name = name
+    keep = {k: ss.params[k] for k in ("n", "seed", "index")}
+    ss.params = defaults_for(name) | keep
+    ss.result = None
+    ss.selected_sample = 0
+
+
+def add_upload(file_name: str, raw: bytes) -> str:
+    """Validate an upload; on success it becomes the current data set. Raises CdmInputError."""
+    ds = load_bytes(file_name, raw)
+    key = f"{UPLOAD_PREFIX}{file_name}#{hashlib.sha256(raw).hexdigest()[:8]}"
+    st.session_state.uploads[key] = ds
+    set_dataset(key)
+    st.session_state.params["sigma"] = float(np.round(0.1 * ds.points.std() * np.sqrt(ds.dim), 3)) or 0.1
+    return key
+
+
+def dataset_choices() -> list[str]:
+    names = [n for n in REGISTRY if availability(n)[0]]
+    return names + list(st.session_state.uploads)
+
+
+def label_for(name: str) -> str:
+    if name.startswith(UPLOAD_PREFIX):
+        return f"⬆ {name[len(UPLOAD_PREFIX):].split('#')[0]}"
+    return f"{name} — {REGISTRY[name].summary}"
+
+
+def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
+    """Small enough that moving a slider regenerates at once."""
+    work = ds.n * ds.dim * cfg.n_samples * cfg.draws * cfg.steps
+    return work <= 4e9
+
+
+@dataclass
+class Run:
+    result: object
+    key: tuple
+    dataset_name: str
+
+
+def result_key(ds: Dataset, cfg: SamplerConfig, weights_hash: str = "") -> tuple:
+    return (ds.content_hash, cfg.to_json(), weights_hash)
+
+
+def current_run() -> Run | None:
+    return st.session_state.get("result")
+
+
+def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
+    """Sample with a progress bar; errors become one inline message and keep the old result."""
+    bar = st.progress(0.0, text="Sampling…")
+
+    def callback(info):
+        done = ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"])
+        bar.progress(min(done, 1.0), text=f"Sampling: step {info['step']}/{info['steps']}, "
+                                          f"batch {info['batch']}/{info['batches']}")
+
+    try:
+        prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None
+        res = sample(ds, cfg, callback=callback, prepared=prep)
+    except CdmInputError as e:
+        bar.empty()
+        st.error(f"Could not sample: {e}")
+        return None
+    except MemoryError:
+        bar.empty()
+        st.error("Out of memory: ask for fewer samples or draws.")
+        return None
+    except Exception as e:  # never a raw traceback in the UI
+        bar.empty()
+        st.error(f"Sampling failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        return None
+    bar.empty()
+    run = Run(res, result_key(ds, cfg), st.session_state.dataset_name)
+    st.session_state.result = run
+    n = res.samples.shape[0]
+    if st.session_state.get("selected_sample", 0) >= n:
+        st.session_state.selected_sample = 0
+    return run
+
+
+def ensure_run(ds: Dataset) -> Run | None:
+    """The current run for this data set; recomputed from the URL's settings when cheap (results
+    are deterministic, so a shared link reopens the same view)."""
+    run = current_run()
+    if run is not None and run.key[0] == ds.content_hash:
+        return run
+    try:
+        cfg = config_from(st.session_state.params, trajectory=not ds.is_image)
+    except CdmInputError:
+        return None
+    return run_sampler(ds, cfg) if is_interactive(ds, cfg) else None
+
+
+def guard(fn):
+    """Run a page body; any unexpected error becomes one message instead of a traceback."""
+    try:
+        fn()
+    except CdmInputError as e:
+        st.error(str(e))
+    except Exception as e:
+        st.error(f"Something went wrong: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
