@@ -100,6 +100,19 @@ def euler_steps(engine: BlendEngine, x: torch.Tensor, eps: torch.Tensor, sigma: 
         x = x_next
 
 
+def start_state(prep: Prepared, log_pi: np.ndarray, config: SamplerConfig, ids: np.ndarray):
+    """Random numbers of samples `ids` and their start states x_T = T x_i + (1 - T) z.
+
+    Returns (x (B, D), eps (B, M, D), start ids (B,)), tensors float64 on the compute device."""
+    dim = prep.points.shape[1]
+    u, z, eps = random_draws(config.seed, ids, dim, config.draws)
+    start_ids = inverse_cdf(log_pi, u)
+    dev = prep.points.device
+    z_t = torch.as_tensor(z, dtype=F64, device=dev)
+    x = config.start * prep.points[torch.as_tensor(start_ids, device=dev)] + (1 - config.start) * z_t
+    return x, torch.as_tensor(eps, dtype=F64, device=dev), start_ids
+
+
 @dataclass
 class SampleResult:
     samples: np.ndarray  # (n, D) float32
@@ -170,12 +183,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
     src_ids, src_w = [], []
     dense_count = total_count = 0
     for bi, ids in enumerate(batches):
-        u, z, eps = random_draws(config.seed, ids, dim, config.draws)
-        start_ids[ids] = inverse_cdf(log_pi, u)
-        dev = prep.points.device
-        z_t = torch.as_tensor(z, dtype=F64, device=dev)
-        eps_t = torch.as_tensor(eps, dtype=F64, device=dev)
-        x = config.start * prep.points[torch.as_tensor(start_ids[ids], device=dev)] + (1 - config.start) * z_t
+        x, eps_t, start_ids[ids] = start_state(prep, log_pi, config, ids)
         if traj is not None:
             traj[0, ids] = x.cpu().numpy()
         m_eff = 1 if config.sigma == 0 else config.draws

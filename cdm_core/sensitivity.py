@@ -1,0 +1,205 @@
+"""Exact sensitivity of samples to the training data, and counterfactuals by re-sampling.
+
+With every random number held fixed (start state, smoothing draws), a sample x(1) is a
+differentiable function of the training log-weights theta = log pi. We propagate
+J_j = dx/dtheta_j forward through the Euler steps (DESIGN.md section 2, "Sensitivity"):
+
+    blend of a draw y = x + sigma eps:   D = sum_k w_k x_k
+    dD/dtheta_j = (t / (1 - t)^2) Cov_w[x] J_j  +  w_j (x_j - D)
+                  (dD/dy = t/(1-t)^2 Cov_w, dy/dtheta = J;   dD/dlog pi_j = w_j (x_j - D))
+    dD_sigma/dtheta_j = mean over the M draws
+    Euler step:  J_j <- J_j + h (dD_sigma/dtheta_j - J_j) / (1 - t);   last step: J_j <- dD_sigma/dtheta_j
+
+The start state depends on pi only through a discrete choice (inverse CDF), so J starts at 0,
+and a column stays 0 until its training point first carries weight: points that never carry
+weight along a trajectory have J = 0 exactly. For truncated indexes the recursion differentiates
+the truncated sampler (the neighbour sets do not depend on pi), so it matches finite differences
+of exactly what `sample` computes. Columns are computed only for the requested training ids, so
+memory is (samples in a batch) x (ids) x D.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import SamplerConfig
+from .errors import CdmInputError
+from .model import F64, CHUNK_VALUES, BlendEngine, normalise_log_weights
+from .prepare import Prepared, prepare
+from .sampler import euler_steps, sample, start_state, time_grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SensitivityResult:
+    samples: np.ndarray  # (n, D) float32
+    training_ids: np.ndarray  # (n, m) int64, most influential first (-1 padded)
+    jacobian: np.ndarray  # (n, m, D) float64: d samples / d log pi for those ids
+    influence: np.ndarray  # (n, m) float64: Euclidean norms of the jacobian rows
+    config: SamplerConfig
+    dataset: dict
+
+    def arrays(self) -> dict:
+        return {k: getattr(self, k) for k in ("samples", "training_ids", "jacobian", "influence")}
+
+
+def _columns_step(prep: Prepared, blend, cols: torch.Tensor, jac: torch.Tensor, t: float, m: int) -> torch.Tensor:
+    """dD_sigma/dtheta for the columns `cols` (B, c) given J (B, c, D): returns (B, c, D)."""
+    x = prep.points
+    b, c, d = jac.shape
+    q = b * m
+    ids, w, den = blend.ids, blend.weights, blend.denoised
+    width = int((ids >= 0).sum(1).max()) if q else 0
+    # keep only the populated part of the support (weights are sorted or padded with zeros)
+    order = torch.argsort((ids < 0).to(torch.int8), dim=1, stable=True)[:, :max(width, 1)]
+    ids, w = torch.gather(ids, 1, order), torch.gather(w, 1, order)
+    out = torch.empty(q, c, d, dtype=F64, device=x.device)
+    rows_per_chunk = max(1, CHUNK_VALUES // max(1, ids.shape[1] * d))
+    coef = t / (1 - t) ** 2
+    for lo in range(0, q, rows_per_chunk):
+        hi = min(lo + rows_per_chunk, q)
+        sample_of = torch.arange(lo, hi, device=x.device) // m
+        jq, cq = jac[sample_of], cols[sample_of]  # (r, c, D), (r, c)
+        a = x[ids[lo:hi].clamp_min(0)] - den[lo:hi, None, :]  # x_k - D, (r, K', D)
+        wq = torch.where(ids[lo:hi] >= 0, w[lo:hi], 0.0)
+        proj = torch.einsum("rkd,rcd->rkc", a, jq)  # (x_k - D) . J_j
+        cov_j = torch.einsum("rkd,rk,rkc->rcd", a, wq, proj)  # Cov_w J_j
+        w_col = (wq[:, :, None] * (ids[lo:hi, :, None] == cq[:, None, :])).sum(1)  # w_j in this draw
+        direct = w_col[..., None] * (x[cq.clamp_min(0)] - den[lo:hi, None, :])
+        direct = torch.where((cq >= 0)[..., None], direct, 0.0)
+        out[lo:hi] = coef * cov_j + direct
+    return out.reshape(b, m, c, d).mean(1)
+
+
+def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
+             prepared: Prepared | None = None):
+    """J (n, c, D) = d x_i(1) / d log pi_j for training ids `ids` ((c,) shared, or (n, c) per
+    sample, -1 for none), plus the samples (n, D) float64 from the same pass."""
+    prep = prepared or prepare(data, config)
+    n_train, dim = prep.points.shape
+    log_pi = normalise_log_weights(weights, n_train)
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids, (config.n_samples, len(ids)))
+    if ids.shape[0] != config.n_samples or ((ids < -1) | (ids >= n_train)).any():
+        raise CdmInputError(f"training ids must be in [0, {n_train}) with one row per sample, got shape {ids.shape}")
+    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol)
+    ts = time_grid(config.start, config.steps)
+    m = 1 if config.sigma == 0 else config.draws
+    out = np.zeros((config.n_samples, ids.shape[1], dim))
+    samples = np.zeros((config.n_samples, dim))
+    bs = config.batch_size
+    for lo in range(0, config.n_samples, bs):
+        rows = np.arange(lo, min(lo + bs, config.n_samples))
+        x, eps, _ = start_state(prep, log_pi, config, rows)
+        cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=prep.points.device)
+        jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=prep.points.device)
+        for step in euler_steps(engine, x, eps, config.sigma, ts, support_every_step=True):
+            d_smooth = _columns_step(prep, step.blend, cols, jac, step.t, m)
+            if step.k == len(ts) - 2:
+                jac = d_smooth  # the last step lands on D_sigma
+            else:
+                jac = jac + step.h * (d_smooth - jac) / (1 - step.t)
+            if callback is not None:
+                callback({"step": step.k + 1, "steps": config.steps, "batch": lo // bs + 1,
+                          "batches": -(-config.n_samples // bs)})
+            last = step
+        out[rows] = jac.cpu().numpy()
+        samples[rows] = last.x_next.cpu().numpy()
+    return out, samples
+
+
+def candidate_ids(result, count: int) -> np.ndarray:
+    """Per sample, the `count` training ids with most blend weight (sources first, then nearest
+    points): the candidates among which the most influential are ranked."""
+    rows = []
+    for i in range(len(result.samples)):
+        src = result.source_ids[i][result.source_ids[i] >= 0]
+        cand = list(dict.fromkeys(list(src) + list(result.nn_ids[i])))[:count]
+        rows.append(cand + [-1] * (count - len(cand)))
+    return np.asarray(rows, dtype=np.int64)
+
+
+def sensitivity(data, config: SamplerConfig, ids=None, top: int | None = None, weights=None,
+                callback=None, prepared: Prepared | None = None) -> SensitivityResult:
+    """Jacobian of the samples for the given training `ids`, or for each sample's `top` most
+    influential training points (ranked by |J| among its blend sources and nearest points)."""
+    if (ids is None) == (top is None):
+        raise CdmInputError("give either ids or top (the K most influential per sample)")
+    prep = prepared or prepare(data, config)
+    if top is not None:
+        if not isinstance(top, (int, np.integer)) or top < 1:
+            raise CdmInputError(f"top must be a positive integer, got {top!r}")
+        base = sample(data, config, weights=weights, prepared=prep)
+        cols = candidate_ids(base, max(2 * top, top + config.nearest))
+    else:
+        cols = np.asarray(ids, dtype=np.int64)
+        if cols.ndim != 1 or len(cols) == 0:
+            raise CdmInputError("ids must be a non-empty list of training ids")
+    jac, samples = jacobian(data, config, cols, weights=weights, callback=callback, prepared=prep)
+    cols = np.broadcast_to(cols, jac.shape[:2]).copy()
+    infl = np.linalg.norm(jac, axis=2)
+    infl = np.where(cols >= 0, infl, -1.0)
+    order = np.argsort(-infl, axis=1, kind="stable")
+    if top is not None:
+        order = order[:, :top]
+    cols = np.take_along_axis(cols, order, 1)
+    jac = np.take_along_axis(jac, order[..., None], 1)
+    infl = np.maximum(np.take_along_axis(infl, order, 1), 0.0)
+    return SensitivityResult(samples.astype(np.float32), cols, jac, infl, config, prep.describe)
+
+
+@dataclass
+class Counterfactual:
+    original: np.ndarray  # (n, D) samples with the given weights
+    actual: np.ndarray  # (n, D) re-sampled with the edited weights, same seeds
+    predicted: np.ndarray  # (n, D) original + first-order prediction
+    edited_ids: np.ndarray
+    factors: np.ndarray  # new weight / old weight per edited id (0 = removed)
+    correlation: float  # Pearson r between predicted and actual displacements (all entries)
+    error: np.ndarray  # (n,) |predicted - actual| per sample
+    displacement: np.ndarray  # (n,) |actual - original| per sample
+
+
+def counterfactual(data, config: SamplerConfig, edits: dict, weights=None, prepared: Prepared | None = None,
+                   callback=None) -> Counterfactual:
+    """Remove (factor 0) or re-weight training points and re-sample with identical seeds; compare
+    the actual displacement with the first-order prediction from J.
+
+    Prediction: re-weighting by factors f_j moves a sample by sum_j log(f_j) J_j. Removal is the
+    mixture direction pi -> (pi restricted to the rest, renormalised): since sum_j J_j = 0, it
+    moves a sample by about -(1 / (1 - P)) sum_{j removed} J_j, P the removed weight mass
+    (-(N/(N-1)) J_j for one of N uniform points)."""
+    prep = prepared or prepare(data, config)
+    n_train = prep.points.shape[0]
+    if not edits:
+        raise CdmInputError("no training points to remove or re-weight")
+    ids = np.array(sorted(edits), dtype=np.int64)
+    factors = np.array([float(edits[j]) for j in ids])
+    if ((ids < 0) | (ids >= n_train)).any():
+        raise CdmInputError(f"training ids must be in [0, {n_train})")
+    if not np.all(np.isfinite(factors)) or (factors < 0).any():
+        raise CdmInputError("re-weighting factors must be finite and non-negative (0 removes)")
+    base_w = np.ones(n_train) if weights is None else np.asarray(weights, np.float64).copy()
+    pi = np.exp(normalise_log_weights(base_w, n_train))
+    new_w = base_w.copy()
+    new_w[ids] *= factors
+    normalise_log_weights(new_w, n_train, name="edited weights")  # e.g. everything removed
+    original = sample(data, config, weights=weights, prepared=prep)
+    actual = sample(data, config, weights=new_w, prepared=prep)
+    jac, _ = jacobian(data, config, ids, weights=weights, prepared=prep, callback=callback)
+    removed = factors == 0
+    p_removed = pi[ids[removed]].sum()
+    coef = np.where(removed, -1.0 / max(1.0 - p_removed, 1e-300), np.log(np.where(removed, 1.0, factors)))
+    delta_pred = np.einsum("c,ncd->nd", coef, jac)
+    delta_act = actual.samples.astype(np.float64) - original.samples
+    a, b = delta_pred.ravel(), delta_act.ravel()
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return Counterfactual(original.samples, actual.samples, (original.samples + delta_pred).astype(np.float32),
+                          ids, factors, corr, np.linalg.norm(delta_pred - delta_act, axis=1),
+                          np.linalg.norm(delta_act, axis=1))
