@@ -199,3 +199,98 @@ def data_scatter(points: np.ndarray, labels=None, title: str | None = None, max_
             fig.add_trace(go.Scattergl(x=pts[m, 0], y=pts[m, 1], mode="markers", name=f"label {val}",
                                        marker=dict(size=4, color=OKABE_ITO[k % len(OKABE_ITO)], opacity=0.7)))
     return base_layout(fig, title, square=True)
+
+
+# ---------------------------------------------------------------------------- sensitivity
+
+def _signed(vec: np.ndarray, image_shape: tuple) -> np.ndarray:
+    arr = np.asarray(vec, np.float64).reshape(image_shape)
+    return arr.mean(2) if arr.ndim == 3 else arr  # colour: mean over channels
+
+
+def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: list[str],
+                            title: str | None = None) -> go.Figure:
+    """Signed per-pixel maps of J rows, one shared colour scale centred at zero."""
+    from plotly.subplots import make_subplots
+    n = len(jac_rows)
+    maps = [_signed(r, image_shape) for r in jac_rows]
+    zmax = max(float(np.abs(m).max()) for m in maps) or 1.0
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.01)
+    for k, m in enumerate(maps):
+        fig.add_trace(go.Heatmap(z=m, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING, showscale=k == n - 1,
+                                 colorbar=dict(title="dx/dlog π", thickness=12, exponentformat="e"),
+                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"), 1, k + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    return base_layout(fig, title, height=220)
+
+
+def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, title: str | None = None) -> go.Figure:
+    """Samples x training items |J|, columns ordered by the sample they matter most to."""
+    cols = np.unique(training_ids[training_ids >= 0])
+    mat = np.zeros((len(training_ids), len(cols)))
+    pos = {c: k for k, c in enumerate(cols)}
+    for i, (ids, inf) in enumerate(zip(training_ids, influence)):
+        for j, v in zip(ids, inf):
+            if j >= 0:
+                mat[i, pos[j]] = v
+    order = np.lexsort((-mat.max(0), mat.argmax(0)))  # block-diagonal-ish
+    mat, cols = mat[:, order], cols[order]
+    # log scale: |J| spans many decades (a sample near a tie between two sources has a huge J)
+    positive = mat[mat > 0]
+    floor = max(float(positive.max()) * 1e-8, float(positive.min())) if positive.size else 1.0
+    logm = np.log10(np.maximum(mat, floor))
+    fig = go.Figure(go.Heatmap(z=logm, x=[f"#{c}" for c in cols], y=[f"sample {i}" for i in range(len(mat))],
+                               customdata=mat, colorscale=SEQUENTIAL,
+                               colorbar=dict(title="log10 |J|", thickness=12),
+                               hovertemplate="%{y}, training %{x}<br>|J| = %{customdata:.3g}<extra></extra>"))
+    fig.update_xaxes(showticklabels=len(cols) <= 60)
+    fig.update_yaxes(autorange="reversed")
+    return base_layout(fig, title, height=max(260, 14 * len(mat) + 80))
+
+
+def total_influence_figure(training_ids: np.ndarray, influence: np.ndarray, top: int = 20,
+                           title: str | None = None) -> go.Figure:
+    ok = training_ids >= 0
+    ids, vals = training_ids[ok], influence[ok]
+    tot = {}
+    for j, v in zip(ids, vals):
+        tot[int(j)] = tot.get(int(j), 0.0) + float(v)
+    best = sorted(tot.items(), key=lambda kv: -kv[1])[:top]
+    fig = go.Figure(go.Bar(x=[f"#{j}" for j, _ in best], y=[v for _, v in best], marker_color=SOURCE_COLOUR,
+                           hovertemplate="training %{x}<br>total |J| %{y:.3g}<extra></extra>"))
+    fig.update_yaxes(title="total influence Σ|J|")
+    return base_layout(fig, title, height=280)
+
+
+def arrows_figure(train: np.ndarray, samples: np.ndarray, jac: np.ndarray, j: int, title: str | None = None,
+                  length: float | None = None) -> go.Figure:
+    """2-D: how each sample moves when training point j is up-weighted (arrows along J)."""
+    fig = go.Figure(train_trace(train))
+    norms = np.linalg.norm(jac, axis=1)
+    scale = length if length is not None else (0.3 / norms.max() if norms.max() > 0 else 1.0)
+    for s, v in zip(samples, jac):
+        if np.linalg.norm(v) * scale < 1e-4:
+            continue
+        fig.add_annotation(x=s[0] + scale * v[0], y=s[1] + scale * v[1], ax=s[0], ay=s[1], xref="x", yref="y",
+                           axref="x", ayref="y", showarrow=True, arrowhead=2, arrowwidth=1.5, arrowcolor=SAMPLE_COLOUR)
+    fig.add_trace(go.Scatter(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples",
+                             marker=dict(size=7, color=SAMPLE_COLOUR)))
+    fig.add_trace(go.Scatter(x=[train[j, 0]], y=[train[j, 1]], mode="markers", name=f"up-weighted #{j}",
+                             marker=dict(size=16, symbol="diamond", color=SOURCE_COLOUR, line=dict(width=1, color="black"))))
+    return base_layout(fig, title, square=True)
+
+
+def predicted_vs_actual_figure(predicted: np.ndarray, actual: np.ndarray, correlation: float,
+                               title: str | None = None) -> go.Figure:
+    """Per-sample displacement: first-order prediction against the re-sampled truth."""
+    p, a = np.linalg.norm(predicted, axis=1), np.linalg.norm(actual, axis=1)
+    hi = max(float(p.max(initial=0)), float(a.max(initial=0)), 1e-12) * 1.05
+    fig = go.Figure([go.Scatter(x=[0, hi], y=[0, hi], mode="lines", line=dict(dash="dot", color=TRAIN_COLOUR),
+                                name="predicted = actual", hoverinfo="skip"),
+                     go.Scatter(x=p, y=a, mode="markers", name="samples", customdata=np.arange(len(p)),
+                                marker=dict(size=8, color=SOURCE_COLOUR),
+                                hovertemplate="sample %{customdata}<br>predicted %{x:.3g}<br>actual %{y:.3g}<extra></extra>")])
+    fig.update_xaxes(title="predicted displacement |Δx|")
+    fig.update_yaxes(title="actual displacement |Δx|")
+    return base_layout(fig, title or f"Predicted vs actual (r = {correlation:.3f} over all coordinates)", height=360)

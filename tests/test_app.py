@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 
 APP = str(ROOT / "app.py")
-PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py"]
+PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py", "app_pages/sensitivity.py"]
 
 
 def app() -> AppTest:
@@ -33,7 +33,7 @@ def test_every_page_loads(page):
     at = app()
     at.switch_page(page).run()
     assert not at.exception and not errors(at)
-    assert at.title[0].value in ("Data", "Generate", "Sources")
+    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity")
 
 
 def test_generate_slider_changes_results_and_state_survives_pages():
@@ -108,3 +108,24 @@ def test_query_params_restore_configuration():
     assert not at.exception
     cfg = at.session_state["result"].result.config
     assert cfg.sigma == 0.25 and cfg.seed == 9 and at.session_state["dataset_name"] == "circles"
+
+
+@pytest.mark.parametrize("data", ["moons", "digits"])
+def test_sensitivity_page_and_counterfactual(data):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["data"] = data
+    at.query_params["n"] = "8"
+    at.run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    assert not at.exception and not errors(at)
+    key = next(iter(at.session_state["sensitivity_cache"]))
+    sens = at.session_state["sensitivity_cache"][key]
+    assert sens.jacobian.shape[:2] == (8, 6)
+    at.slider(key="w_top").set_value(3).run()
+    assert not at.exception
+    sens = next(iter(at.session_state["sensitivity_cache"].values()))
+    assert sens.training_ids.shape == (8, 3)
+    at.button(key="w_cf_go").click().run()
+    assert not at.exception and not errors(at)
+    cf = at.session_state["cf"][3]
+    assert cf.actual.shape == cf.original.shape and np.isfinite(cf.correlation) or cf.displacement.max() == 0

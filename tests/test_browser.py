@@ -96,3 +96,15 @@ def test_bad_upload_in_browser_keeps_dataset(server, page, artifacts, tmp_path):
     assert page.get_by_role("heading", name="moons").count() >= 1  # previous data set kept
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-bad-upload.png"), full_page=True)
+
+
+def test_sensitivity_page_and_counterfactual(server, page, artifacts):
+    open_page(page, f"{server}/sensitivity?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    no_exception(page)
+    page.get_by_text("Most influential training items").first.wait_for(timeout=60_000)
+    assert page.locator(".js-plotly-plot").count() >= 3  # maps, matrix, totals
+    page.get_by_role("button", name="Re-sample").click()
+    wait_idle(page)
+    page.get_by_text("actual re-sampled").first.wait_for(timeout=60_000)
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "page-sensitivity.png"), full_page=True)

@@ -1,0 +1,118 @@
+"""Sensitivity page: exact influence of training items on samples, and counterfactuals."""
+
+import numpy as np
+import streamlit as st
+
+from cdm_core import figures
+from cdm_core.errors import CdmInputError
+from cdm_core.sensitivity import counterfactual, sensitivity
+from ui import state
+
+MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
+
+
+def compute(ds, run, top: int):
+    cfg = run.result.config.replace(n_samples=min(MAX_SAMPLES, run.result.config.n_samples), trajectory=False)
+    key = (run.key, top, cfg.n_samples)
+    cache = st.session_state.setdefault("sensitivity_cache", {})
+    if key not in cache:
+        bar = st.progress(0.0, text="Computing exact sensitivities…")
+
+        def cb(info):
+            done = ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"])
+            bar.progress(min(done, 1.0), text=f"Sensitivity: step {info['step']}/{info['steps']}")
+
+        cache.clear()  # one configuration at a time keeps memory bounded
+        cache[key] = sensitivity(ds, cfg, top=top, callback=cb, prepared=state.cached_prepared(
+            ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None)
+        bar.empty()
+    return cache[key], cfg
+
+
+def sample_view(ds, sens, i: int) -> None:
+    ids, infl, jac = sens.training_ids[i], sens.influence[i], sens.jacobian[i]
+    ok = ids >= 0
+    st.markdown(f"**Most influential training items for sample #{i}** (ranked by ‖J‖ = ‖dx/dlog π‖)")
+    if ds.is_image:
+        cols = st.columns([1] + [1] * int(ok.sum()))
+        cols[0].image(figures.to_image(sens.samples[i], ds.image_shape, 4), caption=f"sample #{i}", width=84)
+        for k, (j, v) in enumerate(zip(ids[ok], infl[ok])):
+            cols[k + 1].image(figures.to_image(ds.points[j], ds.image_shape, 4), caption=f"#{j} · {v:.3g}", width=84)
+        st.plotly_chart(figures.sensitivity_maps_figure(jac[ok], ds.image_shape, [f"#{j}" for j in ids[ok]]),
+                        width="stretch", key="sens_maps")
+        st.caption("Red: the pixel brightens when that training item is up-weighted; blue: it darkens. "
+                   "One colour scale, centred at zero, for the whole row.")
+    else:
+        j = st.selectbox("Up-weight training item", [int(v) for v in ids[ok]], format_func=lambda v: f"#{v}",
+                         key=f"w_arrow_{i}")
+        from cdm_core.sensitivity import jacobian
+        cfg = sens.config
+        jac_all, _ = jacobian(ds, cfg, [j])
+        st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j),
+                        width="stretch", key="sens_arrows")
+        st.caption(f"Arrows: how each sample moves when training item #{j} is up-weighted (direction of dx/dlog π).")
+
+
+def counterfactual_panel(ds, sens, i: int) -> None:
+    st.subheader("Counterfactual: remove or re-weight training items")
+    ids = [int(v) for v in sens.training_ids[i] if v >= 0]
+    c1, c2, c3 = st.columns([3, 1, 1])
+    chosen = c1.multiselect("Training items", ids, default=ids[:1], format_func=lambda v: f"#{v}", key=f"w_cf_{i}")
+    factor = c2.number_input("New weight × ", 0.0, 100.0, 0.0, step=0.5, key="w_cf_factor",
+                             help="0 removes the items; 2 doubles their weight.")
+    go = c3.button("Re-sample", type="primary", key="w_cf_go")
+    if go and chosen:
+        try:
+            with st.spinner("Re-sampling with the same seeds…"):
+                st.session_state.cf = (sens.config, tuple(chosen), factor,
+                                       counterfactual(ds, sens.config, {j: factor for j in chosen}))
+        except CdmInputError as e:
+            st.error(str(e))
+    cf_state = st.session_state.get("cf")
+    if not cf_state or cf_state[0] != sens.config:
+        st.caption("Pick items and press Re-sample: the sampler re-runs with identical random numbers.")
+        return
+    _, chosen, factor, cf = cf_state
+    left, right = st.columns([1, 1])
+    with left:
+        if ds.is_image:
+            ims = [cf.original[i], cf.predicted[i], cf.actual[i]]
+            cols = st.columns(3)
+            for col, im, cap in zip(cols, ims, ["original", "predicted (1st order)", "actual re-sampled"]):
+                col.image(figures.to_image(im, ds.image_shape, 4), caption=cap, width=96)
+        st.markdown(f"Sample #{i}: actual move **{cf.displacement[i]:.3g}**, prediction error **{cf.error[i]:.3g}**.")
+        st.caption("The linear prediction cannot hold when a memorised sample loses its only source: the sample "
+                   "jumps to another training item, while the derivative only sees an infinitesimal change.")
+    with right:
+        st.plotly_chart(figures.predicted_vs_actual_figure(cf.predicted - cf.original, cf.actual - cf.original,
+                                                           cf.correlation), width="stretch", key="cf_scatter")
+
+
+def body() -> None:
+    st.title("Sensitivity")
+    ds = state.current_dataset()
+    run = state.ensure_run(ds)
+    if run is None:
+        st.info("Generate samples first.")
+        st.page_link("app_pages/generate.py", label="Generate samples →", icon=":material/auto_awesome:")
+        return
+    st.caption("Exact derivatives of each sample with respect to each training item's log-weight, with every "
+               "random number held fixed; only items that carry weight along a sample's path have non-zero influence.")
+    top = st.slider("Influential items per sample", 1, 16, 6, key="w_top")
+    sens, cfg = compute(ds, run, top)
+    n = len(sens.samples)
+    sel = min(int(st.session_state.get("selected_sample", 0)), n - 1)
+    i = int(st.number_input("Sample", 0, n - 1, sel, key=f"w_sens_sample_{sel}",
+                            help=f"Sensitivities are computed for the first {n} samples."))
+    st.session_state.selected_sample = i
+    sample_view(ds, sens, i)
+    c1, c2 = st.columns([3, 2])
+    c1.plotly_chart(figures.influence_matrix_figure(sens.training_ids, sens.influence, title="Influence matrix"),
+                    width="stretch", key="sens_matrix")
+    c2.plotly_chart(figures.total_influence_figure(sens.training_ids, sens.influence,
+                                                   title="Training items that matter most"),
+                    width="stretch", key="sens_total")
+    counterfactual_panel(ds, sens, i)
+
+
+state.guard(body)
