@@ -17,11 +17,7 @@ def compute(ds, run, top: int):
     cache = st.session_state.setdefault("sensitivity_cache", {})
     if key not in cache:
         bar = st.progress(0.0, text="Computing exact sensitivities…")
-
-        def cb(info):
-            done = ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"])
-            bar.progress(min(done, 1.0), text=f"Sensitivity: step {info['step']}/{info['steps']}")
-
+        cb = state.progress_callback(bar, "Sensitivity")
         cache.clear()  # one configuration at a time keeps memory bounded
         cache[key] = sensitivity(ds, cfg, top=top, callback=cb, prepared=state.cached_prepared(
             ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None)
@@ -91,10 +87,8 @@ def counterfactual_panel(ds, sens, i: int) -> None:
 def body() -> None:
     st.title("Sensitivity")
     ds = state.current_dataset()
-    run = state.ensure_run(ds)
+    run = state.require_run(ds)
     if run is None:
-        st.info("Generate samples first.")
-        st.page_link("app_pages/generate.py", label="Generate samples →", icon=":material/auto_awesome:")
         return
     st.caption("Exact derivatives of each sample with respect to each training item's log-weight, with every "
                "random number held fixed; only items that carry weight along a sample's path have non-zero influence.")

@@ -34,10 +34,8 @@ def users_of(res, j: int) -> pd.DataFrame:
 def body() -> None:
     st.title("Sources")
     ds = state.current_dataset()
-    run = state.ensure_run(ds)
+    run = state.require_run(ds)
     if run is None:
-        st.info("No samples yet for this data set.")
-        st.page_link("app_pages/generate.py", label="Generate samples →", icon=":material/auto_awesome:")
         return
     res = run.result
     n = len(res.samples)

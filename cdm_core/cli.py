@@ -29,7 +29,8 @@ class Progress:
         self.label, self.stream, self.t0, self.last = label, stream or sys.stderr, time.perf_counter(), 0.0
 
     def __call__(self, info: dict) -> None:
-        done = ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"])
+        from .sampler import fraction_done
+        done = fraction_done(info)
         now = time.perf_counter()
         if done < 1 and now - self.last < 0.1:
             return

@@ -59,6 +59,11 @@ def inverse_cdf(log_pi: np.ndarray, u: np.ndarray) -> np.ndarray:
     return idx
 
 
+def fraction_done(info: dict) -> float:
+    """Progress of a run from a callback's info (batches x steps), in [0, 1]."""
+    return min(1.0, ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"]))
+
+
 def time_grid(start: float, steps: int) -> np.ndarray:
     ts = start + (1.0 - start) * np.arange(steps + 1) / steps
     ts[-1] = 1.0

@@ -20,6 +20,7 @@ from cdm_core.datasets import DEFAULT_DATASET, REGISTRY, Dataset, availability, 
 from cdm_core.errors import CdmInputError
 from cdm_core.files import load_bytes
 from cdm_core.prepare import prepare
+from cdm_core.sampler import fraction_done
 
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
@@ -146,14 +147,27 @@ def current_run() -> Run | None:
     return st.session_state.get("result")
 
 
+def progress_callback(bar, label: str):
+    """A sampler callback that drives a Streamlit progress bar."""
+    def callback(info):
+        bar.progress(fraction_done(info), text=f"{label}: step {info['step']}/{info['steps']}, "
+                                               f"batch {info['batch']}/{info['batches']}")
+    return callback
+
+
+def require_run(ds: Dataset) -> Run | None:
+    """`ensure_run`, or a note with a link to the Generate page when there is nothing to show."""
+    run = ensure_run(ds)
+    if run is None:
+        st.info("No samples yet for this data set.")
+        st.page_link("app_pages/generate.py", label="Generate samples →", icon=":material/auto_awesome:")
+    return run
+
+
 def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
     """Sample with a progress bar; errors become one inline message and keep the old result."""
     bar = st.progress(0.0, text="Sampling…")
-
-    def callback(info):
-        done = ((info["batch"] - 1) * info["steps"] + info["step"]) / (info["batches"] * info["steps"])
-        bar.progress(min(done, 1.0), text=f"Sampling: step {info['step']}/{info['steps']}, "
-                                          f"batch {info['batch']}/{info['batches']}")
+    callback = progress_callback(bar, "Sampling")
 
     try:
         prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None
