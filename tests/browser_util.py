@@ -34,6 +34,7 @@ def free_port() -> int:
 def streamlit_server(extra_env: dict | None = None):
     port = free_port()
     env = os.environ | {"STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"} | (extra_env or {})
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "test-artifacts" / f"server-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1"],
