@@ -18,6 +18,9 @@ PAGES = [
     st.Page("app_pages/generate.py", title="Generate", icon=":material/auto_awesome:", url_path="generate"),
     st.Page("app_pages/sources.py", title="Sources", icon=":material/account_tree:", url_path="sources"),
     st.Page("app_pages/sensitivity.py", title="Sensitivity", icon=":material/insights:", url_path="sensitivity"),
+    st.Page("app_pages/map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
+    st.Page("app_pages/memorisation.py", title="Memorisation", icon=":material/stacked_line_chart:",
+            url_path="memorisation"),
 ]
 nav = st.navigation(PAGES)
 

@@ -49,3 +49,32 @@ def register_sensitivity(sub) -> None:
 
 
 EXTRA_COMMANDS.append(register_sensitivity)
+
+
+def cmd_sweep(a) -> int:
+    from .export_io import atomic_write_bytes
+    from .sweep import parse_floats, rows_to_csv, sweep
+    check_out(a.out, ".csv")
+    sigmas = parse_floats(a.sigmas, "--sigmas")
+    draws = [int(v) for v in parse_floats(a.draws_list, "--draws-list")] if a.draws_list else None
+    starts = parse_floats(a.starts, "--starts") if a.starts else None
+    cfg = config_from_args(a)
+    ds, weights = load_inputs(a)
+    progress = Progress("sweep")
+    rows = sweep(ds, cfg, sigmas, draws=draws, starts=starts, weights=weights, callback=progress)
+    atomic_write_bytes(a.out, rows_to_csv(rows).encode())
+    print(f"wrote {a.out}: {len(rows)} settings", file=sys.stderr)
+    return 0
+
+
+def register_sweep(sub) -> None:
+    s = sub.add_parser("sweep", help="memorisation metrics against sigma (and optionally draws, start)")
+    add_sampler_options(s)
+    s.add_argument("--sigmas", required=True, help="comma-separated smoothing scales, e.g. 0,0.1,0.2")
+    s.add_argument("--draws-list", help="comma-separated draws M to cross with the sigmas")
+    s.add_argument("--starts", help="comma-separated start times T to cross with the sigmas")
+    s.add_argument("--out", required=True, help="output .csv (one row per setting)")
+    s.set_defaults(func=cmd_sweep)
+
+
+EXTRA_COMMANDS.append(register_sweep)

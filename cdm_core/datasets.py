@@ -7,6 +7,7 @@ Nothing here downloads: each source is generated, ships inside a wheel, or is a 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -52,8 +53,9 @@ class Dataset:
     def is_image(self) -> bool:
         return self.image_shape is not None
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
+        """sha256 of shape, dtype, image shape and bytes (first 16 hex digits); computed once."""
         return content_hash(self.points, self.image_shape)
 
     def describe(self) -> dict:

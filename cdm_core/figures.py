@@ -294,3 +294,78 @@ def predicted_vs_actual_figure(predicted: np.ndarray, actual: np.ndarray, correl
     fig.update_xaxes(title="predicted displacement |Δx|")
     fig.update_yaxes(title="actual displacement |Δx|")
     return base_layout(fig, title or f"Predicted vs actual (r = {correlation:.3f} over all coordinates)", height=360)
+
+
+# ---------------------------------------------------------------------------- map and sweep
+
+def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos: np.ndarray,
+               edges: list | None = None, max_points: int = 30000, label_names=None,
+               title: str | None = None) -> go.Figure:
+    """Training points on the 2-D map coloured by label, samples on top (distinct marker), and
+    thin edges from chosen samples to their blend sources (width by weight).
+
+    `edges`: list of (sample position (2,), source positions (k, 2), weights (k,)). Trace order:
+    training traces first, then 'samples' (customdata = sample index); training traces carry the
+    training id as customdata."""
+    fig = go.Figure()
+    keep = np.arange(len(train_pos))[:max_points]
+    groups = [(None, keep)] if labels is None else [(v, keep[labels[train_ids[keep]] == v]) for v in np.unique(labels[train_ids[keep]])]
+    for k, (val, rows) in enumerate(groups):
+        name = "training data" if val is None else f"{label_names[val] if label_names is not None and val < len(label_names) else val}"
+        fig.add_trace(go.Scattergl(x=train_pos[rows, 0], y=train_pos[rows, 1], mode="markers", name=name,
+                                   marker=dict(size=4, opacity=0.6, color=TRAIN_COLOUR if val is None else OKABE_ITO[k % len(OKABE_ITO)]),
+                                   customdata=train_ids[rows], hovertemplate="training #%{customdata}<extra>" + name + "</extra>"))
+    for s_pos, src_pos, w in edges or []:
+        for p, wt in zip(src_pos, w):
+            if wt < 1e-3 or np.isnan(p).any():
+                continue
+            fig.add_trace(go.Scatter(x=[s_pos[0], p[0]], y=[s_pos[1], p[1]], mode="lines", hoverinfo="skip",
+                                     showlegend=False, line=dict(width=0.5 + 5 * float(wt), color="#000000"), opacity=0.6))
+    ok = ~np.isnan(sample_pos[:, 0])
+    fig.add_trace(go.Scattergl(x=sample_pos[ok, 0], y=sample_pos[ok, 1], mode="markers", name="samples",
+                               marker=dict(size=10, symbol="x", color="#000000", line=dict(width=1, color="white")),
+                               customdata=np.flatnonzero(ok), hovertemplate="sample #%{customdata}<extra></extra>"))
+    base_layout(fig, title, height=560)
+    fig.update_xaxes(showticklabels=False, title=None)
+    fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x")
+    fig.update_layout(dragmode="lasso", clickmode="event+select")
+    return fig
+
+
+SWEEP_METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "mean NN distance ratio"),
+                 ("mean_effective_sources", "effective sources"), ("diversity", "diversity"))
+
+
+def sweep_figure(rows: list[dict], current_sigma: float | None = None, title: str | None = None) -> go.Figure:
+    """Memorisation metrics against sigma, one panel each, the current sigma marked."""
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[lab for _, lab in SWEEP_METRICS], horizontal_spacing=0.07)
+    groups = sorted({(r["draws"], r["start"]) for r in rows})
+    for g, (m, t) in enumerate(groups):
+        sel = sorted((r for r in rows if (r["draws"], r["start"]) == (m, t)), key=lambda r: r["sigma"])
+        xs = [r["sigma"] for r in sel]
+        for k, (key, lab) in enumerate(SWEEP_METRICS):
+            fig.add_trace(go.Scatter(x=xs, y=[r[key] for r in sel], mode="lines+markers", name=f"M={m}, T={t:g}",
+                                     legendgroup=str(g), showlegend=k == 0, line=dict(color=OKABE_ITO[(4 + g) % 8]),
+                                     hovertemplate=f"σ=%{{x:.3g}}<br>{lab} %{{y:.3g}}<extra></extra>"), 1, k + 1)
+    for k in range(4):
+        fig.update_xaxes(title="σ", row=1, col=k + 1)
+        if current_sigma is not None:
+            fig.add_vline(x=current_sigma, line=dict(dash="dot", color="black", width=1), row=1, col=k + 1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    return base_layout(fig, title, height=320)
+
+
+def strip_scatter(train: np.ndarray, sample_sets: list[np.ndarray], sigmas: list[float]) -> go.Figure:
+    """2-D: the same seeds' samples at several sigmas, one small panel each."""
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=len(sample_sets), subplot_titles=[f"σ = {s:g}" for s in sigmas],
+                        horizontal_spacing=0.02)
+    for k, s in enumerate(sample_sets):
+        fig.add_trace(go.Scattergl(x=train[:, 0], y=train[:, 1], mode="markers", showlegend=False, hoverinfo="skip",
+                                   marker=dict(size=2, color=TRAIN_COLOUR, opacity=0.5)), 1, k + 1)
+        fig.add_trace(go.Scattergl(x=s[:, 0], y=s[:, 1], mode="markers", showlegend=False,
+                                   marker=dict(size=5, color=SAMPLE_COLOUR)), 1, k + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return base_layout(fig, None, height=260)

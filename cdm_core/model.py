@@ -27,6 +27,9 @@ from .errors import CdmInputError
 F64 = torch.float64
 # Chunking keeps every temporary under roughly this many float64 values (32 MiB).
 CHUNK_VALUES = 1 << 22
+# Factorised mode multiplies dense early-step weights by a float32 copy of X from this size on.
+FLOAT32_PRODUCT_MIN = 10_000_000
+CACHE_VALUES = 1 << 17  # about 1 MiB of float64: element-wise chunks that stay in cache
 # Dense support pruning: weights below this are dropped from reported supports (sources).
 SUPPORT_TOL = 1e-15
 MAX_SUPPORT = 4096
@@ -101,8 +104,12 @@ class BlendEngine:
     """Evaluates blends for queries, densely or through a top-K neighbour index."""
 
     def __init__(self, points: torch.Tensor, log_pi: np.ndarray, index=None, neighbours: int = 64,
-                 truncation_tol: float = 1e-6):
+                 truncation_tol: float = 1e-6, factorised: bool = False):
         self.x = points  # (N, D) float64 on the compute device
+        self.factorised = factorised and index is None  # see `smoothed`
+        self.sq_norms = (points * points).sum(1)
+        big = self.factorised and points.shape[0] * points.shape[1] >= FLOAT32_PRODUCT_MIN
+        self.x32 = points.to(torch.float32) if big else None
         self.n, self.dim = points.shape
         self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=points.device)
         self.eligible = np.flatnonzero(np.isfinite(log_pi))  # ids with pi > 0
@@ -122,6 +129,74 @@ class BlendEngine:
         if self.index is None:
             return self._dense(y, t, support)
         return self._truncated(y, t, support)
+
+    def _full(self, x, eps, sigma, t, projected):
+        """Factorised mode, for sensitivity: every draw's full weights (B, M, N) in
+        `Blend.weights` (ids None: all N points) and per-draw denoised (B*M, D)."""
+        b, m, d = eps.shape
+        if t == 0.0:
+            w = torch.exp(self.log_pi).expand(b, m, self.n)
+        else:
+            a, c = t / (1 - t) ** 2, t * t / (2 * (1 - t) ** 2)
+            base = self.log_pi + a * (x @ self.x.T) - c * self.sq_norms
+            lg = base[:, None, :] if projected is None else base[:, None, :] + a * projected
+            w = torch.softmax(lg.expand(b, m, self.n), dim=-1)
+        den = (w.reshape(b * m, self.n) @ self.x)
+        q = b * m
+        zeros = torch.zeros(q, dtype=F64, device=x.device)
+        return Blend(den, None, w, zeros, torch.ones(q, dtype=torch.bool)), den.reshape(b, m, d).mean(1)
+
+    def project_draws(self, eps: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        """sigma eps_m . x_i for every draw and training point, (B, M, N): computed once per batch,
+        since the draws are fixed along the trajectory (factorised mode only)."""
+        if not self.factorised or sigma == 0.0:
+            return None
+        b, m, d = eps.shape
+        return (sigma * eps.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
+
+    def smoothed(self, x: torch.Tensor, eps: torch.Tensor, sigma: float, t: float, support: bool,
+                 projected: torch.Tensor | None = None, full: bool = False):
+        """(blend of the B*M smoothing queries, D_sigma(x, t) (B, D)).
+
+        Factorised mode evaluates the same weights without forming each query: with y = x + sigma eps_m,
+            logit_mi = log pi_i + t/(1-t)^2 (x . x_i + sigma eps_m . x_i) - t^2/(2(1-t)^2) |x_i|^2 + c_m
+        (c_m constant in i), so one x . X product per sample serves all M draws, and
+        D_sigma = (mean_m w_m) @ X needs one product per sample instead of M. Exact, not truncated."""
+        b, m, d = eps.shape
+        if full and self.factorised:
+            return self._full(x, eps, sigma, t, projected)
+        if not self.factorised or t == 0.0:
+            y = (x[:, None, :] + sigma * eps).reshape(b * m, d)
+            blend = self.blend(y, t, support)
+            return blend, blend.denoised.reshape(b, m, d).mean(1)
+        a, c = t / (1 - t) ** 2, t * t / (2 * (1 - t) ** 2)
+        # One pass over X per product for the whole batch: X is large and memory-bound.
+        base = self.log_pi + a * (x @ self.x.T) - c * self.sq_norms  # (B, N)
+        mean_w = torch.empty(b, self.n, dtype=F64, device=x.device)  # mean_m w_m, (B, N)
+        # The element-wise work on (B, M, N) logits is memory-bound: chunks of about a megabyte
+        # stay in cache, and the scaled add is fused into one pass.
+        chunk = max(1, CACHE_VALUES // (m * self.n))
+        ids_out, w_out, den_out = [], [], []
+        for lo in range(0, b, chunk):
+            hi = min(lo + chunk, b)
+            lg = base[lo:hi, None, :] if projected is None else torch.add(base[lo:hi, None, :], projected[lo:hi], alpha=a)
+            w = torch.softmax(lg, dim=-1)  # (c, M or 1, N)
+            torch.mean(w, 1, out=mean_w[lo:hi])
+            if support:
+                ids, ws = _support(w.expand(hi - lo, m, self.n).reshape(-1, self.n))
+                ids_out.append(ids)
+                w_out.append(ws)
+                den_out.append(_gather_blend(ids, ws, self.x))
+        smoothed = _sparse_matmul(mean_w, self.x, self.x32)
+        q = b * m
+        zeros = torch.zeros(q, dtype=F64, device=x.device)
+        dense = torch.ones(q, dtype=torch.bool)
+        if not support:
+            return Blend(None, None, None, zeros, dense), smoothed
+        width = max(i.shape[1] for i in ids_out)
+        blend = Blend(torch.cat(den_out), torch.cat([_pad(i, width, -1) for i in ids_out]),
+                      torch.cat([_pad(i, width, 0.0) for i in w_out]), zeros, dense)
+        return blend, smoothed
 
     # ------------------------------------------------------------------ cases
     def _at_zero(self, q: int, support: bool) -> Blend:
@@ -202,6 +277,38 @@ class BlendEngine:
                 weights[rows] = _pad(exact.weights, width, 0.0)
         ids = torch.where(weights > 0, ids, -1) if support else None
         return Blend(denoised, ids, weights if support else None, bound, dense)
+
+
+def _support(w: torch.Tensor):
+    """Ids and weights (renormalised) of the entries >= SUPPORT_TOL, at most MAX_SUPPORT per row."""
+    width = int((w >= SUPPORT_TOL).sum(1).max().clamp(1, MAX_SUPPORT))
+    top = torch.topk(w, width, dim=1)
+    keep = top.values >= SUPPORT_TOL
+    vals = torch.where(keep, top.values, 0.0)
+    return torch.where(keep, top.indices, -1), vals / vals.sum(1, keepdim=True)
+
+
+def _gather_blend(ids: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k x_{ids_k} per row, in chunks that bound the gathered block."""
+    out = torch.empty(len(ids), x.shape[1], dtype=F64, device=x.device)
+    rows = max(1, CHUNK_VALUES // max(1, ids.shape[1] * x.shape[1]))
+    for lo in range(0, len(ids), rows):
+        out[lo:lo + rows] = torch.einsum("rk,rkd->rd", w[lo:lo + rows], x[ids[lo:lo + rows].clamp_min(0)])
+    return out
+
+
+def _sparse_matmul(w: torch.Tensor, x: torch.Tensor, x32: torch.Tensor | None = None) -> torch.Tensor:
+    """w @ x for convex weight rows. Late in sampling they are mostly (numerically) zero: only the
+    columns with weight above 1e-18 enter (dropped mass below N * 1e-18), in float64. Early, when
+    dense, `x32` (a float32 copy of a large x) may be used: weights in [0, 1] are not amplified, so
+    the product keeps float32's ~1e-7 relative accuracy; only the logits need float64."""
+    nz = w > 1e-18
+    if nz.sum() > 0.1 * w.numel():  # measured: gathering still pays when the union of columns is large
+        if x32 is not None:
+            return (w.to(torch.float32) @ x32).to(F64)
+        return w @ x
+    cols = torch.nonzero(nz.any(0)).flatten()
+    return w[:, cols] @ x[cols]
 
 
 def _pad(a: torch.Tensor, width: int, value) -> torch.Tensor:

@@ -19,10 +19,6 @@ from .neighbours import NeighbourIndex, TorchIndex, build_index, faiss_gpus
 
 log = logging.getLogger(__name__)
 
-# Below this many points x dims the dense exact computation is the cheapest anyway.
-AUTO_DENSE_MAX = 20_000 * 64
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,13 +28,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_index(kind: str, n: int, dim: int, device: torch.device) -> str | None:
-    """Backend for a sampler `index` option; None means dense and exact (no truncation)."""
-    if kind == "exact":
+    """Backend for a sampler `index` option; None means dense and exact (no truncation).
+
+    `auto` is dense too, but factorised (see `BlendEngine.smoothed`): exact, and M times cheaper
+    than evaluating every smoothing query over all N points."""
+    if kind in ("exact", "auto"):
         return None
-    if kind == "auto":
-        if n * dim <= AUTO_DENSE_MAX:
-            return None
-        kind = "flat"
     if kind == "flat" and device.type == "cuda":
         return "gpu" if faiss_gpus() > 0 else "torch"
     return kind
@@ -50,6 +45,7 @@ class Prepared:
     points32: np.ndarray  # (N, D) float32 on the host
     index: NeighbourIndex | None  # None: dense exact
     describe: dict
+    factorised: bool = False  # dense with one x . X product per sample for all draws (index auto)
     _nn: NeighbourIndex | None = None
 
     def nearest(self, queries: np.ndarray, k: int):
@@ -87,7 +83,8 @@ def prepare(data, config: SamplerConfig) -> Prepared:
     device = resolve_device(config.device)
     kind = resolve_index(config.index, ds.n, ds.dim, device)
     h = ds.content_hash
-    key = (h, str(device), kind, config.nlist if kind == "ivf" else 0, config.nprobe if kind == "ivf" else 0)
+    key = (h, str(device), kind, config.index == "auto", config.nlist if kind == "ivf" else 0,
+           config.nprobe if kind == "ivf" else 0)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -96,7 +93,8 @@ def prepare(data, config: SamplerConfig) -> Prepared:
     index = None if kind is None else build_index(pts32, kind, device=str(device),
                                                   nlist=config.nlist, nprobe=config.nprobe)
     desc = ds.describe() | {"content_hash": h}
-    prep = Prepared(torch.as_tensor(pts32, dtype=torch.float64, device=device), pts32, index, desc)
+    prep = Prepared(torch.as_tensor(pts32, dtype=torch.float64, device=device), pts32, index, desc,
+                    factorised=config.index == "auto")
     with _LOCK:
         _CACHE[key] = prep
         while len(_CACHE) > _CACHE_SIZE:

@@ -84,19 +84,19 @@ class Step:
 
 
 def euler_steps(engine: BlendEngine, x: torch.Tensor, eps: torch.Tensor, sigma: float,
-                ts: np.ndarray, support_every_step: bool = False):
+                ts: np.ndarray, support_every_step: bool = False, full_weights: bool = False):
     """Yield each `Step` of the Euler integration from ts[0] to ts[-1] = 1."""
-    b, m, d = eps.shape
     if sigma == 0.0:
-        m = 1  # all smoothing queries coincide; evaluate one
+        eps = eps[:, :1]  # all smoothing queries coincide; evaluate one
+    projected = engine.project_draws(eps, sigma)  # sigma eps_m . x_i, fixed along the path
     steps = len(ts) - 1
     for k in range(steps):
         t, h = float(ts[k]), float(ts[k + 1] - ts[k])
         last = k == steps - 1
-        # Smoothing queries y_m = x + sigma eps_m, the same eps_m at every step.
-        y = (x[:, None, :] + sigma * eps[:, :m]).reshape(b * m, d)
-        blend = engine.blend(y, t, support=last or support_every_step)
-        smoothed = blend.denoised.reshape(b, m, d).mean(1)  # D_sigma(x, t)
+        # Smoothing queries y_m = x + sigma eps_m (the same eps_m at every step) and
+        # D_sigma(x, t) = (1/M) sum_m D(y_m, t).
+        blend, smoothed = engine.smoothed(x, eps, sigma, t, last or support_every_step, projected,
+                                          full=full_weights)
         if last:
             x_next = smoothed  # Euler step of size (1 - t) lands exactly on D_sigma
         else:
@@ -177,7 +177,8 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
     prep = prepared or prepare(data, config)
     n_train, dim = prep.points.shape
     log_pi = normalise_log_weights(weights, n_train)
-    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol)
+    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
+                         factorised=prep.factorised)
     ts = time_grid(config.start, config.steps)
     n, bs = config.n_samples, config.batch_size
     batches = [np.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs)]

@@ -76,6 +76,24 @@ def _columns_step(prep: Prepared, blend, cols: torch.Tensor, jac: torch.Tensor, 
     return out.reshape(b, m, c, d).mean(1)
 
 
+def _columns_step_full(prep: Prepared, blend, cols: torch.Tensor, jac: torch.Tensor, t: float, m: int) -> torch.Tensor:
+    """Same as `_columns_step` from full per-draw weights (factorised mode), without supports:
+    with P = X J^T,  mean_m Cov_{w_m} J = X^T (wbar * P) - mean_m D_m (D_m . J),  and
+    mean_m w_mj (x_j - D_m) = wbar_j x_j - mean_m w_mj D_m."""
+    x = prep.points
+    b, c, d = jac.shape
+    w = blend.weights.reshape(b, m, -1)  # (B, M, N)
+    den = blend.denoised.reshape(b, m, d)  # (B, M, D)
+    wbar = w.mean(1)  # (B, N)
+    p = torch.einsum("nd,bcd->bnc", x, jac)  # (B, N, c)
+    cov_j = torch.einsum("bnc,nd->bcd", wbar[:, :, None] * p, x)
+    cov_j -= torch.einsum("bmd,bmc->bcd", den, torch.einsum("bmd,bcd->bmc", den, jac)) / m
+    safe = cols.clamp_min(0)
+    w_cols = torch.gather(w, 2, safe[:, None, :].expand(b, m, c)) * (cols >= 0)[:, None, :]  # (B, M, c)
+    direct = w_cols.mean(1)[..., None] * x[safe] - torch.einsum("bmc,bmd->bcd", w_cols, den) / m
+    return t / (1 - t) ** 2 * cov_j + direct
+
+
 def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
              prepared: Prepared | None = None):
     """J (n, c, D) = d x_i(1) / d log pi_j for training ids `ids` ((c,) shared, or (n, c) per
@@ -88,7 +106,8 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
         ids = np.broadcast_to(ids, (config.n_samples, len(ids)))
     if ids.shape[0] != config.n_samples or ((ids < -1) | (ids >= n_train)).any():
         raise CdmInputError(f"training ids must be in [0, {n_train}) with one row per sample, got shape {ids.shape}")
-    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol)
+    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
+                         factorised=prep.factorised)
     ts = time_grid(config.start, config.steps)
     m = 1 if config.sigma == 0 else config.draws
     out = np.zeros((config.n_samples, ids.shape[1], dim))
@@ -99,8 +118,10 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
         x, eps, _ = start_state(prep, log_pi, config, rows)
         cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=prep.points.device)
         jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=prep.points.device)
-        for step in euler_steps(engine, x, eps, config.sigma, ts, support_every_step=True):
-            d_smooth = _columns_step(prep, step.blend, cols, jac, step.t, m)
+        full = engine.factorised
+        for step in euler_steps(engine, x, eps, config.sigma, ts, support_every_step=not full, full_weights=full):
+            step_fn = _columns_step_full if full else _columns_step
+            d_smooth = step_fn(prep, step.blend, cols, jac, step.t, m)
             if step.k == len(ts) - 2:
                 jac = d_smooth  # the last step lands on D_sigma
             else:

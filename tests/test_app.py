@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 
 APP = str(ROOT / "app.py")
-PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py", "app_pages/sensitivity.py"]
+PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py", "app_pages/sensitivity.py",
+         "app_pages/map.py", "app_pages/memorisation.py"]
 
 
 def app() -> AppTest:
@@ -33,7 +34,7 @@ def test_every_page_loads(page):
     at = app()
     at.switch_page(page).run()
     assert not at.exception and not errors(at)
-    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity")
+    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity", "Map", "Memorisation")
 
 
 def test_generate_slider_changes_results_and_state_survives_pages():
@@ -129,3 +130,26 @@ def test_sensitivity_page_and_counterfactual(data):
     assert not at.exception and not errors(at)
     cf = at.session_state["cf"][3]
     assert cf.actual.shape == cf.original.shape and np.isfinite(cf.correlation) or cf.displacement.max() == 0
+
+
+def test_map_page_pca_and_umap():
+    at = app()
+    at.switch_page("app_pages/map.py").run()
+    assert not at.exception and not errors(at)
+    at.selectbox(key="w_map_method").set_value("pca").run()
+    assert not at.exception and not errors(at)
+    assert any("PCA map" in c.value for c in at.caption)
+
+
+def test_memorisation_page_sweeps_and_reacts():
+    at = app()
+    at.switch_page("app_pages/memorisation.py").run()
+    assert not at.exception and not errors(at)
+    rows, _ = next(iter(at.session_state["sweep_cache"].values()))
+    assert rows[0]["sigma"] == 0.0 and rows[0]["near_copy_fraction"] >= rows[-1]["near_copy_fraction"]
+    key = next(t.key for t in at.text_input if t.key.startswith("w_sweep_sigmas"))
+    at.text_input(key=key).set_value("0, abc").run()
+    assert not at.exception and any("σ values" in e for e in errors(at))
+    at.text_input(key=key).set_value("0,0.2").run()
+    rows, _ = next(iter(at.session_state["sweep_cache"].values()))
+    assert [r["sigma"] for r in rows] == [0.0, 0.2]

@@ -41,7 +41,9 @@ def no_exception(page):
     assert page.locator("[data-testid='stException']").count() == 0
 
 
-@pytest.mark.parametrize("path,title", [("data", "Data"), ("generate", "Generate"), ("sources", "Sources")])
+@pytest.mark.parametrize("path,title", [("data", "Data"), ("generate", "Generate"), ("sources", "Sources"),
+                                        ("sensitivity", "Sensitivity"), ("map", "Map"),
+                                        ("memorisation", "Memorisation")])
 def test_each_page_opens(server, page, artifacts, path, title):
     open_page(page, f"{server}/{path}")
     assert page.locator("h1").first.inner_text().strip() == title
@@ -108,3 +110,30 @@ def test_sensitivity_page_and_counterfactual(server, page, artifacts):
     page.get_by_text("actual re-sampled").first.wait_for(timeout=60_000)
     no_exception(page)
     page.screenshot(path=str(artifacts / "page-sensitivity.png"), full_page=True)
+
+
+def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
+    open_page(page, f"{server}/map?data=moons&n=32")
+    page.locator(".js-plotly-plot").first.wait_for(timeout=90_000)
+    wait_idle(page)
+    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    plot.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    box = plot.bounding_box()
+    visible = page.viewport_size["height"] - box["y"]
+    box["height"] = min(box["height"], visible - 10)
+    # lasso a large polygon over the middle of the map
+    cx, cy, rx, ry = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.4, box["height"] * 0.4
+    page.mouse.move(cx - rx, cy - ry)
+    page.mouse.down()
+    for x, y in [(cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry), (cx - rx, cy - ry)]:
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    wait_idle(page)
+    page.get_by_text("Export selection (CSV)").wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        page.get_by_text("Export selection (CSV)").click()
+    text = open(dl.value.path()).read()
+    assert text.startswith("kind,id") and len(text.splitlines()) > 3
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "journey-map-selection.png"), full_page=True)

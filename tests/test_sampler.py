@@ -158,3 +158,17 @@ def test_trajectory_ends_at_samples():
     res = sample(ds, SamplerConfig(n_samples=4, steps=7, sigma=0.1, trajectory=True))
     assert res.trajectory.shape == (8, 4, 2)
     np.testing.assert_array_equal(res.trajectory[-1], res.samples)
+
+
+@pytest.mark.parametrize("name,sigma,draws,start", [("moons:n=300", 0.1, 4, 0.0), ("digits", 0.5, 8, 0.5),
+                                                    ("digits", 0.0, 3, 0.0), ("mnist", 1.0, 4, 0.0)])
+def test_factorised_auto_equals_per_query_dense(name, sigma, draws, start):
+    """index auto evaluates all M smoothing draws from one x . X product per sample; it must give
+    the same samples and sources as evaluating every query over all N points."""
+    ds = load(name)
+    cfg = SamplerConfig(n_samples=6, sigma=sigma, draws=draws, steps=10, start=start, seed=3)
+    auto, exact = sample(ds, cfg.replace(index="auto")), sample(ds, cfg.replace(index="exact"))
+    np.testing.assert_allclose(auto.samples, exact.samples, atol=1e-6)
+    np.testing.assert_array_equal(auto.source_ids[:, :3], exact.source_ids[:, :3])
+    np.testing.assert_allclose(auto.source_weights, exact.source_weights, atol=1e-9)
+    assert auto.truncation_bound.max() == 0.0

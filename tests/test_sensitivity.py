@@ -24,6 +24,7 @@ def finite_difference(ds, cfg, j, h=1e-6, weights=None):
 
 
 CASES = [("moons:n=200", 0.0, "exact"), ("moons:n=200", 0.1, "exact"), ("moons:n=200", 0.1, "flat"),
+         ("moons:n=200", 0.1, "auto"), ("digits", 0.5, "auto"),
          ("digits", 0.0, "flat"), ("digits", 0.5, "exact"), ("digits", 0.5, "flat")]
 
 

@@ -1,0 +1,170 @@
+"""Benchmarks: wall time, samples/s, peak memory and deviation from `--index exact`, each
+speed-up a ratio against a baseline measured in the same run. Prints a table and rewrites
+BENCHMARKS.md. Each case runs in its own process so peak resident memory is its own.
+
+    python benchmarks/run.py            # everything (about 10 minutes on 2 cores)
+    python benchmarks/run.py --quick    # skip the Fashion-MNIST exact baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdm_core import SamplerConfig, load, sample  # noqa: E402
+from cdm_core.sampler import random_draws, time_grid  # noqa: E402
+
+
+def plain_dense(points: np.ndarray, cfg: SamplerConfig, dtype=torch.float64) -> np.ndarray:
+    """A straightforward dense implementation (cdist, softmax, matmul), same random numbers."""
+    x_all = torch.as_tensor(points, dtype=dtype)
+    u, z, eps = random_draws(cfg.seed, np.arange(cfg.n_samples), points.shape[1], cfg.draws)
+    idx = np.minimum(np.searchsorted(np.arange(1, len(points) + 1) / len(points), u, side="right"), len(points) - 1)
+    x = cfg.start * x_all[idx] + (1 - cfg.start) * torch.as_tensor(z, dtype=dtype)
+    e = torch.as_tensor(eps, dtype=dtype)
+    ts = time_grid(cfg.start, cfg.steps)
+    for k in range(cfg.steps):
+        t = float(ts[k])
+        y = (x[:, None, :] + cfg.sigma * e).reshape(-1, points.shape[1])
+        d = torch.cdist(y, t * x_all) ** 2
+        w = torch.softmax(-d / (2 * (1 - t) ** 2), dim=1)
+        den = (w @ x_all).reshape(cfg.n_samples, cfg.draws, -1).mean(1)
+        x = den if k == cfg.steps - 1 else x + (ts[k + 1] - t) * (den - x) / (1 - t)
+    return x.to(torch.float64).numpy()
+
+
+def gemm_gflops() -> float:
+    a = torch.randn(2048, 2048, dtype=torch.float64)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+def run_case(spec: dict) -> dict:
+    ds = load(spec["data"])
+    if spec.get("subset"):
+        from cdm_core.datasets import Dataset
+        ds = Dataset(name=f"{ds.name}[:{spec['subset']}]", points=ds.points[:spec["subset"]], image_shape=ds.image_shape)
+    cfg = SamplerConfig(**spec["config"])
+    kind = spec.get("kind", "sample")
+    # warm cache: data and index prepared (and torch's thread pool started) before timing, as in the
+    # dashboard after the first run; both sides of every ratio are measured the same way
+    sample(ds, cfg.replace(n_samples=1, steps=2))
+    t0 = time.perf_counter()
+    if kind == "sample":
+        out = sample(ds, cfg).samples.astype(np.float64)
+    elif kind == "plain64":
+        out = plain_dense(ds.points, cfg, torch.float64)
+    elif kind == "plain32":
+        out = plain_dense(ds.points, cfg, torch.float32)
+    elif kind == "sensitivity":
+        from cdm_core.sensitivity import sensitivity
+        out = sensitivity(ds, cfg, top=spec["top"]).samples.astype(np.float64)
+    secs = time.perf_counter() - t0
+    np.save(spec["out"], out)
+    return {"seconds": secs, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "n": ds.n, "dim": ds.dim}
+
+
+def measure(spec: dict, tmp: Path, name: str) -> dict:
+    spec = dict(spec, out=str(tmp / f"{name}.npy"))
+    p = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["samples"] = np.load(spec["out"])
+    res["per_s"] = spec["config"].get("n_samples", 64) / res["seconds"]
+    print(f"  {name:<38} {res['seconds']:8.2f} s  {res['peak_mb']:7.0f} MB", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if a.case:
+        print(json.dumps(run_case(json.loads(a.case))))
+        return
+    tmp = Path("/tmp/cdm-bench")
+    tmp.mkdir(exist_ok=True)
+    rows, notes = [], []
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, " \
+              f"{platform.processor() or 'cpu'}"
+    gflops = gemm_gflops()
+    print(f"machine: {machine}; float64 GEMM {gflops:.1f} GFLOP/s")
+
+    # 1. Fashion-MNIST target: auto vs exact, T = 0 and 0.5
+    fm = {"data": "fashion-mnist"}
+    for start in (0.0, 0.5):
+        base = dict(n_samples=64, sigma=1.0, draws=8, steps=20, start=start)
+        auto = measure(fm | {"config": base | {"index": "auto"}}, tmp, f"fmnist-auto-T{start}")
+        if a.quick:
+            rows.append((f"Fashion-MNIST 60k, T={start}, auto", auto, None, None))
+            continue
+        exact = measure(fm | {"config": base | {"index": "exact"}}, tmp, f"fmnist-exact-T{start}")
+        plain = measure(fm | {"config": base, "kind": "plain64"}, tmp, f"fmnist-plain64-T{start}")
+        dev = float(np.abs(auto["samples"] - exact["samples"]).max())
+        rows.append((f"Fashion-MNIST 60k, T={start}: exact (baseline)", exact, 1.0, 0.0))
+        rows.append((f"Fashion-MNIST 60k, T={start}: auto", auto, exact["seconds"] / auto["seconds"], dev))
+        rows.append((f"Fashion-MNIST 60k, T={start}: plain dense torch f64", plain,
+                     exact["seconds"] / plain["seconds"], float(np.abs(plain["samples"] - exact["samples"]).max())))
+        if start == 0.0:
+            flops = 20 * 2 * 2 * 64 * 8 * 60000 * 784  # two (q x N x D) products per step
+            notes.append(f"exact path at T=0: {flops / exact['seconds'] / 1e9:.1f} GFLOP/s, "
+                         f"{100 * flops / exact['seconds'] / 1e9 / gflops:.0f}% of this machine's float64 GEMM "
+                         f"({gflops:.1f} GFLOP/s)")
+
+    # 2. interactive latency (warm cache)
+    inter = [("MNIST 5k, 64 samples, M=4, S=20 (warm)", {"data": "mnist", "config": dict(n_samples=64, sigma=1.0, draws=4, steps=20)}),
+             ("moons 1k, 64 samples, M=4, S=100 (warm)", {"data": "moons", "config": dict(n_samples=64, sigma=0.1, draws=4, steps=100)}),
+             ("MNIST 5k sensitivity, 16 samples x top 8", {"data": "mnist", "kind": "sensitivity", "top": 8,
+                                                           "config": dict(n_samples=16, sigma=1.0, draws=4, steps=20)})]
+    for label, spec in inter:
+        r = measure(spec, tmp, label.split(",")[0].replace(" ", "-") + spec.get("kind", ""))
+        rows.append((label, r, None, None))
+
+    # 3. growth with N and M (auto, 32 samples, S = 20)
+    for n in (5000, 20000, 60000):
+        r = measure({"data": "fashion-mnist", "subset": n, "config": dict(n_samples=32, sigma=1.0, draws=8, steps=20)},
+                    tmp, f"scale-N{n}")
+        rows.append((f"auto, N={n}, 32 samples, M=8", r, None, None))
+    for m in (1, 4, 16):
+        r = measure({"data": "fashion-mnist", "subset": 20000, "config": dict(n_samples=32, sigma=1.0, draws=m, steps=20)},
+                    tmp, f"scale-M{m}")
+        rows.append((f"auto, N=20000, 32 samples, M={m}", r, None, None))
+
+    lines = ["| case | wall s | samples/s | peak MB | speed-up vs exact | max abs deviation vs exact |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r, ratio, dev in rows:
+        lines.append(f"| {label} | {r['seconds']:.2f} | {r['per_s']:.1f} | {r['peak_mb']:.0f} | "
+                     f"{'' if ratio is None else f'{ratio:.1f}x'} | {'' if dev is None else f'{dev:.1e}'} |")
+    table = "\n".join(lines)
+    print(table)
+    text = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else ""
+    start_marker, end_marker = "<!-- cpu-results -->", "<!-- /cpu-results -->"
+    block = (f"{start_marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}.\n\n{table}\n\n"
+             + "".join(f"- {n}\n" for n in notes) + end_marker)
+    if start_marker in text:
+        text = text[:text.index(start_marker)] + block + text[text.index(end_marker) + len(end_marker):]
+    else:
+        text = text + "\n" + block + "\n"
+    (ROOT / "BENCHMARKS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
