@@ -78,3 +78,26 @@ def register_sweep(sub) -> None:
 
 
 EXTRA_COMMANDS.append(register_sweep)
+
+
+def cmd_figure(a) -> int:
+    from pathlib import Path
+
+    from .export import export_bundle, read_manifest
+    m = read_manifest(a.manifest)
+    res = export_bundle(m, a.out, base_dir=Path(a.manifest).resolve().parent,
+                        callback=lambda msg: print(f"figure: {msg}", file=sys.stderr))
+    if res["message"]:
+        print(f"note: {res['message']}", file=sys.stderr)
+    print(f"wrote {len(res['files'])} files to {a.out}", file=sys.stderr)
+    return 0
+
+
+def register_figure(sub) -> None:
+    s = sub.add_parser("figure", help="regenerate exported figures from a manifest.json alone")
+    s.add_argument("--manifest", required=True, help="manifest.json from an export bundle")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_figure)
+
+
+EXTRA_COMMANDS.append(register_figure)

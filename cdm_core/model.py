@@ -27,6 +27,7 @@ from .errors import CdmInputError
 F64 = torch.float64
 # Chunking keeps every temporary under roughly this many float64 values (32 MiB).
 CHUNK_VALUES = 1 << 22
+DENSE_CHUNK_VALUES = 1 << 24  # 128 MiB of float64 logits per chunk in the dense reference path
 # Factorised mode multiplies dense early-step weights by a float32 copy of X from this size on.
 FLOAT32_PRODUCT_MIN = 10_000_000
 CACHE_VALUES = 1 << 17  # about 1 MiB of float64: element-wise chunks that stay in cache
@@ -212,7 +213,8 @@ class BlendEngine:
         return Blend(self.mean[None].expand(q, -1).clone(), ids, w, zeros, torch.ones(q, dtype=torch.bool))
 
     def _dense(self, y, t, support) -> Blend:
-        chunk = max(1, CHUNK_VALUES // self.n)
+        # Large chunks: each chunk re-reads X, and the products are memory-bound when thin.
+        chunk = max(1, DENSE_CHUNK_VALUES // self.n)
         outs, ids, ws = [], [], []
         for lo in range(0, len(y), chunk):
             w = blend_weights(y[lo:lo + chunk], t, self.x, self.log_pi)

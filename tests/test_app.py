@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 APP = str(ROOT / "app.py")
 PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py", "app_pages/sensitivity.py",
-         "app_pages/map.py", "app_pages/memorisation.py"]
+         "app_pages/map.py", "app_pages/memorisation.py", "app_pages/export.py"]
 
 
 def app() -> AppTest:
@@ -34,7 +34,7 @@ def test_every_page_loads(page):
     at = app()
     at.switch_page(page).run()
     assert not at.exception and not errors(at)
-    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity", "Map", "Memorisation")
+    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity", "Map", "Memorisation", "Export")
 
 
 def test_generate_slider_changes_results_and_state_survives_pages():
@@ -153,3 +153,14 @@ def test_memorisation_page_sweeps_and_reacts():
     at.text_input(key=key).set_value("0,0.2").run()
     rows, _ = next(iter(at.session_state["sweep_cache"].values()))
     assert [r["sigma"] for r in rows] == [0.0, 0.2]
+
+
+def test_export_page_builds_a_bundle():
+    at = app()
+    at.switch_page("app_pages/export.py").run()
+    assert not at.exception and not errors(at)
+    at.button(key="w_exp_go").click().run()
+    assert not at.exception and not errors(at)
+    blob, names, message = at.session_state["export_zip"]
+    assert "manifest.json" in names and "data.npz" in names
+    assert message or "samples.svg" in names

@@ -43,7 +43,7 @@ def no_exception(page):
 
 @pytest.mark.parametrize("path,title", [("data", "Data"), ("generate", "Generate"), ("sources", "Sources"),
                                         ("sensitivity", "Sensitivity"), ("map", "Map"),
-                                        ("memorisation", "Memorisation")])
+                                        ("memorisation", "Memorisation"), ("export", "Export")])
 def test_each_page_opens(server, page, artifacts, path, title):
     open_page(page, f"{server}/{path}")
     assert page.locator("h1").first.inner_text().strip() == title
@@ -137,3 +137,21 @@ def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
     assert text.startswith("kind,id") and len(text.splitlines()) > 3
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-map-selection.png"), full_page=True)
+
+
+def test_export_page_downloads_a_bundle(server, page, artifacts):
+    import io
+    import json
+    import zipfile
+    open_page(page, f"{server}/export?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    no_exception(page)
+    page.get_by_role("button", name="Build bundle").click()
+    page.get_by_text("Download bundle (.zip)").wait_for(timeout=120_000)
+    with page.expect_download() as dl:
+        page.get_by_text("Download bundle (.zip)").click()
+    zf = zipfile.ZipFile(io.BytesIO(open(dl.value.path(), "rb").read()))
+    names = set(zf.namelist())
+    assert {"manifest.json", "data.npz", "samples.png", "samples.svg", "samples.pdf"} <= names
+    manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["dataset"]["name"] == "digits" and manifest["sampler"]["n_samples"] == 16
+    page.screenshot(path=str(artifacts / "journey-export.png"), full_page=True)

@@ -1,0 +1,344 @@
+"""Figures for papers: a manifest in, a bundle out (figures as PNG/SVG/PDF, the data behind them,
+and the manifest itself), so any exported figure can be regenerated from its manifest alone.
+
+    manifest = make_manifest("digits", SamplerConfig(...), ["samples", "sources"], options, style)
+    export_bundle(manifest, "out/")            # or: python -m cdm_core figure --manifest ... --out ...
+
+Plotly figures go through kaleido 1.x, which drives the system chromium (one server for the whole
+batch); scatter points are drawn as SVG marks (WebGL traces are converted), so SVG and PDF are
+vector. Image grids are embedded at native resolution and upscaled by nearest neighbour only.
+Without chromium the data and manifest are still written and the reason is one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from . import figures
+from .config import SamplerConfig
+from .errors import CdmInputError
+from .export_io import atomic_write_bytes, npz_bytes
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation")
+SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
+FORMATS = ("png", "svg", "pdf")
+MANIFEST_KIND = "cfdm-explorer figure manifest"
+
+
+@dataclass(frozen=True)
+class FigureStyle:
+    width_in: float = 3.25  # figure width in inches (3.25 single column, 6.75 double column)
+    height_in: float = 2.6  # figure height in inches (image grids keep their aspect ratio)
+    dpi: int = 300  # PNG resolution, dots per inch
+    font_family: str = "Helvetica, Arial, sans-serif"  # any CSS font-family list
+    font_size: float = 8.0  # points
+    background: str = "white"  # white | transparent
+    formats: tuple = ("png", "svg", "pdf")  # which files to write per figure
+
+    def __post_init__(self):
+        if not (0.5 <= self.width_in <= 20 and 0.5 <= self.height_in <= 20):
+            raise CdmInputError(f"figure size must be within 0.5-20 inches, got {self.width_in} x {self.height_in}")
+        if not 50 <= self.dpi <= 1200:
+            raise CdmInputError(f"dpi must be in [50, 1200], got {self.dpi}")
+        if not 4 <= self.font_size <= 40:
+            raise CdmInputError(f"font size must be in [4, 40] pt, got {self.font_size}")
+        if self.background not in ("white", "transparent"):
+            raise CdmInputError(f"background must be white or transparent, got {self.background!r}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise CdmInputError(f"formats must be among {', '.join(FORMATS)}, got {list(self.formats)}")
+
+    @property
+    def px(self) -> tuple[int, int]:
+        """Layout size in CSS pixels (1/96 inch), so vector output has the physical size."""
+        return round(self.width_in * 96), round(self.height_in * 96)
+
+
+def package_versions() -> dict:
+    import importlib.metadata as md
+    out = {}
+    for name in ("cfdm-explorer", "numpy", "torch", "faiss-cpu", "faiss-gpu", "plotly", "kaleido", "streamlit",
+                 "umap-learn", "pillow", "scikit-learn"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    from . import __version__
+    out["cdm_core"] = __version__
+    return out
+
+
+def make_manifest(data_spec: str, dataset, config: SamplerConfig, which, options: dict | None = None,
+                  style: FigureStyle = FigureStyle()) -> dict:
+    which = list(which)
+    bad = [w for w in which if w not in FIGURES]
+    if bad or not which:
+        raise CdmInputError(f"figures must be among {', '.join(FIGURES)}, got {which}")
+    return {"kind": MANIFEST_KIND, "version": 1,
+            "dataset": {"spec": data_spec, "name": dataset.name, "content_hash": dataset.content_hash},
+            "sampler": config.to_dict(), "figures": which, "options": dict(options or {}),
+            "style": asdict(style), "packages": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def read_manifest(path) -> dict:
+    try:
+        m = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CdmInputError(f"{path}: cannot read manifest ({type(e).__name__})") from None
+    if not isinstance(m, dict) or m.get("kind") != MANIFEST_KIND:
+        raise CdmInputError(f"{path}: not a cfdm-explorer figure manifest")
+    return m
+
+
+def _style(m: dict) -> FigureStyle:
+    s = dict(m.get("style", {}))
+    s["formats"] = tuple(s.get("formats", FORMATS))
+    return FigureStyle(**s)
+
+
+def resolve_dataset(m: dict, base_dir: Path | None = None):
+    from .datasets import REGISTRY, load, parse_spec
+    spec = m["dataset"]["spec"]
+    if parse_spec(spec)[0] not in REGISTRY and base_dir is not None and not Path(spec).is_absolute():
+        spec = str(base_dir / spec)
+    ds = load(spec)
+    if ds.content_hash != m["dataset"]["content_hash"]:
+        raise CdmInputError(f"data set {m['dataset']['spec']!r} has content hash {ds.content_hash}, but the manifest "
+                            f"was made from {m['dataset']['content_hash']}")
+    return ds
+
+
+# ----------------------------------------------------------------------------- building
+
+def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
+    """(figures by name: plotly Figure or PIL Image, arrays behind them by name)."""
+    from .metrics import nn_ratio
+    from .sampler import sample
+    say = callback or (lambda msg: None)
+    cfg = SamplerConfig.from_dict(m["sampler"])
+    opts = m.get("options", {})
+    i = int(opts.get("sample", 0))
+    say("sampling")
+    res = sample(ds, cfg)
+    if not 0 <= i < len(res.samples):
+        raise CdmInputError(f"options.sample must be in [0, {len(res.samples)}), got {i}")
+    out, data = {}, {"samples": res.samples, "source_ids": res.source_ids, "source_weights": res.source_weights,
+                     "nn_ids": res.nn_ids, "nn_dist": res.nn_dist}
+    which = m["figures"]
+    if "samples" in which:
+        if ds.is_image:
+            out["samples"] = figures.image_grid(res.samples, ds.image_shape, ncols=int(opts.get("ncols", 8)), scale=1, pad=1)
+        else:
+            out["samples"] = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=nn_ratio(res.nn_dist))
+    if "sources" in which:
+        ok = res.source_ids[i] >= 0
+        ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
+        if ds.is_image:
+            keep = w >= 1e-3
+            tiles = np.concatenate([res.samples[i:i + 1], ds.points[ids[keep][:8]], ds.points[res.nn_ids[i][:4]]])
+            out["sources"] = figures.image_grid(tiles, ds.image_shape, ncols=len(tiles), scale=1, pad=1)
+        else:
+            out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
+    if "sensitivity" in which or "influence" in which:
+        from .sensitivity import sensitivity
+        say("sensitivity")
+        sens = sensitivity(ds, cfg.replace(n_samples=min(cfg.n_samples, int(opts.get("sensitivity_samples", 16)))),
+                           top=int(opts.get("top", 6)))
+        data |= {"training_ids": sens.training_ids, "influence": sens.influence}
+        if "sensitivity" in which:
+            k = min(i, len(sens.samples) - 1)
+            ok = sens.training_ids[k] >= 0
+            data["jacobian"] = sens.jacobian[k]
+            if ds.is_image:
+                out["sensitivity"] = figures.sensitivity_maps_figure(sens.jacobian[k][ok], ds.image_shape,
+                                                                     [f"#{j}" for j in sens.training_ids[k][ok]])
+            else:
+                from .sensitivity import jacobian
+                j = int(sens.training_ids[k][0])
+                jac, _ = jacobian(ds, cfg, [j])
+                out["sensitivity"] = figures.arrows_figure(ds.points[:, :2], res.samples[:, :2], jac[:, 0, :2], j)
+        if "influence" in which:
+            out["influence"] = figures.influence_matrix_figure(sens.training_ids, sens.influence)
+    if "map" in which:
+        from .embedding import MapConfig, compute_map, place_by_sources
+        say("map")
+        emb = compute_map(ds, MapConfig(**opts.get("map", {"method": "pca"})))
+        pos = place_by_sources(emb, res.source_ids, res.source_weights)
+        table = emb.position_of()
+        okk = (res.source_ids[i] >= 0) & (res.source_ids[i] < len(table))
+        edges = [(pos[i], table[res.source_ids[i][okk]], res.source_weights[i][okk])]
+        out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
+        data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
+    if "memorisation" in which:
+        from .sweep import sweep
+        say("memorisation sweep")
+        sigmas = [float(s) for s in opts.get("sigmas", [0.0, cfg.sigma / 2, cfg.sigma, 2 * cfg.sigma])]
+        rows = sweep(ds, cfg.replace(n_samples=min(cfg.n_samples, 32)), sigmas)
+        out["memorisation"] = figures.sweep_figure(rows, current_sigma=cfg.sigma)
+        data["sweep_rows"] = rows
+    return out, data
+
+
+# ----------------------------------------------------------------------------- writing
+
+def style_figure(fig: go.Figure, style: FigureStyle) -> go.Figure:
+    """Publication style: physical size, font in points, background; WebGL traces become SVG
+    scatter traces so points are vector marks."""
+    traces = []
+    for t in fig.data:
+        if isinstance(t, go.Scattergl):
+            spec = t.to_plotly_json()
+            spec.pop("type", None)
+            traces.append(go.Scatter(spec))
+        else:
+            traces.append(t)
+    for k, t in enumerate(traces):
+        t.uid = f"trace{k}"  # plotly.js otherwise names traces randomly, and SVGs would differ
+    fig = go.Figure(data=traces, layout=fig.layout, frames=fig.frames)
+    w, h = style.px
+    bg = "rgba(0,0,0,0)" if style.background == "transparent" else "white"
+    fig.update_layout(width=w, height=h, font=dict(family=style.font_family, size=style.font_size * 96 / 72),
+                      paper_bgcolor=bg, plot_bgcolor=bg, margin=dict(l=30, r=10, t=30, b=30),
+                      updatemenus=[], sliders=[])
+    return fig
+
+
+def image_files(img: Image.Image, style: FigureStyle) -> dict:
+    """PNG/SVG/PDF bytes of an image grid: width style.width_in, nearest-neighbour upscaling only."""
+    target_px = style.width_in * style.dpi
+    factor = max(1, int(target_px // img.width))
+    big = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    height_in = style.width_in * img.height / img.width
+    out = {}
+    if "png" in style.formats:
+        b = io.BytesIO()
+        big.save(b, format="PNG", dpi=(style.dpi, style.dpi))
+        out["png"] = b.getvalue()
+    if "pdf" in style.formats:
+        b = io.BytesIO()
+        big.convert("RGB").save(b, format="PDF", resolution=big.width / style.width_in)
+        out["pdf"] = b.getvalue()
+    if "svg" in style.formats:
+        b = io.BytesIO()
+        img.save(b, format="PNG")  # native resolution; the viewer upscales without smoothing
+        href = base64.b64encode(b.getvalue()).decode()
+        out["svg"] = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                      f'width="{style.width_in}in" height="{height_in:.4f}in" viewBox="0 0 {img.width} {img.height}">'
+                      f'<image width="{img.width}" height="{img.height}" image-rendering="pixelated" '
+                      f'style="image-rendering:pixelated;image-rendering:crisp-edges" '
+                      f'xlink:href="data:image/png;base64,{href}"/></svg>\n').encode()
+    return out
+
+
+def chromium_path() -> str | None:
+    path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return path if path and Path(path).exists() else None
+
+
+def _arrays_and_tables(data: dict) -> tuple[dict, dict]:
+    arrays, tables = {}, {}
+    for k, v in data.items():
+        if k == "sweep_rows":
+            from .sweep import rows_to_csv
+            tables["memorisation.csv"] = rows_to_csv(v)
+        else:
+            arrays[k] = np.asarray(v)
+    if "influence" in arrays:
+        lines = ["sample,rank,training_id,influence"]
+        for s, (ids, inf) in enumerate(zip(arrays["training_ids"], arrays["influence"])):
+            lines += [f"{s},{r},{int(j)},{float(v)!r}" for r, (j, v) in enumerate(zip(ids, inf)) if j >= 0]
+        tables["influence.csv"] = "\n".join(lines) + "\n"
+    return arrays, tables
+
+
+def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None, ds=None) -> dict:
+    """Write figures, data and manifest into `out_dir`. Returns {"files": [...], "message": str}."""
+    style = _style(m)
+    ds = ds or resolve_dataset(m, base_dir)
+    figs, data = build(m, ds, callback)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, message = [], ""
+    arrays, tables = _arrays_and_tables(data)
+    atomic_write_bytes(out_dir / "data.npz", npz_bytes(arrays))
+    files.append("data.npz")
+    for name, text in tables.items():
+        atomic_write_bytes(out_dir / name, text.encode())
+        files.append(name)
+    plotly_figs = {k: v for k, v in figs.items() if isinstance(v, go.Figure)}
+    for name, img in figs.items():
+        if isinstance(img, Image.Image):
+            for fmt, blob in image_files(img, style).items():
+                atomic_write_bytes(out_dir / f"{name}.{fmt}", blob)
+                files.append(f"{name}.{fmt}")
+    if plotly_figs:
+        browser = chromium_path()
+        if browser is None:
+            message = ("chromium not found (install the Debian package chromium): plotly figures were not "
+                       "rendered; data and manifest were written")
+        else:
+            files += _render_plotly(plotly_figs, style, out_dir, browser)
+    atomic_write_bytes(out_dir / "manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str).encode())
+    files.append("manifest.json")
+    return {"files": files, "message": message}
+
+
+def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) -> list[str]:
+    import kaleido
+    os.environ.setdefault("BROWSER_PATH", browser)
+    written = []
+    kaleido.start_sync_server(silence_warnings=True)  # one chromium for the whole batch
+    warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+    try:
+        for name, fig in figs.items():
+            styled = style_figure(fig, style)
+            w, h = style.px
+            for fmt in style.formats:
+                blob = styled.to_image(format=fmt, width=w, height=h, scale=style.dpi / 96 if fmt == "png" else 1)
+                if fmt == "svg":
+                    blob = deterministic_svg(blob)
+                atomic_write_bytes(out_dir / f"{name}.{fmt}", blob)
+                written.append(f"{name}.{fmt}")
+    finally:
+        kaleido.stop_sync_server(silence_warnings=True)
+    return written
+
+
+def deterministic_svg(blob: bytes) -> bytes:
+    """plotly.js names clip paths and gradients with random ids; renumber them in order of first
+    appearance so the same figure always gives the same SVG bytes."""
+    import re
+    text = blob.decode()
+    ids = {}
+    for match in re.finditer(r'id="([^"]+)"', text):
+        ids.setdefault(match.group(1), f"cdm{len(ids)}")
+    if not ids:
+        return blob
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(ids, key=len, reverse=True)))
+    return pattern.sub(lambda mt: ids[mt.group(0)], text).encode()
+
+
+def zip_bundle(out_dir) -> bytes:
+    import zipfile
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(Path(out_dir).iterdir()):
+            info = zipfile.ZipInfo(p.name, date_time=(2000, 1, 1, 0, 0, 0))
+            zf.writestr(info, p.read_bytes())
+    return b.getvalue()

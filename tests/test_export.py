@@ -1,0 +1,104 @@
+"""Figure export: builders for toy and image data, vector SVG/PDF, PNG pixel size, manifest
+round trip to identical figures, and a missing chromium."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from PIL import Image
+
+from cdm_core import SamplerConfig, load
+from cdm_core.cli import main
+from cdm_core.errors import CdmInputError
+from cdm_core import export
+from cdm_core.export import FIGURES, FigureStyle, build, export_bundle, make_manifest
+from tests.browser_util import have_chromium
+
+CFG = SamplerConfig(n_samples=8, sigma=0.5, draws=2, steps=10)
+needs_chromium = pytest.mark.skipif(not have_chromium(), reason="Debian chromium is not installed")
+
+
+@pytest.mark.parametrize("name,sigma", [("moons:n=200", 0.1), ("digits", 0.5)])
+def test_every_builder_returns_a_valid_figure(name, sigma):
+    ds = load(name)
+    cfg = CFG.replace(sigma=sigma)
+    m = make_manifest(name, ds, cfg, FIGURES, {"sample": 1, "sigmas": [0.0, sigma], "map": {"method": "pca"}})
+    figs, data = build(m, ds)
+    assert set(figs) == set(FIGURES)
+    for k, f in figs.items():
+        assert isinstance(f, (go.Figure, Image.Image)), k
+        if isinstance(f, go.Figure):
+            f.to_dict()  # validates
+    assert data["samples"].shape == (8, ds.dim)
+
+
+def test_style_and_manifest_validation():
+    with pytest.raises(CdmInputError):
+        FigureStyle(dpi=5)
+    with pytest.raises(CdmInputError):
+        FigureStyle(formats=("gif",))
+    with pytest.raises(CdmInputError):
+        make_manifest("moons", load("moons"), CFG, ["pie"])
+
+
+def test_image_grid_exports_are_nearest_neighbour_and_sized():
+    img = Image.fromarray((np.arange(16).reshape(4, 4) * 16).astype(np.uint8)).convert("RGB")
+    files = export.image_files(img, FigureStyle(width_in=2.0, dpi=100))
+    png = Image.open(io.BytesIO(files["png"]))
+    assert png.width == 200 and png.info["dpi"][0] == pytest.approx(100, abs=1)
+    arr = np.asarray(png)
+    assert len(np.unique(arr[..., 0])) == 16  # no interpolated (blurred) values
+    assert b"image-rendering" in files["svg"] and files["pdf"].startswith(b"%PDF")
+
+
+@needs_chromium
+def test_bundle_vector_marks_png_size_and_round_trip(tmp_path, capsys):
+    ds = load("moons:n=200")
+    style = FigureStyle(width_in=3.25, height_in=2.5, dpi=200)
+    m = make_manifest("moons:n=200", ds, CFG.replace(sigma=0.1), ["samples", "sources"], {"sample": 2}, style)
+    first = export_bundle(m, tmp_path / "a")
+    assert first["message"] == ""
+    names = set(first["files"])
+    assert {"samples.png", "samples.svg", "samples.pdf", "sources.svg", "data.npz", "manifest.json"} <= names
+    svg = (tmp_path / "a" / "samples.svg").read_bytes()
+    assert svg.count(b'class="point') >= 200  # every scatter point is a vector mark
+    pdf = (tmp_path / "a" / "samples.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/Subtype /Image" not in pdf and b"/Subtype/Image" not in pdf
+    png = Image.open(tmp_path / "a" / "samples.png")
+    assert png.size == (round(3.25 * 200), round(2.5 * 200))
+    # regenerate from the manifest alone: identical SVG and samples
+    assert main(["figure", "--manifest", str(tmp_path / "a" / "manifest.json"), "--out", str(tmp_path / "b")]) == 0
+    for f in ("samples.svg", "sources.svg"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    a, b = np.load(tmp_path / "a" / "data.npz"), np.load(tmp_path / "b" / "data.npz")
+    np.testing.assert_array_equal(a["samples"], b["samples"])
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["sampler"]["sigma"] == 0.1
+
+
+def test_missing_chromium_still_writes_data_and_manifest(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "chromium_path", lambda: None)
+    ds = load("moons:n=200")
+    res = export_bundle(make_manifest("moons:n=200", ds, CFG, ["samples"]), tmp_path)
+    assert "chromium" in res["message"] and "\n" not in res["message"]
+    assert (tmp_path / "manifest.json").exists() and (tmp_path / "data.npz").exists()
+    assert not (tmp_path / "samples.svg").exists()
+
+
+def test_figure_cli_errors(tmp_path, capsys):
+    bad = tmp_path / "m.json"
+    bad.write_text("{not json")
+    assert main(["figure", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 2
+    ds = load("moons:n=200")
+    m = make_manifest("moons:n=201", ds, CFG, ["samples"])  # hash of another data set
+    bad.write_text(json.dumps(m))
+    assert main(["figure", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "content hash" in capsys.readouterr().err
+
+
+def test_zip_bundle_is_deterministic(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    assert zipfile.ZipFile(io.BytesIO(export.zip_bundle(tmp_path))).namelist() == ["a.txt"]
+    assert export.zip_bundle(tmp_path) == export.zip_bundle(tmp_path)
