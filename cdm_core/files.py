@@ -9,25 +9,17 @@ with an error that names the limit.
 from __future__ import annotations
 
 import io
-import os
 import zipfile
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .datasets import Dataset
 from .errors import CdmInputError
+from .limits import Limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_file_bytes: int = int(os.environ.get("CDM_MAX_FILE_MB", "1024")) * 2**20  # bytes on disk
-    max_points: int = int(os.environ.get("CDM_MAX_POINTS", "2000000"))  # rows N
-    max_dim: int = int(os.environ.get("CDM_MAX_DIM", "65536"))  # columns D
-    max_uncompressed_bytes: int = 4 * 2**30  # total size unpacked from a .zip / .npz member
 
 
 LIMITS = Limits()
@@ -100,6 +92,14 @@ def read_npy_bytes(name: str, raw: bytes, limits: Limits = LIMITS) -> np.ndarray
         _fail(name, f"cannot read array ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
 
 
+def _member(name: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """Read one archive member; a corrupt, encrypted or exotic member is a one-line error."""
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as e:
+        _fail(name, f"member {info.filename} is unreadable ({type(e).__name__})")
+
+
 def _read_npz(name: str, raw: bytes, limits: Limits):
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
@@ -114,11 +114,11 @@ def _read_npz(name: str, raw: bytes, limits: Limits):
         if len(arrays) != 1:
             _fail(name, f"expected an array named X, data, points or images; found {sorted(members)}")
         key = arrays[0]
-    data = read_npy_bytes(f"{name}[{key}]", zf.read(members[key]), limits)
+    data = read_npy_bytes(f"{name}[{key}]", _member(name, zf, members[key]), limits)
     labels = None
     lab_key = next((k for k in ("labels", "y") if k in members), None)
     if lab_key is not None:
-        labels = read_npy_bytes(f"{name}[{lab_key}]", zf.read(members[lab_key]), limits)
+        labels = read_npy_bytes(f"{name}[{lab_key}]", _member(name, zf, members[lab_key]), limits)
     return data, labels
 
 
@@ -191,7 +191,7 @@ def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limit
                         and not i.is_dir() and "__MACOSX" not in i.filename), key=lambda i: i.filename)
         if sum(i.file_size for i in infos) > limits.max_uncompressed_bytes:
             _fail(name, "unpacks to more than the size limit (zip bomb?)")
-        arr, _ = _read_images(name, ((i.filename, zf.read(i)) for i in infos), resize, limits)
+        arr, _ = _read_images(name, ((i.filename, _member(name, zf, i)) for i in infos), resize, limits)
     elif suffix in IMAGE_SUFFIXES:
         arr, _ = _read_images(name, [(name, raw)], resize, limits)
     else:

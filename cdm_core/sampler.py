@@ -21,12 +21,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import limits
 from .config import SamplerConfig
 from .errors import CdmInputError
 from .model import F64, Blend, BlendEngine, normalise_log_weights
 from .prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
+
+
+def check_request(config: SamplerConfig, n_train: int, dim: int) -> int:
+    """Refuse requests over the work limit, before allocating; return a batch size whose draw
+    buffers (eps and their projections, float64) fit the per-batch memory limit. Batching never
+    changes results (per-sample seeding), so shrinking it is safe."""
+    lim = limits.current()
+    m = 1 if config.sigma == 0 else config.draws
+    work = float(config.n_samples) * m * n_train * dim * config.steps
+    if work > lim.max_work:
+        raise CdmInputError(f"this request needs about {work:.1e} operations (samples x draws x N x D x steps), "
+                            f"over the limit of {lim.max_work:.1e} (CDM_MAX_WORK); ask for fewer samples, "
+                            "draws or steps")
+    per_sample = 8 * config.draws * (dim + n_train)
+    if per_sample > lim.max_batch_bytes:
+        raise CdmInputError(f"one sample's {config.draws} smoothing draws need {per_sample / 2**20:.0f} MiB, over "
+                            f"the limit of {lim.max_batch_bytes / 2**20:.0f} MiB (CDM_MAX_BATCH_MB)")
+    return max(1, min(config.batch_size, lim.max_batch_bytes // per_sample))
 
 
 def random_draws(seed: int, ids: np.ndarray, dim: int, draws: int):
@@ -176,11 +195,12 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
     t0 = time.perf_counter()
     prep = prepared or prepare(data, config)
     n_train, dim = prep.points.shape
+    bs = check_request(config, n_train, dim)
     log_pi = normalise_log_weights(weights, n_train)
     engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
                          factorised=prep.factorised)
     ts = time_grid(config.start, config.steps)
-    n, bs = config.n_samples, config.batch_size
+    n = config.n_samples
     batches = [np.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
     samples = np.empty((n, dim), np.float32)
     bounds = np.zeros(n)

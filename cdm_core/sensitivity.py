@@ -30,7 +30,7 @@ from .config import SamplerConfig
 from .errors import CdmInputError
 from .model import F64, CHUNK_VALUES, BlendEngine, normalise_log_weights
 from .prepare import Prepared, prepare
-from .sampler import euler_steps, sample, start_state, time_grid
+from .sampler import check_request, euler_steps, sample, start_state, time_grid
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
     m = 1 if config.sigma == 0 else config.draws
     out = np.zeros((config.n_samples, ids.shape[1], dim))
     samples = np.zeros((config.n_samples, dim))
-    bs = config.batch_size
+    bs = check_request(config, n_train, dim)
     for lo in range(0, config.n_samples, bs):
         rows = np.arange(lo, min(lo + bs, config.n_samples))
         x, eps, _ = start_state(prep, log_pi, config, rows)

@@ -155,3 +155,38 @@ def test_export_page_downloads_a_bundle(server, page, artifacts):
     manifest = json.loads(zf.read("manifest.json"))
     assert manifest["dataset"]["name"] == "digits" and manifest["sampler"]["n_samples"] == 16
     page.screenshot(path=str(artifacts / "journey-export.png"), full_page=True)
+
+
+def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifacts):
+    """Four sessions at once (one long), different data and settings: each page shows the
+    near-copy fraction that its own settings give when computed directly."""
+    from cdm_core import SamplerConfig, load, sample
+    from cdm_core.metrics import set_metrics
+    from ui.state import defaults_for
+    jobs = [("digits", dict(n=64, sigma=0.4, steps=100)), ("moons", dict(n=8, sigma=0.0, steps=150)),
+            ("circles", dict(n=12, sigma=0.3, steps=60)), ("8gaussians", dict(n=20, sigma=0.05, steps=80))]
+    pages = []
+    for data, p in jobs:
+        ctx = chromium.new_context(viewport={"width": 1280, "height": 800})
+        pg = ctx.new_page()
+        query = "&".join(f"{k}={v}" for k, v in p.items())
+        pg.goto(f"{server}/generate?data={data}&{query}", wait_until="commit")
+        pages.append((ctx, pg, data, p))
+    try:
+        for k, (ctx, pg, data, p) in enumerate(pages):
+            pg.wait_for_selector("h1", timeout=90_000)
+            wait_idle(pg, timeout=180_000)
+            pg.get_by_text("Near-copies").first.wait_for(timeout=120_000)
+            shown = pg.locator("[data-testid='stMetricValue']").first.inner_text().strip()
+            d = defaults_for(data) | p
+            cfg = SamplerConfig(n_samples=d["n"], sigma=d["sigma"], draws=d["draws"], steps=d["steps"], start=d["start"],
+                                seed=d["seed"], neighbours=d["neighbours"], index=d["index"], trajectory=data != "digits")
+            ds = load(data)
+            expected = f"{100 * set_metrics(sample(ds, cfg), ds.points).near_copy_fraction:.0f}%"
+            assert shown == expected, (data, shown, expected)
+            assert pg.get_by_text(f"n = {d['n']} · seed").count() == 1  # this session's own settings
+            assert pg.locator("[data-testid='stException']").count() == 0
+            pg.screenshot(path=str(artifacts / f"concurrent-{k}-{data}.png"))
+    finally:
+        for ctx, *_ in pages:
+            ctx.close()
