@@ -7,6 +7,7 @@ import streamlit as st
 from cdm_core import figures
 from cdm_core.embedding import MapConfig, compute_map, place_by_sources, place_by_transform
 from ui import state
+from ui.hover_thumbnails import hover_thumbnails
 
 MAX_DRAWN = 30000
 
@@ -75,6 +76,12 @@ def body() -> None:
     st.session_state.map_sample_curve = len(fig.data) - 1
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
+    if ds.is_image:
+        shown = emb.ids[:MAX_DRAWN]
+        n_thumbs = hover_thumbnails("map_chart", shown, ds.points[shown],
+                                    res.samples if res is not None else np.zeros((0, ds.dim), np.float32),
+                                    ds.image_shape, sample_curve=len(fig.data) - 1)
+        st.caption(f"Hover a point to see its image ({n_thumbs:,} items have a thumbnail).")
     samples, train = selection(event)
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
                "Lasso or box-select points to list them below.")

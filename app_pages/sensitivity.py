@@ -5,7 +5,7 @@ import streamlit as st
 
 from cdm_core import figures
 from cdm_core.errors import CdmInputError
-from cdm_core.sensitivity import counterfactual, sensitivity
+from cdm_core.sensitivity import counterfactual, position_derivative, sensitivity
 from ui import state
 
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
@@ -47,6 +47,37 @@ def sample_view(ds, sens, i: int) -> None:
         st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j),
                         width="stretch", key="sens_arrows")
         st.caption(f"Arrows: how each sample moves when training item #{j} is up-weighted (direction of dx/dlog π).")
+
+
+def brighter_panel(ds, sens, i: int) -> None:
+    """Images: how sample i changes if a training image were brighter in a patch."""
+    st.subheader("What if a training image were brighter here?")
+    ids = [int(v) for v in sens.training_ids[i] if v >= 0]
+    h, w = ds.image_shape[:2]
+    c1, c2, c3, c4 = st.columns(4)
+    j = c1.selectbox("Training item", ids, format_func=lambda v: f"#{v}", key=f"w_bright_item_{i}")
+    r = c2.slider("Patch row", 0, h - 1, h // 2, key="w_bright_r")
+    c = c3.slider("Patch column", 0, w - 1, w // 2, key="w_bright_c")
+    rad = c4.slider("Patch radius", 0, max(1, h // 4), max(1, h // 8), key="w_bright_rad")
+    mask = np.zeros(ds.image_shape)
+    mask[max(0, r - rad):r + rad + 1, max(0, c - rad):c + rad + 1] = 1.0
+    key = (sens.config.to_json(), j, r, c, rad)
+    cache = st.session_state.setdefault("bright_cache", {})
+    if key not in cache:
+        with st.spinner("Differentiating the sampler with respect to the image…"):
+            cache.clear()
+            cache[key] = position_derivative(ds, sens.config, j, mask.reshape(-1) / max(mask.sum(), 1) ** 0.5)
+    deriv = cache[key][i]
+    left, right = st.columns([1, 3])
+    outline = figures.to_image(ds.points[j], ds.image_shape, 4).convert("RGB")
+    from PIL import ImageDraw
+    ImageDraw.Draw(outline).rectangle([4 * max(0, c - rad), 4 * max(0, r - rad), 4 * min(w, c + rad + 1) - 1,
+                                       4 * min(h, r + rad + 1) - 1], outline=figures.OKABE_ITO[0], width=2)
+    left.image(outline, caption=f"#{j}, brightened patch", width=96)
+    right.plotly_chart(figures.sensitivity_maps_figure(deriv[None], ds.image_shape, [f"d sample #{i} / d brightness"]),
+                       width="stretch", key="bright_map")
+    st.caption("Exact derivative of the sample with respect to the patch's brightness in that training image "
+               "(unit-norm direction), all random numbers held fixed.")
 
 
 def counterfactual_panel(ds, sens, i: int) -> None:
@@ -106,6 +137,8 @@ def body() -> None:
     c2.plotly_chart(figures.total_influence_figure(sens.training_ids, sens.influence,
                                                    title="Training items that matter most"),
                     width="stretch", key="sens_total")
+    if ds.is_image:
+        brighter_panel(ds, sens, i)
     counterfactual_panel(ds, sens, i)
 
 

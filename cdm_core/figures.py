@@ -12,6 +12,9 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
+# Paul Tol's "muted" scheme: ten colour-blind-safe categories, none black (samples are drawn black)
+CATEGORICAL = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933",
+               "#AA4499", "#BBBBBB")
 SEQUENTIAL = "cividis"
 DIVERGING = "RdBu_r"
 TRAIN_COLOUR = "#9AA5B1"
@@ -197,7 +200,7 @@ def data_scatter(points: np.ndarray, labels=None, title: str | None = None, max_
         for k, val in enumerate(np.unique(lab)):
             m = lab == val
             fig.add_trace(go.Scattergl(x=pts[m, 0], y=pts[m, 1], mode="markers", name=f"label {val}",
-                                       marker=dict(size=4, color=OKABE_ITO[k % len(OKABE_ITO)], opacity=0.7)))
+                                       marker=dict(size=4, color=CATEGORICAL[k % len(CATEGORICAL)], opacity=0.7)))
     return base_layout(fig, title, square=True)
 
 
@@ -313,7 +316,7 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
     for k, (val, rows) in enumerate(groups):
         name = "training data" if val is None else f"{label_names[val] if label_names is not None and val < len(label_names) else val}"
         fig.add_trace(go.Scattergl(x=train_pos[rows, 0], y=train_pos[rows, 1], mode="markers", name=name,
-                                   marker=dict(size=4, opacity=0.6, color=TRAIN_COLOUR if val is None else OKABE_ITO[k % len(OKABE_ITO)]),
+                                   marker=dict(size=4, opacity=0.6, color=TRAIN_COLOUR if val is None else CATEGORICAL[k % len(CATEGORICAL)]),
                                    customdata=train_ids[rows], hovertemplate="training #%{customdata}<extra>" + name + "</extra>"))
     for s_pos, src_pos, w in edges or []:
         for p, wt in zip(src_pos, w):
@@ -369,3 +372,16 @@ def strip_scatter(train: np.ndarray, sample_sets: list[np.ndarray], sigmas: list
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return base_layout(fig, None, height=260)
+
+
+def thumbnail_sprite(vectors: np.ndarray, image_shape: tuple, cols: int = 64) -> tuple[Image.Image, int]:
+    """All thumbnails in one sprite sheet at native resolution (row-major slots), for hover
+    previews: returns (sheet, columns)."""
+    n = len(vectors)
+    cols = max(1, min(cols, n))
+    h, w = image_shape[0], image_shape[1]
+    sheet = Image.new("RGB", (cols * w, int(np.ceil(n / cols)) * h), "white")
+    for k, v in enumerate(vectors):
+        r, c = divmod(k, cols)
+        sheet.paste(to_image(v, image_shape).convert("RGB"), (c * w, r * h))
+    return sheet, cols

@@ -218,7 +218,7 @@ class BlendEngine:
         outs, ids, ws = [], [], []
         for lo in range(0, len(y), chunk):
             w = blend_weights(y[lo:lo + chunk], t, self.x, self.log_pi)
-            outs.append(w @ self.x)
+            outs.append(flush_tiny(w) @ self.x)
             if support:
                 top = torch.topk(w, min(MAX_SUPPORT, self.n), dim=1)
                 keep = top.values >= SUPPORT_TOL
@@ -299,12 +299,20 @@ def _gather_blend(ids: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> torch.
     return out
 
 
+def flush_tiny(w: torch.Tensor) -> torch.Tensor:
+    """Weights below 1e-30 set to zero before a product with X: denormal numbers (below ~1e-308
+    in float64, ~1e-38 in float32) make products many times slower on x86 (measured 0.4 s
+    against 0.03 s); the dropped mass is at most N * 1e-30."""
+    return torch.where(w >= 1e-30, w, 0.0)
+
+
 def _sparse_matmul(w: torch.Tensor, x: torch.Tensor, x32: torch.Tensor | None = None) -> torch.Tensor:
     """w @ x for convex weight rows. Late in sampling they are mostly (numerically) zero: only the
     columns with weight above 1e-18 enter (dropped mass below N * 1e-18), in float64. Early, when
     dense, `x32` (a float32 copy of a large x) may be used: weights in [0, 1] are not amplified, so
     the product keeps float32's ~1e-7 relative accuracy; only the logits need float64."""
     nz = w > 1e-18
+    w = flush_tiny(w)
     if nz.sum() > 0.1 * w.numel():  # measured: gathering still pays when the union of columns is large
         if x32 is not None:
             return (w.to(torch.float32) @ x32).to(F64)

@@ -190,3 +190,25 @@ def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifa
     finally:
         for ctx, *_ in pages:
             ctx.close()
+
+
+def test_map_hover_shows_thumbnail_for_images(server, page, artifacts):
+    open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    page.locator(".st-key-map_chart .js-plotly-plot").wait_for(timeout=120_000)
+    wait_idle(page)
+    page.locator(".st-key-map_chart .js-plotly-plot").scroll_into_view_if_needed()
+    page.wait_for_timeout(800)
+    # pixel position of the first training point, from plotly's own axes
+    x, y = page.evaluate("""() => {
+        const gd = document.querySelector('.st-key-map_chart .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        const tr = gd._fullData[0];  // decoded arrays (plotly sends them base64-encoded)
+        return [r.left + xa.l2p(tr.x[0]), r.top + ya.l2p(tr.y[0])];
+    }""")
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=6)
+    tip = page.locator(".cdm-hover-thumb")
+    tip.wait_for(state="visible", timeout=10_000)
+    assert "data:image/png;base64" in tip.evaluate("e => e.style.backgroundImage")
+    page.screenshot(path=str(artifacts / "journey-map-hover.png"))
