@@ -62,16 +62,24 @@ def body() -> None:
         return
     preview(ds, manifest, style, which[0])
     if st.button("Build bundle", type="primary", key="w_exp_go"):
+        bar = st.progress(0.0, text="Export: starting…")
+        stages = ["sampling", "sensitivity", "map", "memorisation sweep"]
+
+        def progress(msg):
+            done = (stages.index(msg) + 1) / (len(stages) + 1) if msg in stages else 0.5
+            bar.progress(done, text=f"Export: {msg}…")
+
         with st.spinner("Rendering figures…"):
             out = Path(tempfile.mkdtemp(prefix="cfdm-export-"))
             try:
-                res = export_bundle(manifest, out, ds=ds)
+                res = export_bundle(manifest, out, ds=ds, callback=progress)
                 if data_spec(ds) == "training.npy":  # uploads travel with the bundle
                     pts = ds.points.reshape((ds.n,) + tuple(ds.image_shape)) if ds.is_image else ds.points
                     np.save(out / "training.npy", pts)
                 st.session_state.export_zip = (zip_bundle(out), sorted(p.name for p in out.iterdir()), res["message"])
             except CdmInputError as e:
                 st.error(f"Export failed: {e}. Nothing was lost.")
+            bar.empty()
     bundle = st.session_state.get("export_zip")
     if bundle:
         blob, names, message = bundle

@@ -56,7 +56,9 @@ def cmd_sweep(a) -> int:
     from .sweep import parse_floats, rows_to_csv, sweep
     check_out(a.out, ".csv")
     sigmas = parse_floats(a.sigmas, "--sigmas")
-    draws = [int(v) for v in parse_floats(a.draws_list, "--draws-list")] if a.draws_list else None
+    draws = parse_floats(a.draws_list, "--draws-list") if a.draws_list else None
+    if draws is not None and any(m != int(m) for m in draws):
+        raise CdmInputError(f"--draws-list must be whole numbers, got {a.draws_list!r}")
     starts = parse_floats(a.starts, "--starts") if a.starts else None
     cfg = config_from_args(a)
     ds, weights = load_inputs(a)

@@ -103,6 +103,21 @@ def read_manifest(path) -> dict:
         raise CdmInputError(f"{path}: cannot read manifest ({type(e).__name__})") from None
     if not isinstance(m, dict) or m.get("kind") != MANIFEST_KIND:
         raise CdmInputError(f"{path}: not a cfdm-explorer figure manifest")
+    ds = m.get("dataset")
+    if not (isinstance(ds, dict) and isinstance(ds.get("spec"), str) and isinstance(ds.get("content_hash"), str)):
+        raise CdmInputError(f"{path}: manifest lacks dataset.spec and dataset.content_hash")
+    if not isinstance(m.get("sampler"), dict):
+        raise CdmInputError(f"{path}: manifest lacks the sampler configuration")
+    figs = m.get("figures")
+    if not (isinstance(figs, list) and figs and all(f in FIGURES for f in figs)):
+        raise CdmInputError(f"{path}: manifest figures must be a non-empty list among {', '.join(FIGURES)}")
+    if not isinstance(m.get("options", {}), dict) or not isinstance(m.get("style", {}), dict):
+        raise CdmInputError(f"{path}: manifest options and style must be objects")
+    try:
+        SamplerConfig.from_dict(m["sampler"])
+        _style(m)
+    except TypeError as e:
+        raise CdmInputError(f"{path}: bad manifest field ({e})") from None
     return m
 
 

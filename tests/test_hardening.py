@@ -232,3 +232,44 @@ def test_server_defaults_are_safe():
     assert cfg["server"]["enableXsrfProtection"] is True
     assert 0 < cfg["server"]["maxUploadSize"] <= 1024
     assert "ADDRESS=0.0.0.0" in (ROOT / "README.md").read_text()
+
+
+OTHER_COMMANDS = {
+    "sensitivity": {"--top": st.one_of(st.integers(-3, 50), st.just("x")),
+                    "--ids": st.one_of(st.lists(st.integers(-5, 80), max_size=4).map(lambda v: ",".join(map(str, v))),
+                                       st.text(max_size=6))},
+    "sweep": {"--sigmas": st.one_of(st.lists(st.floats(-1, 2, allow_nan=False), max_size=3).map(lambda v: ",".join(map(str, v))),
+                                    st.text(max_size=6)),
+              "--draws-list": st.one_of(st.lists(st.floats(-1, 5, allow_nan=False), max_size=2).map(lambda v: ",".join(map(str, v))),
+                                        st.just("2,x")),
+              "--starts": st.one_of(st.lists(st.floats(-1, 1.5, allow_nan=False), max_size=2).map(lambda v: ",".join(map(str, v))),
+                                    st.just("nan"))},
+}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_other_commands_give_exit_0_or_one_line_exit_2(data, tmp_path_factory, capsys, monkeypatch):
+    monkeypatch.setenv("CDM_MAX_WORK", "2e7")
+    command = data.draw(st.sampled_from(sorted(OTHER_COMMANDS)))
+    out = tmp_path_factory.mktemp("cmd") / ("o.npz" if command == "sensitivity" else "o.csv")
+    args = [command, "--data", "moons:n=40", "--n", "3", "--steps", "4", "--out", str(out)]
+    for opt in data.draw(st.lists(st.sampled_from(sorted(OTHER_COMMANDS[command])), unique=True, min_size=1)):
+        value = data.draw(OTHER_COMMANDS[command][opt])
+        args += [opt, str(value)] if value != "" else [opt, ","]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    if code == 2:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), err
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["", "{}", "[1, 2]", '{"kind": "cfdm-explorer figure manifest"}', "\x00\xff"])
+def test_figure_command_rejects_broken_manifests(text, tmp_path, capsys):
+    m = tmp_path / "manifest.json"
+    m.write_text(text, errors="ignore")
+    assert main(["figure", "--manifest", str(m), "--out", str(tmp_path / "o")]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:")
