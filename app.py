@@ -14,7 +14,7 @@ st.markdown(f"<style>{(ASSETS / 'style.css').read_text()}</style>", unsafe_allow
 state.init()
 
 PAGES = [
-    st.Page("app_pages/data.py", title="Data", icon=":material/dataset:", url_path="data", default=True),
+    st.Page("app_pages/data.py", title="Data", icon=":material/dataset:", default=True),  # served at /
     st.Page("app_pages/generate.py", title="Generate", icon=":material/auto_awesome:", url_path="generate"),
     st.Page("app_pages/sources.py", title="Sources", icon=":material/account_tree:", url_path="sources"),
     st.Page("app_pages/sensitivity.py", title="Sensitivity", icon=":material/insights:", url_path="sensitivity"),

@@ -12,7 +12,7 @@ from ui import state
 HELP = {
     "sigma": "Smoothing scale σ: 0 copies training points; larger values blend points that are farther apart.",
     "draws": "Smoothing draws M per sample: each draw snaps to one training point, the sample blends up to M.",
-    "steps": "Euler steps S from the start time to 1; more steps follow the flow more exactly.",
+    "steps": "Euler steps S from the start time to 1; the last step is taken at t = 1 − (1 − T)/S, so more steps snap samples closer to training items.",
     "start": "Start time T: 0 starts from pure noise; larger T starts near a training point and saves steps.",
     "n": "How many samples to draw; sample i depends only on (seed, i).",
     "seed": "Base seed: the same seed gives the same samples.",

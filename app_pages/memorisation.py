@@ -16,7 +16,8 @@ EXPLANATION = (
     "sample's exact blend weights: 1 for a copy, up to M for an even blend of its M smoothing draws. "
     "*Diversity* is the mean distance between samples divided by that between training items. With "
     "σ = 0 the model reproduces training items; as σ grows, samples become blends of items that lie "
-    "farther apart."
+    "farther apart. The last Euler step is taken at t = 1 − (1 − T)/S, so with few steps even σ = 0 "
+    "still blends the closest neighbours: raise S on the Generate page to see the copies sharpen."
 )
 
 

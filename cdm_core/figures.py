@@ -27,6 +27,8 @@ def base_layout(fig: go.Figure, title: str | None = None, height: int = 480, squ
     fig.update_layout(template="plotly_white", font=FONT, height=height, title=title,
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    fig.update_xaxes(exponentformat="e")  # "2e-15", not plotly's SI "2f"
+    fig.update_yaxes(exponentformat="e")
     if square:
         fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig

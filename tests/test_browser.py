@@ -35,13 +35,14 @@ def open_page(page, url):
     page.goto(url)
     page.wait_for_selector("h1", timeout=90_000)
     wait_idle(page)
+    assert page.get_by_text("Page not found").count() == 0, url
 
 
 def no_exception(page):
     assert page.locator("[data-testid='stException']").count() == 0
 
 
-@pytest.mark.parametrize("path,title", [("data", "Data"), ("generate", "Generate"), ("sources", "Sources"),
+@pytest.mark.parametrize("path,title", [("", "Data"), ("generate", "Generate"), ("sources", "Sources"),
                                         ("sensitivity", "Sensitivity"), ("map", "Map"),
                                         ("memorisation", "Memorisation"), ("export", "Export")])
 def test_each_page_opens(server, page, artifacts, path, title):
@@ -49,7 +50,7 @@ def test_each_page_opens(server, page, artifacts, path, title):
     assert page.locator("h1").first.inner_text().strip() == title
     no_exception(page)
     page.wait_for_timeout(800)
-    page.screenshot(path=str(artifacts / f"page-{path}.png"), full_page=True)
+    page.screenshot(path=str(artifacts / f"page-{path or 'data'}.png"), full_page=True)
 
 
 def test_sigma_generate_click_sample_sources(server, page, artifacts):
@@ -90,7 +91,7 @@ def test_sigma_generate_click_sample_sources(server, page, artifacts):
 
 
 def test_bad_upload_in_browser_keeps_dataset(server, page, artifacts, tmp_path):
-    open_page(page, f"{server}/data")
+    open_page(page, f"{server}/")
     bad = tmp_path / "broken.csv"
     bad.write_text("a,b\nx,y\n")
     page.locator("input[type=file]").set_input_files(str(bad))

@@ -126,10 +126,19 @@ def label_for(name: str) -> str:
     return f"{name} — {REGISTRY[name].summary}"
 
 
+def estimated_work(ds: Dataset, cfg: SamplerConfig) -> float:
+    """Rough floating-point work of one run. `auto` (factorised) needs two per-sample products
+    per step plus one per draw up front, and a softmax over draws x N; the other paths evaluate
+    every draw over all (or the top-K) points at every step."""
+    n, m, s = cfg.n_samples, (1 if cfg.sigma == 0 else cfg.draws), cfg.steps
+    if cfg.index == "auto":
+        return n * ds.n * ds.dim * (2 * s + m) + 5.0 * n * m * ds.n * s
+    return 2.0 * n * m * ds.n * ds.dim * s
+
+
 def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
-    """Small enough that moving a slider regenerates at once."""
-    work = ds.n * ds.dim * cfg.n_samples * cfg.draws * cfg.steps
-    return work <= 4e9
+    """Small enough (well under a second here) that moving a slider regenerates at once."""
+    return estimated_work(ds, cfg) <= 2e10
 
 
 @dataclass
