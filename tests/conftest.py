@@ -4,6 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (seeded per test), so CI is deterministic;
+# widen the search locally with HYPOTHESIS_PROFILE=explore.
+settings.register_profile("deterministic", derandomize=True, database=None, max_examples=60)
+settings.register_profile("explore", max_examples=500, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

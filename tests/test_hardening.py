@@ -23,7 +23,7 @@ from cdm_core.limits import Limits
 from tests.conftest import ROOT
 
 SMALL = Limits(max_file_bytes=2**20, max_points=10_000, max_dim=4096, max_uncompressed_bytes=2**22)
-FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])  # examples: conftest profile
 
 
 def npy(arr) -> bytes:
