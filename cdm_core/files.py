@@ -17,20 +17,18 @@ import numpy as np
 
 from .datasets import Dataset
 from .errors import CdmInputError
-from .limits import Limits
+from .limits import Limits, current
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-LIMITS = Limits()
 
 
 def _fail(name: str, problem: str):
     raise CdmInputError(f"{name}: {problem}")
 
 
-def check_points(name: str, arr: np.ndarray, limits: Limits = LIMITS) -> np.ndarray:
+def check_points(name: str, arr: np.ndarray, limits: Limits | None = None) -> np.ndarray:
     """Validate an (N, D) numeric array and return it as float32; errors name the file."""
+    limits = limits or current()
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         _fail(name, f"data must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -70,7 +68,8 @@ def _as_points(name: str, arr: np.ndarray, limits: Limits):
     return check_points(name, arr, limits), image_shape
 
 
-def read_npy_bytes(name: str, raw: bytes, limits: Limits = LIMITS) -> np.ndarray:
+def read_npy_bytes(name: str, raw: bytes, limits: Limits | None = None) -> np.ndarray:
+    limits = limits or current()
     try:
         bio = io.BytesIO(raw)
         version = np.lib.format.read_magic(bio)
@@ -171,8 +170,10 @@ def _read_images(name: str, items, resize: tuple | None, limits: Limits):
     return np.stack(arrays), names
 
 
-def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limits = LIMITS) -> Dataset:
-    """Load user data from bytes; `name` (a file name) decides the format by its suffix."""
+def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limits | None = None) -> Dataset:
+    """Load user data from bytes; `name` (a file name) decides the format by its suffix. Limits
+    default to the environment's at call time (`cdm_core.limits.current`)."""
+    limits = limits or current()
     _check_size(name, len(raw), limits)
     suffix = Path(name).suffix.lower()
     labels = None
@@ -212,7 +213,8 @@ def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limit
                    scaling=scaling, source=f"user file {Path(name).name}", licence="user-supplied")
 
 
-def load_file(path: str, resize: tuple | None = None, limits: Limits = LIMITS) -> Dataset:
+def load_file(path: str, resize: tuple | None = None, limits: Limits | None = None) -> Dataset:
+    limits = limits or current()
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())

@@ -105,12 +105,14 @@ class BlendEngine:
     """Evaluates blends for queries, densely or through a top-K neighbour index."""
 
     def __init__(self, points: torch.Tensor, log_pi: np.ndarray, index=None, neighbours: int = 64,
-                 truncation_tol: float = 1e-6, factorised: bool = False):
+                 truncation_tol: float = 1e-6, factorised: bool = False,
+                 points32: torch.Tensor | None = None, sq_norms: torch.Tensor | None = None):
         self.x = points  # (N, D) float64 on the compute device
         self.factorised = factorised and index is None  # see `smoothed`
-        self.sq_norms = (points * points).sum(1)
+        self.sq_norms = sq_norms if sq_norms is not None else torch.einsum("nd,nd->n", points, points)
         big = self.factorised and points.shape[0] * points.shape[1] >= FLOAT32_PRODUCT_MIN
-        self.x32 = points.to(torch.float32) if big else None
+        # the float32 copy comes from the caller's cache when it has one (it is large)
+        self.x32 = (points32 if points32 is not None else points.to(torch.float32)) if big else None
         self.n, self.dim = points.shape
         self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=points.device)
         self.eligible = np.flatnonzero(np.isfinite(log_pi))  # ids with pi > 0

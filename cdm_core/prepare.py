@@ -3,6 +3,7 @@ device and the neighbour index, built once and cached (keyed by the data's conte
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -47,6 +48,16 @@ class Prepared:
     describe: dict
     factorised: bool = False  # dense with one x . X product per sample for all draws (index auto)
     _nn: NeighbourIndex | None = None
+
+    @functools.cached_property
+    def points32_t(self) -> torch.Tensor:
+        """The float32 training points as a tensor on the compute device (no copy on the CPU)."""
+        return torch.from_numpy(self.points32).to(self.points.device)
+
+    @functools.cached_property
+    def sq_norms(self) -> torch.Tensor:
+        """|x_i|^2 in float64, computed once per training set."""
+        return torch.einsum("nd,nd->n", self.points, self.points)
 
     def nearest(self, queries: np.ndarray, k: int):
         """Exact k nearest training points of each query: ids and Euclidean distances."""

@@ -198,7 +198,8 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
     bs = check_request(config, n_train, dim)
     log_pi = normalise_log_weights(weights, n_train)
     engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
-                         factorised=prep.factorised)
+                         factorised=prep.factorised, points32=prep.points32_t,
+                         sq_norms=prep.sq_norms)
     ts = time_grid(config.start, config.steps)
     n = config.n_samples
     batches = [np.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs)]

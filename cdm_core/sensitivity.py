@@ -107,7 +107,8 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
     if ids.shape[0] != config.n_samples or ((ids < -1) | (ids >= n_train)).any():
         raise CdmInputError(f"training ids must be in [0, {n_train}) with one row per sample, got shape {ids.shape}")
     engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
-                         factorised=prep.factorised)
+                         factorised=prep.factorised, points32=prep.points32_t,
+                         sq_norms=prep.sq_norms)
     ts = time_grid(config.start, config.steps)
     m = 1 if config.sigma == 0 else config.draws
     out = np.zeros((config.n_samples, ids.shape[1], dim))

@@ -273,3 +273,11 @@ def test_figure_command_rejects_broken_manifests(text, tmp_path, capsys):
     assert main(["figure", "--manifest", str(m), "--out", str(tmp_path / "o")]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
+
+
+def test_file_limits_follow_the_environment_at_call_time(monkeypatch):
+    monkeypatch.setenv("CDM_MAX_POINTS", "5")
+    with pytest.raises(CdmInputError, match="CDM_MAX_POINTS"):
+        load_bytes("six.npy", npy(np.zeros((6, 2))))
+    monkeypatch.setenv("CDM_MAX_POINTS", "6")
+    assert load_bytes("six.npy", npy(np.zeros((6, 2)))).n == 6
