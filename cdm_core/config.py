@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import CdmInputError
 
@@ -43,7 +43,6 @@ class SamplerConfig:
     nprobe: int = 32  # IVF only: inverted lists visited per query
     nlist: int = 0  # IVF only: number of inverted lists; 0 picks about 4 sqrt(N)
     trajectory: bool = False  # keep the state after every step, shape (steps + 1, n, D)
-    extra: dict = field(default_factory=dict, compare=False, hash=False)  # free-form provenance
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:

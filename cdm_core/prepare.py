@@ -111,10 +111,3 @@ def prepare(data, config: SamplerConfig) -> Prepared:
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return prep
-
-
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
-
-
