@@ -7,7 +7,8 @@ Notation (DESIGN.md section 2): training points x_i in R^D with weights pi_i, ti
     D_sigma   = (1/M) sum_m D(x + sigma eps_m, t)                         smoothed denoiser
     v(x, t)   = (D_sigma(x, t) - x) / (1 - t)                             velocity
 All of it runs in float64: at t close to 1 the logits are scaled by 1 / (2 (1 - t)^2), so float32
-distances would leave visible errors in the weights.
+distances would leave visible errors in the weights. (On large sets, `index auto` uses float32
+where a bound or a measured tolerance allows it and float64 elsewhere: `screened.py`.)
 
 `BlendEngine` evaluates the weights for a batch of queries either densely over all N points
 (exact) or over the top-K neighbours from an index, with a certified bound on the omitted mass and
@@ -123,6 +124,10 @@ class BlendEngine:
         self.tol = truncation_tol
         pi = torch.exp(self.log_pi)
         self.mean = pi @ points  # D(y, 0): at t = 0 every logit is the same up to log pi
+        self.screened = None
+        if big:
+            from .screened import ScreenedSteps  # it builds on this module's helpers
+            self.screened = ScreenedSteps(self)
 
     # ------------------------------------------------------------------ public
     def blend(self, y: torch.Tensor, t: float, support: bool = False) -> Blend:
@@ -149,9 +154,12 @@ class BlendEngine:
         zeros = torch.zeros(q, dtype=F64, device=x.device)
         return Blend(den, None, w, zeros, torch.ones(q, dtype=torch.bool)), den.reshape(b, m, d).mean(1)
 
-    def project_draws(self, eps: torch.Tensor, sigma: float) -> torch.Tensor | None:
+    def project_draws(self, eps: torch.Tensor, sigma: float, exact: bool = False):
         """sigma eps_m . x_i for every draw and training point, (B, M, N): computed once per batch,
-        since the draws are fixed along the trajectory (factorised mode only)."""
+        since the draws are fixed along the trajectory (factorised mode only). On large sets a
+        `screened.Draws` (float32, with its error bound) unless `exact` asks for float64."""
+        if self.screened is not None and not exact:
+            return self.screened.project(eps, sigma)
         if not self.factorised or sigma == 0.0:
             return None
         b, m, d = eps.shape
@@ -164,10 +172,13 @@ class BlendEngine:
         Factorised mode evaluates the same weights without forming each query: with y = x + sigma eps_m,
             logit_mi = log pi_i + t/(1-t)^2 (x . x_i + sigma eps_m . x_i) - t^2/(2(1-t)^2) |x_i|^2 + c_m
         (c_m constant in i), so one x . X product per sample serves all M draws, and
-        D_sigma = (mean_m w_m) @ X needs one product per sample instead of M. Exact, not truncated."""
+        D_sigma = (mean_m w_m) @ X needs one product per sample instead of M. Exact, not truncated.
+        On large sets (`self.screened`) the same weights are screened in float32 first."""
         b, m, d = eps.shape
         if full and self.factorised:
             return self._full(x, eps, sigma, t, projected)
+        if self.screened is not None and t != 0.0 and not isinstance(projected, torch.Tensor | None):
+            return self.screened.smoothed(x, projected, t, support)
         if not self.factorised or t == 0.0:
             y = (x[:, None, :] + sigma * eps).reshape(b * m, d)
             blend = self.blend(y, t, support)

@@ -31,8 +31,9 @@ def resolve_device(device: str) -> torch.device:
 def resolve_index(kind: str, n: int, dim: int, device: torch.device) -> str | None:
     """Backend for a sampler `index` option; None means dense and exact (no truncation).
 
-    `auto` is dense too, but factorised (see `BlendEngine.smoothed`): exact, and M times cheaper
-    than evaluating every smoothing query over all N points."""
+    `auto` is dense too, but factorised (see `BlendEngine.smoothed`): M times cheaper than
+    evaluating every smoothing query over all N points, and on large sets screened in float32
+    with float64 where precision matters (`screened.py`)."""
     if kind in ("exact", "auto"):
         return None
     if kind == "flat" and device.type == "cuda":

@@ -41,7 +41,8 @@ def check_request(config: SamplerConfig, n_train: int, dim: int) -> int:
         raise CdmInputError(f"this request needs about {work:.1e} operations (samples x draws x N x D x steps), "
                             f"over the limit of {lim.max_work:.1e} (CDM_MAX_WORK); ask for fewer samples, "
                             "draws or steps")
-    per_sample = 8 * config.draws * (dim + n_train)
+    # sigma eps (float64, M x D) and its projections on X (float64 and a float32 copy, M x N)
+    per_sample = 8 * config.draws * dim + 12 * config.draws * n_train
     if per_sample > lim.max_batch_bytes:
         raise CdmInputError(f"one sample's {config.draws} smoothing draws need {per_sample / 2**20:.0f} MiB, over "
                             f"the limit of {lim.max_batch_bytes / 2**20:.0f} MiB (CDM_MAX_BATCH_MB)")
@@ -107,7 +108,7 @@ def euler_steps(engine: BlendEngine, x: torch.Tensor, eps: torch.Tensor, sigma: 
     """Yield each `Step` of the Euler integration from ts[0] to ts[-1] = 1."""
     if sigma == 0.0:
         eps = eps[:, :1]  # all smoothing queries coincide; evaluate one
-    projected = engine.project_draws(eps, sigma)  # sigma eps_m . x_i, fixed along the path
+    projected = engine.project_draws(eps, sigma, exact=full_weights)  # sigma eps_m . x_i, fixed
     steps = len(ts) - 1
     for k in range(steps):
         t, h = float(ts[k]), float(ts[k + 1] - ts[k])
