@@ -17,7 +17,8 @@ HELP = {
     "n": "How many samples to draw; sample i depends only on (seed, i).",
     "seed": "Base seed: the same seed gives the same samples.",
     "neighbours": "Neighbours K kept per query by truncated indexes (the omitted weight is bounded and reported).",
-    "index": "exact: all N points (no truncation); flat/ivf/torch: top-K neighbours; auto picks by size.",
+    "index": "auto: all N points, fast (on large sets float32-screened, within about 1e-5 of exact); "
+             "exact: all N points per smoothing draw, float64 (the reference); flat/ivf: top-K neighbours.",
 }
 
 

@@ -4,6 +4,7 @@ BENCHMARKS.md. Each case runs in its own process so peak resident memory is its 
 
     python benchmarks/run.py            # everything (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick    # skip the Fashion-MNIST exact baselines
+    python benchmarks/run.py --cuda     # the CUDA figures (on a machine with a GPU)
 """
 
 from __future__ import annotations
@@ -96,8 +97,11 @@ def run_case(spec: dict) -> dict:
         out = sensitivity(ds, cfg, top=spec["top"]).samples.astype(np.float64)
     secs = time.perf_counter() - t0
     np.save(spec["out"], out)
-    return {"seconds": secs, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "n": ds.n, "dim": ds.dim}
+    res = {"seconds": secs, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "n": ds.n, "dim": ds.dim}
+    if cfg.device == "cuda":  # GPU memory is what matters there
+        res["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
 
 
 def measure(spec: dict, tmp: Path, name: str) -> dict:
@@ -112,16 +116,71 @@ def measure(spec: dict, tmp: Path, name: str) -> dict:
     return res
 
 
+def table(rows) -> str:
+    lines = ["| case | wall s | samples/s | peak MB | speed-up vs exact | max abs deviation vs exact |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r, ratio, dev in rows:
+        lines.append(f"| {label} | {r['seconds']:.2f} | {r['per_s']:.1f} | {r['peak_mb']:.0f} | "
+                     f"{'' if ratio is None else f'{ratio:.1f}x'} | {'' if dev is None else f'{dev:.1e}'} |")
+    return "\n".join(lines)
+
+
+def write_block(marker: str, body: str) -> None:
+    """Replace the block between `<!-- marker -->` and `<!-- /marker -->` in BENCHMARKS.md."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else ""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text + "\n" + block + "\n"
+    path.write_text(text)
+
+
+def device_cases(device: str, tmp: Path, data: str = "fashion-mnist", n_samples: int = 64) -> list:
+    """The Fashion-MNIST target on one device: exact, auto and flat, ratios against exact there."""
+    rows = []
+    for start in (0.0, 0.5):
+        base = dict(n_samples=n_samples, sigma=1.0, draws=8, steps=20, start=start, device=device)
+        exact = measure({"data": data, "config": base | {"index": "exact"}}, tmp, f"{device}-exact-T{start}")
+        rows.append((f"{data}, {device}, T={start}: exact (baseline)", exact, 1.0, 0.0))
+        for index in ("auto", "flat"):
+            r = measure({"data": data, "config": base | {"index": index}}, tmp, f"{device}-{index}-T{start}")
+            rows.append((f"{data}, {device}, T={start}: {index}", r, exact["seconds"] / r["seconds"],
+                         float(np.abs(r["samples"] - exact["samples"]).max())))
+    return rows
+
+
+def cuda_main(tmp: Path) -> None:
+    """GPU figures, written to their own block of BENCHMARKS.md with the GPU's name."""
+    if not torch.cuda.is_available():
+        print("no CUDA GPU visible to torch: nothing measured, BENCHMARKS.md left as it is")
+        return
+    from cdm_core.neighbours import faiss_gpus
+    gpu = torch.cuda.get_device_name(0)
+    print(f"GPU: {gpu}; faiss GPUs: {faiss_gpus()}")
+    rows = device_cases("cuda", tmp)
+    print(table(rows))
+    write_block("cuda-results", f"Measured {time.strftime('%Y-%m-%d')} on {gpu} (torch {torch.__version__}, "
+                f"faiss GPUs: {faiss_gpus()}; flat uses faiss-gpu when it sees one, else torch on CUDA). "
+                "Peak MB is torch's peak GPU allocation.\n\n" + table(rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cuda", action="store_true", help="measure the CUDA path instead (needs a GPU)")
     a = ap.parse_args()
     if a.case:
         print(json.dumps(run_case(json.loads(a.case))))
         return
     tmp = Path("/tmp/cdm-bench")
     tmp.mkdir(exist_ok=True)
+    if a.cuda:
+        cuda_main(tmp)
+        return
     rows, notes = [], []
     machine = f"{cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     gflops = gemm_gflops()
@@ -167,22 +226,9 @@ def main() -> None:
                     tmp, f"scale-M{m}")
         rows.append((f"auto, N=20000, 32 samples, M={m}", r, None, None))
 
-    lines = ["| case | wall s | samples/s | peak MB | speed-up vs exact | max abs deviation vs exact |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, r, ratio, dev in rows:
-        lines.append(f"| {label} | {r['seconds']:.2f} | {r['per_s']:.1f} | {r['peak_mb']:.0f} | "
-                     f"{'' if ratio is None else f'{ratio:.1f}x'} | {'' if dev is None else f'{dev:.1e}'} |")
-    table = "\n".join(lines)
-    print(table)
-    text = (ROOT / "BENCHMARKS.md").read_text() if (ROOT / "BENCHMARKS.md").exists() else ""
-    start_marker, end_marker = "<!-- cpu-results -->", "<!-- /cpu-results -->"
-    block = (f"{start_marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}.\n\n{table}\n\n"
-             + "".join(f"- {n}\n" for n in notes) + end_marker)
-    if start_marker in text:
-        text = text[:text.index(start_marker)] + block + text[text.index(end_marker) + len(end_marker):]
-    else:
-        text = text + "\n" + block + "\n"
-    (ROOT / "BENCHMARKS.md").write_text(text)
+    print(table(rows))
+    write_block("cpu-results", f"Measured {time.strftime('%Y-%m-%d')} on {machine}.\n\n{table(rows)}\n\n"
+                + "".join(f"- {n}\n" for n in notes))
 
 
 if __name__ == "__main__":

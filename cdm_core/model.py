@@ -111,7 +111,8 @@ class BlendEngine:
         self.x = points  # (N, D) float64 on the compute device
         self.factorised = factorised and index is None  # see `smoothed`
         self.sq_norms = sq_norms if sq_norms is not None else torch.einsum("nd,nd->n", points, points)
-        big = self.factorised and points.shape[0] * points.shape[1] >= FLOAT32_PRODUCT_MIN
+        big = (self.factorised and points.shape[0] * points.shape[1] >= FLOAT32_PRODUCT_MIN
+               and full_float32_products())
         # the float32 copy comes from the caller's cache when it has one (it is large)
         self.x32 = (points32 if points32 is not None else points.to(torch.float32)) if big else None
         self.n, self.dim = points.shape
@@ -310,6 +311,14 @@ def _gather_blend(ids: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> torch.
     for lo in range(0, len(ids), rows):
         out[lo:lo + rows] = torch.einsum("rk,rkd->rd", w[lo:lo + rows], x[ids[lo:lo + rows].clamp_min(0)])
     return out
+
+
+def full_float32_products() -> bool:
+    """Whether float32 products are true float32: the screen's error bound (and the float32 product
+    of dense weights) assume it. `torch.set_float32_matmul_precision("high")` or TF32 on CUDA
+    would round inputs to about 10 bits, so the large-set fast path is then not used."""
+    return (torch.get_float32_matmul_precision() == "highest"
+            and not (torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32))
 
 
 def flush_tiny(w: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdm_core import SamplerConfig, load, sample
+from cdm_core import SamplerConfig, load, model, sample
 from cdm_core.neighbours import FlatIndex, faiss_gpus
 
 pytestmark = [pytest.mark.gpu,
@@ -20,6 +20,17 @@ def test_cuda_sampler_matches_cpu(index):
     gpu = sample(ds, cfg.replace(device="cuda"))
     np.testing.assert_allclose(gpu.samples, cpu.samples, atol=1e-5)
     np.testing.assert_array_equal(gpu.start_ids, cpu.start_ids)
+
+
+def test_cuda_fast_path_matches_cpu_exact(monkeypatch):
+    """The large-set fast path of auto (float32 screen, float64 survivors) on CUDA."""
+    monkeypatch.setattr(model, "FLOAT32_PRODUCT_MIN", 0)
+    ds = load("mnist")
+    cfg = SamplerConfig(n_samples=8, sigma=1.0, draws=4, steps=20, seed=4)
+    gpu = sample(ds, cfg.replace(device="cuda"))
+    cpu = sample(ds, cfg.replace(device="cpu", index="exact"))
+    assert np.abs(gpu.samples - cpu.samples).max() < 1e-4
+    np.testing.assert_array_equal(gpu.source_ids[:, 0], cpu.source_ids[:, 0])
 
 
 def test_cuda_sensitivity_matches_cpu():

@@ -131,3 +131,15 @@ def test_zero_weight_points_never_blend_on_fast_path(fast_path):
     res = sample(ds, SamplerConfig(n_samples=6, sigma=0.5, draws=4, steps=15, seed=0), weights=w)
     assert (res.source_ids[res.source_ids >= 0] >= ds.n // 2).all()
     assert math.isfinite(float(res.samples.sum()))
+
+
+def test_fast_path_off_when_float32_products_are_reduced_precision(fast_path):
+    """With TF32-like matmul precision the screen's bound would not hold: the float64 path is used."""
+    x = torch.rand(50, 4, dtype=F64)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert BlendEngine(x, normalise_log_weights(None, 50), None, factorised=True).screened is None
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert BlendEngine(x, normalise_log_weights(None, 50), None, factorised=True).screened is not None
