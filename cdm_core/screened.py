@@ -3,7 +3,7 @@ certified bound where it is not, float64 for every weight that is reported.
 
 Notation as in `model.py`; for sample b, smoothing draw m and training point i at time t,
     l_bmi = log pi_i - c |x_i|^2 + a (x_b . x_i + p_bmi),   a = t/(1-t)^2,  c = t^2/(2(1-t)^2),
-    p_bmi = sigma eps_bm . x_i  (fixed along the trajectory: computed once per batch, float64).
+    p_bmi = sigma eps_bm . x_i  (fixed along the trajectory: one float32 product per batch).
 Per step, one float32 product x . X (B x N) serves every draw. Two regimes:
 
 - Diffuse (early) steps, while the weights spread over many points and the logit scale `a` is
@@ -15,9 +15,8 @@ Per step, one float32 product x . X (B x N) serves every draw. Two regimes:
   |fl(x . y) - x . y| <= gamma_D sum_k |x_k y_k| <= gamma_D |x| |y|, plus the rounding of each
   float32 operation), a point whose screened logit is more than ln(1e30) + 2 slack below its draw's
   screened maximum has exact weight below 1e-30, which the float64 path flushes to zero anyway
-  (`flush_tiny`). The candidates left are evaluated in float64 (x . X on their union, p_bmi
-  exact), so the result equals the float64 path's up to the dropped mass: at most N x 1e-30 per
-  draw, reported as the truncation bound.
+  (`flush_tiny`). The candidates left are evaluated in float64, so the result equals the float64
+  path's up to the dropped mass: at most N x 1e-30 per draw, reported as the truncation bound.
 """
 
 from __future__ import annotations
@@ -50,19 +49,23 @@ class Draws:
     """The smoothing draws of one batch, fixed along its trajectories, and their projections."""
 
     scaled: torch.Tensor  # (B, M, D) float64: sigma eps_bm (zeros when sigma = 0)
-    exact: torch.Tensor | None  # (B, M, N) float64: p_bmi; None when sigma = 0
-    fast: torch.Tensor | None  # (B, M, N) float32: p_bmi rounded, |fast - p| <= u |p|
-    fast_abs: torch.Tensor  # (B,) float64: max |p_bmi| over m and i
+    fast: torch.Tensor | None  # (B, M, N) float32 product for p_bmi; None when sigma = 0
+    fast_err: torch.Tensor  # (B,) float64: bound on |fast - p| over m and i
+    fast_abs: torch.Tensor  # (B,) float64: bound on |p_bmi| over m and i
+    exact: torch.Tensor | None = None  # (B, M, N) float64 p_bmi, made only when a step needs it
     diffuse: bool = True  # weights still spread widely (updated after each float32 step)
 
 
-def project(scaled: torch.Tensor, x: torch.Tensor) -> Draws:
-    """p_bmi = sigma eps_bm . x_i for all draws and points, in float64 and rounded to float32."""
+def project(scaled: torch.Tensor, x32: torch.Tensor, x_norm_max: float) -> Draws:
+    """p_bmi = sigma eps_bm . x_i for all draws and points as a float32 product, with its bound."""
     b, m, d = scaled.shape
-    if not bool((scaled != 0).any()):
-        return Draws(scaled, None, None, torch.zeros(b, dtype=F64, device=scaled.device))
-    exact = (scaled.reshape(b * m, d) @ x.T).reshape(b, m, -1)
-    return Draws(scaled, exact, exact.to(F32), exact.abs().amax((1, 2)))
+    norms = torch.linalg.vector_norm(scaled, dim=-1).amax(1)  # (B,)
+    if not bool((norms > 0).any()):
+        zeros = torch.zeros(b, dtype=F64, device=scaled.device)
+        return Draws(scaled, None, zeros, zeros)
+    fast = (scaled.reshape(b * m, d).to(F32) @ x32.T).reshape(b, m, -1)
+    err = gamma(d) * norms * x_norm_max
+    return Draws(scaled, fast, err, fast.abs().amax((1, 2)).to(F64) + err)
 
 
 class ScreenedSteps:
@@ -74,7 +77,7 @@ class ScreenedSteps:
         self.diffuse_max = engine.n // 2  # sum over a batch of per-sample supports: "diffuse" above
 
     def project(self, eps: torch.Tensor, sigma: float) -> Draws:
-        return project(sigma * eps, self.e.x)
+        return project(sigma * eps, self.e.x32, self.norm_max)
 
     def logits32(self, x: torch.Tensor, draws: Draws, t: float):
         """Float32 logits before the per-draw terms, static_i + a x_b . x_i (B, N), with what the
@@ -87,12 +90,12 @@ class ScreenedSteps:
         magnitude = float(static[torch.isfinite(static)].abs().max()) + a * (x_norm * self.norm_max + draws.fast_abs)
         return rows, static, x_norm, magnitude
 
-    def slack(self, t: float, x_norm: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-        """Rigorous bound (B,) on |float32 logit - exact logit|: the float32 dot product x . x_i,
-        and about six float32 roundings (casts of static and p, products, sums, the threshold) of
-        values below `magnitude`. p_bmi itself is exact (float64) before its cast."""
+    def slack(self, t: float, x_norm: torch.Tensor, magnitude: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """Rigorous bound (B,) on |float32 logit - exact logit|: the float32 dot products x . x_i
+        and sigma eps_bm . x_i, and about six float32 roundings (cast of static, products, sums,
+        the threshold) of values below `magnitude`."""
         a = t / (1 - t) ** 2
-        return a * gamma(self.e.dim) * self.norm_max * x_norm + 6 * U32 * magnitude
+        return a * (gamma(self.e.dim) * self.norm_max * x_norm + draws.fast_err) + 6 * U32 * magnitude
 
     def smoothed(self, x: torch.Tensor, draws: Draws, t: float, support: bool):
         a = t / (1 - t) ** 2
@@ -102,7 +105,7 @@ class ScreenedSteps:
             typical = a * U32 * math.sqrt(self.e.dim) * x_norm * self.norm_max + 3 * U32 * magnitude
             if float(typical.max()) <= F32_LOGIT_TOL:
                 return self._float32(rows, draws, a)
-        keep = self._screen(rows, draws, a, self.slack(t, x_norm, magnitude))
+        keep = self._screen(rows, draws, a, self.slack(t, x_norm, magnitude, draws))
         return self._exact(x, draws, keep, static, a, support)
 
     # -------------------------------------------------------------- diffuse: float32
@@ -146,52 +149,57 @@ class ScreenedSteps:
         return keep
 
     def _exact(self, x, draws: Draws, keep: torch.Tensor, static: torch.Tensor, a: float, support: bool):
-        """Float64 weights over each sample's candidates, in the coordinates of their union U:
-        x . x_i for i in U, p_bmi gathered, a softmax per draw over the sample's candidates
-        (padded within groups of samples with similar counts), and D_sigma = mean_w @ X_U."""
+        """Float64 weights over each sample's candidates, one softmax per draw, padded within
+        groups of samples with similar candidate counts. Few candidates: their rows of X are
+        gathered and x . x_i, sigma eps_bm . x_i and D_sigma computed from them. Many: x . X on
+        the union of candidates, sigma eps . X in float64 (made once per batch), and
+        D_sigma = mean_w @ X as in the float64 path."""
         e = self.e
         b, m, d = draws.scaled.shape
         counts = keep.sum(1)
-        union = torch.nonzero(keep.any(0)).flatten()
-        if len(union) > e.n // 2:  # a gather would cost more than it saves
+        gathered = int(counts.sum()) * d <= GATHER_VALUES * 4
+        if gathered:
             union = torch.arange(e.n, device=x.device)
-            x_u, x32_u = e.x, e.x32
         else:
-            keep = keep[:, union]
-            x_u, x32_u = e.x[union], None
-        dots = x @ x_u.T  # (B, U) float64
-        static = static[union]
-        # candidates of each sample as a -1 padded table of positions in U
-        pairs = torch.nonzero(keep)  # (P, 2), by sample then position
-        first = torch.cumsum(counts, 0) - counts
-        table = torch.full((b, max(1, int(counts.max()))), -1, dtype=torch.int64, device=x.device)
-        table[pairs[:, 0], torch.arange(len(pairs), device=x.device) - first[pairs[:, 0]]] = pairs[:, 1]
-        mean_w = torch.zeros(b, len(union), dtype=F64, device=x.device)
-        order = torch.argsort(counts)  # groups of similar counts pad little
-        draw_ids = torch.arange(m, device=x.device)[None, :, None]
+            if draws.exact is None and draws.fast is not None:
+                draws.exact = (draws.scaled.reshape(b * m, d) @ e.x.T).reshape(b, m, -1)
+            union = torch.nonzero(keep.any(0)).flatten()
+            if len(union) > e.n // 2:  # a gather would cost more than it saves
+                union = torch.arange(e.n, device=x.device)
+            else:
+                keep, static = keep[:, union], static[union]
+            x_u = e.x[union] if len(union) < e.n else e.x
+            dots = x @ x_u.T  # (B, U) float64
+            mean_w = torch.zeros(b, len(union), dtype=F64, device=x.device)
+        table = _candidate_table(keep, counts)  # (B, max count) positions in `union`, -1 padded
+        smoothed = torch.empty(b, d, dtype=F64, device=x.device)
         sup_ids, sup_w = [None] * b, [None] * b
-        lo = 0
-        while lo < b:
-            rows = max(1, GATHER_VALUES // (max(1, int(counts[order[lo]])) * (m + 2)))
-            group = order[lo:lo + rows]
-            lo += len(group)
-            width = max(1, int(counts[group].max()))
+        for group, width in _groups(counts, (m + 2 + (d if gathered else 0))):
             valid = table[group, :width] >= 0  # (r, W)
             pos = table[group, :width].clamp_min(0)
-            lg = static[pos] + a * torch.gather(dots[group], 1, pos)  # (r, W)
-            lg = lg[:, None, :] if draws.exact is None else (
-                lg[:, None, :] + a * draws.exact[group[:, None, None], draw_ids, union[pos][:, None, :]])
+            if gathered:
+                xc = e.x[pos]  # (r, W, D)
+                lg = static[pos] + a * torch.einsum("rd,rwd->rw", x[group], xc)
+                lg = lg[:, None, :] + a * torch.einsum("rmd,rwd->rmw", draws.scaled[group], xc)
+            else:
+                lg = (static[pos] + a * torch.gather(dots[group], 1, pos))[:, None, :]
+                if draws.exact is not None:
+                    lg = lg + a * draws.exact[group[:, None, None], torch.arange(m, device=x.device)[None, :, None],
+                                              union[pos][:, None, :]]
             w = torch.softmax(torch.where(valid[:, None, :], lg, -math.inf), dim=-1)  # (r, M, W)
-            # accumulate: padded slots point at position 0 with weight 0
-            mean_w.index_put_((group[:, None].expand_as(pos), pos), torch.where(valid, w.mean(1), 0.0),
-                              accumulate=True)
+            mean_group = torch.where(valid, w.mean(1), 0.0)
+            if gathered:
+                smoothed[group] = torch.einsum("rw,rwd->rd", flush_tiny(mean_group), xc)
+            else:  # padded slots point at position 0 with weight 0: accumulate
+                mean_w.index_put_((group[:, None].expand_as(pos), pos), mean_group, accumulate=True)
             if support:
                 kept, ws = _support(w.reshape(-1, width))
                 ids = union[torch.gather(pos.repeat_interleave(m, 0), 1, kept.clamp_min(0))]
                 ids = torch.where(kept >= 0, ids, -1)
                 for j, row in enumerate(group.tolist()):
                     sup_ids[row], sup_w[row] = ids[j * m:(j + 1) * m], ws[j * m:(j + 1) * m]
-        smoothed = _sparse_matmul(mean_w, x_u, x32_u)
+        if not gathered:
+            smoothed = _sparse_matmul(mean_w, x_u, e.x32 if len(union) == e.n else None)
         # each dropped point had weight below 1e-30 in its draw
         bound = ((e.n - counts).to(F64) * 1e-30).clamp(max=1.0).repeat_interleave(m)
         dense = torch.ones(b * m, dtype=torch.bool, device=x.device)
@@ -201,3 +209,26 @@ class ScreenedSteps:
         ids = torch.cat([_pad(i, width, -1) for i in sup_ids])
         ws = torch.cat([_pad(i, width, 0.0) for i in sup_w])
         return Blend(_gather_blend(ids, ws, e.x), ids, ws, bound, dense), smoothed
+
+
+def _candidate_table(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Column positions of each row's True entries, left-aligned and -1 padded: (B, max count)."""
+    pairs = torch.nonzero(keep)  # (P, 2), by row then column
+    first = torch.cumsum(counts, 0) - counts
+    table = torch.full((len(keep), max(1, int(counts.max()))), -1, dtype=torch.int64, device=keep.device)
+    table[pairs[:, 0], torch.arange(len(pairs), device=keep.device) - first[pairs[:, 0]]] = pairs[:, 1]
+    return table
+
+
+def _groups(counts: torch.Tensor, values_per_slot: int):
+    """Rows in order of count, grouped while (rows x largest count x values_per_slot) fits
+    GATHER_VALUES: yields (row ids, padded width)."""
+    order = torch.argsort(counts)
+    sorted_counts = [max(1, c) for c in counts[order].tolist()]
+    lo = 0
+    while lo < len(order):
+        hi = lo + 1
+        while hi < len(order) and (hi + 1 - lo) * sorted_counts[hi] * values_per_slot <= GATHER_VALUES:
+            hi += 1
+        yield order[lo:hi], sorted_counts[hi - 1]
+        lo = hi

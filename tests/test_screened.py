@@ -58,10 +58,10 @@ def test_screen_keeps_every_point_with_weight_above_flush(seed, t, sigma, scale,
     draws = eng.screened.project(eps, sigma)
     a = t / (1 - t) ** 2
     rows, static, x_norm, magnitude = eng.screened.logits32(x, draws, t)
-    slack = eng.screened.slack(t, x_norm, magnitude)
+    slack = eng.screened.slack(t, x_norm, magnitude, draws)
     keep = eng.screened._screen(rows, draws, a, slack)
     # the bound itself: screened float32 logits within `slack` of the float64 ones
-    p = torch.zeros(b, m, n, dtype=F64) if draws.exact is None else draws.exact
+    p = sigma * eps @ eng.x.T  # (B, M, N) float64
     fast = torch.zeros(b, m, n) if draws.fast is None else draws.fast
     exact = static + a * ((x @ eng.x.T)[:, None, :] + p)
     approx = torch.add(rows[:, None, :], fast, alpha=a).to(F64)
@@ -75,11 +75,16 @@ def test_screen_keeps_every_point_with_weight_above_flush(seed, t, sigma, scale,
     assert not bool((keep & ~torch.isfinite(eng.log_pi)).any()), "a zero-weight point was kept"
 
 
+@pytest.mark.parametrize("budget", ["default", "tiny"])
 @pytest.mark.parametrize("name,sigma,draws,start", [("digits", 0.5, 8, 0.0), ("digits", 0.0, 1, 0.0),
                                                     ("mnist", 1.0, 4, 0.5), ("moons:n=400", 0.1, 4, 0.0)])
-def test_screened_steps_equal_float64_path(screen_only, name, sigma, draws, start):
+def test_screened_steps_equal_float64_path(screen_only, monkeypatch, name, sigma, draws, start, budget):
     """Screened steps drop only weights below 1e-30: samples and sources equal the dense path (up to
-    the float32 product of dense weights with X that the float64 path of `auto` also uses)."""
+    the float32 product of dense weights with X that the float64 path of `auto` also uses). A tiny
+    gather budget forces the union route (float64 sigma eps . X, x . X on the union) and
+    one-sample groups; the default gathers candidate rows wherever they are few."""
+    if budget == "tiny":
+        monkeypatch.setattr(screened, "GATHER_VALUES", 16)
     ds = load(name)
     cfg = SamplerConfig(n_samples=6, sigma=sigma, draws=draws, steps=12, start=start, seed=5)
     fast, exact = sample(ds, cfg.replace(index="auto")), sample(ds, cfg.replace(index="exact"))
