@@ -5,7 +5,10 @@ from pathlib import Path
 import streamlit as st
 
 from cdm_core.datasets import REGISTRY, availability
+from cdm_core.runtime import keep_freed_memory
 from ui import state
+
+keep_freed_memory()  # steady sampler latency in this long-lived server process (cdm_core/runtime.py)
 
 ASSETS = Path(__file__).parent / "assets"
 st.set_page_config(page_title="cfdm-explorer", page_icon=str(ASSETS / "logo.svg"), layout="wide")

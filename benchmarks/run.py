@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cdm_core import SamplerConfig, load, sample  # noqa: E402
+from cdm_core.runtime import keep_freed_memory  # noqa: E402
 from cdm_core.sampler import random_draws, time_grid  # noqa: E402
 
 
@@ -66,6 +67,7 @@ def gemm_gflops() -> float:
 
 
 def run_case(spec: dict) -> dict:
+    keep_freed_memory()  # as the dashboard and the CLI do (cdm_core/runtime.py)
     ds = load(spec["data"])
     if spec.get("subset"):
         from cdm_core.datasets import Dataset

@@ -13,6 +13,7 @@ import time
 
 from .config import INDEX_KINDS, SamplerConfig
 from .errors import CdmInputError
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("cdm_core")
 
@@ -52,7 +53,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="Euler steps S")
     p.add_argument("--start", type=float, default=d.start, help="start time T in [0, 1)")
     p.add_argument("--neighbours", type=int, default=d.neighbours, help="neighbours K kept per query")
-    p.add_argument("--index", choices=INDEX_KINDS, default=d.index, help="neighbour search")
+    p.add_argument("--index", choices=INDEX_KINDS, default=d.index,
+                   help="auto: all points, factorised over draws (float32-screened on large sets, within "
+                   "about 1e-5 of exact); exact: the float64 reference; flat/ivf/torch: top-K neighbours "
+                   "with a bound on the omitted weight")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--weights", help=".npy of N non-negative training weights (default uniform)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
@@ -129,6 +133,7 @@ EXTRA_COMMANDS: list = []
 def main(argv=None) -> int:
     from . import commands  # noqa: F401  registers the extra sub-commands
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # see cdm_core/runtime.py
     try:
         a = build_parser().parse_args(argv)
         if a.verbose:

@@ -148,3 +148,22 @@ def test_fast_path_off_when_float32_products_are_reduced_precision(fast_path):
     finally:
         torch.set_float32_matmul_precision(before)
     assert BlendEngine(x, normalise_log_weights(None, 50), None, factorised=True).screened is not None
+
+
+def test_keep_freed_memory_applies_on_glibc_and_is_harmless_elsewhere(monkeypatch):
+    """The dashboard and CLI fix glibc's malloc thresholds (steady latency); elsewhere a no-op."""
+    import ctypes
+    import sys
+
+    from cdm_core import runtime
+    if sys.platform.startswith("linux"):
+        assert runtime.keep_freed_memory() is True
+        assert runtime.keep_freed_memory() is True  # idempotent
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert runtime.keep_freed_memory() is False
+    monkeypatch.setattr(runtime.sys, "platform", "darwin")
+    assert runtime.keep_freed_memory() is False
