@@ -180,7 +180,10 @@ class BlendEngine:
         if full and self.factorised:
             return self._full(x, eps, sigma, t, projected)
         if self.screened is not None and t != 0.0 and not isinstance(projected, torch.Tensor | None):
-            return self.screened.smoothed(x, projected, t, support)
+            out = self.screened.smoothed(x, projected, t, support)
+            if out is not None:
+                return out
+            projected = self.screened.exact_projection(projected)  # float64 from here on
         if not self.factorised or t == 0.0:
             y = (x[:, None, :] + sigma * eps).reshape(b * m, d)
             blend = self.blend(y, t, support)

@@ -34,6 +34,7 @@ LN_FLUSH = math.log(1e30)  # weights below exp(-LN_FLUSH) are flushed to zero by
 # Diffuse steps run in float32 while a(t) u sqrt(D) |x| max|x_i| stays under this (in logits);
 # chosen from measured deviations (about 2e-5 on Fashion-MNIST at this setting).
 F32_LOGIT_TOL = 1e-2
+F32_SAFE = 1e36  # logits bounded by this stay finite in float32 (max 3.4e38) through every operation
 # Screened steps gather their candidates' logits in chunks of at most this many float64 values.
 GATHER_VALUES = 1 << 22  # 32 MiB
 
@@ -81,25 +82,41 @@ class ScreenedSteps:
 
     def logits32(self, x: torch.Tensor, draws: Draws, t: float):
         """Float32 logits before the per-draw terms, static_i + a x_b . x_i (B, N), with what the
-        error bounds need: static (N,) float64, |x_b| (B,) and a bound on |logit| (B,)."""
+        error bounds need: static (N,) float64, |x_b| (B,) and a bound on |logit| (B,). None when
+        that bound leaves float32's safe range (overflow), for the float64 path to take over."""
         e = self.e
         a, c = t / (1 - t) ** 2, t * t / (2 * (1 - t) ** 2)
         static = e.log_pi - c * e.sq_norms  # (N,) float64, -inf where pi = 0
         x_norm = torch.linalg.vector_norm(x, dim=1)
-        rows = torch.add(static.to(F32), x.to(F32) @ e.x32.T, alpha=a)
         magnitude = float(static[torch.isfinite(static)].abs().max()) + a * (x_norm * self.norm_max + draws.fast_abs)
+        if not float(magnitude.max()) < F32_SAFE:
+            return None
+        rows = torch.add(static.to(F32), x.to(F32) @ e.x32.T, alpha=a)
         return rows, static, x_norm, magnitude
 
     def slack(self, t: float, x_norm: torch.Tensor, magnitude: torch.Tensor, draws: Draws) -> torch.Tensor:
         """Rigorous bound (B,) on |float32 logit - exact logit|: the float32 dot products x . x_i
-        and sigma eps_bm . x_i, and about six float32 roundings (cast of static, products, sums,
-        the threshold) of values below `magnitude`."""
+        and sigma eps_bm . x_i (with an absolute term for products that underflow), and about six
+        float32 roundings (cast of static, products, sums, the threshold) of values below
+        `magnitude`."""
         a = t / (1 - t) ** 2
-        return a * (gamma(self.e.dim) * self.norm_max * x_norm + draws.fast_err) + 6 * U32 * magnitude
+        underflow = 2 * self.e.dim * 2.0 ** -149
+        return a * (gamma(self.e.dim) * self.norm_max * x_norm + draws.fast_err + underflow) + 6 * U32 * magnitude
+
+    def exact_projection(self, draws: Draws) -> torch.Tensor | None:
+        """p_bmi in float64 (B, M, N), made on first use and kept for the batch."""
+        if draws.exact is None and draws.fast is not None:
+            b, m, d = draws.scaled.shape
+            draws.exact = (draws.scaled.reshape(b * m, d) @ self.e.x.T).reshape(b, m, -1)
+        return draws.exact
 
     def smoothed(self, x: torch.Tensor, draws: Draws, t: float, support: bool):
+        """(Blend, D_sigma) as `BlendEngine.smoothed`, or None where float32 would overflow."""
         a = t / (1 - t) ** 2
-        rows, static, x_norm, magnitude = self.logits32(x, draws, t)
+        logits = self.logits32(x, draws, t)
+        if logits is None:
+            return None
+        rows, static, x_norm, magnitude = logits
         if not support and draws.diffuse:
             # typical float32 rounding of the logits (about sqrt(D) u per dot product)
             typical = a * U32 * math.sqrt(self.e.dim) * x_norm * self.norm_max + 3 * U32 * magnitude
@@ -161,8 +178,7 @@ class ScreenedSteps:
         if gathered:
             union = torch.arange(e.n, device=x.device)
         else:
-            if draws.exact is None and draws.fast is not None:
-                draws.exact = (draws.scaled.reshape(b * m, d) @ e.x.T).reshape(b, m, -1)
+            self.exact_projection(draws)
             union = torch.nonzero(keep.any(0)).flatten()
             if len(union) > e.n // 2:  # a gather would cost more than it saves
                 union = torch.arange(e.n, device=x.device)

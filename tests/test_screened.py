@@ -39,7 +39,7 @@ def _engine(points, log_pi):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), t=st.floats(0.05, 0.995), sigma=st.sampled_from([0.0, 0.3, 2.0]),
-       scale=st.sampled_from([1e-2, 1.0, 30.0]), dups=st.booleans(), zero_pi=st.booleans())
+       scale=st.sampled_from([1e-20, 1e-2, 1.0, 30.0]), dups=st.booleans(), zero_pi=st.booleans())
 def test_screen_keeps_every_point_with_weight_above_flush(seed, t, sigma, scale, dups, zero_pi):
     """No (sample, point) whose exact weight in some draw is >= 1e-30 is screened out, whatever the
     scale of the data (float32 rounding grows with it), with duplicate rows and zero weights."""
@@ -167,3 +167,15 @@ def test_keep_freed_memory_applies_on_glibc_and_is_harmless_elsewhere(monkeypatc
     assert runtime.keep_freed_memory() is False
     monkeypatch.setattr(runtime.sys, "platform", "darwin")
     assert runtime.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("scale,sigma,steps", [(1e-12, 0.1, 15), (1e-22, 0.1, 15), (1e20, 0.0, 5),
+                                               (1e20, 0.0, 15), (1e16, 0.05, 15)])
+def test_extreme_scales_on_fast_path(fast_path, scale, sigma, steps):
+    """Values whose products overflow (or nearly underflow) float32 still sample correctly: the
+    fast path hands such steps to the float64 path."""
+    pts = load("moons:n=300").points.astype(np.float64) * scale
+    cfg = SamplerConfig(n_samples=6, sigma=sigma * scale, draws=4, steps=steps, seed=1)
+    fast, exact = sample(pts, cfg), sample(pts, cfg.replace(index="exact"))
+    assert np.isfinite(fast.samples).all()
+    np.testing.assert_allclose(fast.samples / scale, exact.samples / scale, atol=1e-5)
