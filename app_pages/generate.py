@@ -50,8 +50,11 @@ def summary(res, ds) -> None:
     c[1].metric("Mean NN ratio", f"{m.mean_nn_ratio:.2f}", help="Nearest / second-nearest training distance (0 = copy).")
     c[2].metric("Effective sources", f"{m.mean_effective_sources:.2f}", help="exp(entropy) of each sample's blend weights.")
     c[3].metric("Diversity", f"{m.diversity:.2f}", help="Mean pairwise sample distance / that of the training data.")
+    precision = (f" {100 * res.float32_fraction:.0f}% of steps used float32 logits (early, diffuse steps on a "
+                 "large set; within about 1e-5 of index exact)." if res.float32_fraction else "")
     c[4].metric("Time", f"{res.seconds:.2f} s", help=f"Max truncation bound {res.truncation_bound.max():.1e}; "
-                                                      f"{100 * res.dense_fraction:.0f}% of queries computed densely.")
+                                                      f"{100 * res.dense_fraction:.0f}% of queries computed densely."
+                                                      + precision)
 
 
 def pick_from(event, curve: int | None) -> None:

@@ -97,7 +97,9 @@ def cmd_sample(a) -> int:
     res = sample(ds, cfg, weights=weights, callback=Progress("sampling"))
     save_result(a.out, res)
     print(f"wrote {a.out}: {res.samples.shape[0]} samples of {ds.name} (D={ds.dim}) in {res.seconds:.2f} s; "
-          f"max truncation bound {res.truncation_bound.max():.2e}", file=sys.stderr)
+          f"max truncation bound {res.truncation_bound.max():.2e}"
+          + (f"; {100 * res.float32_fraction:.0f}% of steps with float32 logits" if res.float32_fraction else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -101,6 +101,7 @@ class Blend:
     weights: torch.Tensor | None  # (q, K') float64 weights of those ids (sum to 1 per row)
     bound: torch.Tensor  # (q,) float64: bound on the weight mass left out (0 when dense)
     dense: torch.Tensor  # (q,) bool: computed over all N points
+    float32: bool = False  # weights from float32 logits (the fast path's diffuse regime)
 
 
 class BlendEngine:

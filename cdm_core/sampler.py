@@ -151,6 +151,7 @@ class SampleResult:
     dataset: dict = field(default_factory=dict)  # Dataset.describe() of the training set
     trajectory: np.ndarray | None = None  # (S + 1, n, D) float32
     dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
+    float32_fraction: float = 0.0  # fraction of steps whose weights came from float32 logits
     bound_certified: bool = True  # False for IVF, whose search may miss neighbours
     seconds: float = 0.0
     weights_given: bool = False
@@ -209,7 +210,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
     start_ids = np.empty(n, np.int64)
     traj = np.empty((config.steps + 1, n, dim), np.float32) if config.trajectory else None
     src_ids, src_w = [], []
-    dense_count = total_count = 0
+    dense_count = total_count = float32_steps = 0
     for bi, ids in enumerate(batches):
         x, eps_t, start_ids[ids] = start_state(prep, log_pi, config, ids)
         if traj is not None:
@@ -219,6 +220,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
             bounds[ids] = np.maximum(bounds[ids], step.blend.bound.reshape(len(ids), m_eff).mean(1).cpu().numpy())
             dense_count += int(step.blend.dense.sum())
             total_count += len(step.blend.dense)
+            float32_steps += step.blend.float32
             if traj is not None:
                 traj[step.k + 1, ids] = step.x_next.cpu().numpy()
             if callback is not None:
@@ -235,6 +237,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
         samples=samples, source_ids=_merge_rows(src_ids, -1), source_weights=_merge_rows(src_w, 0.0),
         nn_ids=nn_ids, nn_dist=nn_dist, truncation_bound=bounds, start_ids=start_ids, config=config,
         dataset=prep.describe, trajectory=traj, dense_fraction=dense_count / max(total_count, 1),
+        float32_fraction=float32_steps / (len(batches) * config.steps),
         bound_certified=prep.index is None or prep.index.exact, seconds=time.perf_counter() - t0,
         weights_given=weights is not None)
 

@@ -155,7 +155,8 @@ class ScreenedSteps:
         draws.diffuse = int(torch.count_nonzero(mean_w)) > self.diffuse_max
         q = b * m
         zeros = torch.zeros(q, dtype=F64, device=rows.device)
-        return Blend(None, None, None, zeros, torch.ones(q, dtype=torch.bool)), (mean_w @ e.x32).to(F64)
+        blend = Blend(None, None, None, zeros, torch.ones(q, dtype=torch.bool), float32=True)
+        return blend, (mean_w @ e.x32).to(F64)
 
     # -------------------------------------------------------------- concentrated: screen + exact
     def _screen(self, rows: torch.Tensor, draws: Draws, a: float, slack: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,7 @@ def test_screened_steps_equal_float64_path(screen_only, monkeypatch, name, sigma
     np.testing.assert_array_equal(fast.source_ids[:, :3], exact.source_ids[:, :3])
     np.testing.assert_allclose(fast.source_weights[:, :3], exact.source_weights[:, :3], atol=1e-6)
     assert fast.truncation_bound.max() <= ds.n * 1e-30  # the dropped mass, reported
+    assert fast.float32_fraction == 0.0 and exact.float32_fraction == 0.0
 
 
 @pytest.mark.parametrize("name,start", [("mnist", 0.0), ("mnist", 0.5), ("digits", 0.0)])
@@ -123,9 +124,10 @@ def test_float32_regime_is_used_early_and_screening_late(fast_path, monkeypatch)
 
     monkeypatch.setattr(screened.ScreenedSteps, "_exact", spy)
     ds = load("mnist")
-    sample(ds, SamplerConfig(n_samples=4, sigma=1.0, draws=4, steps=20, seed=1))
+    res = sample(ds, SamplerConfig(n_samples=4, sigma=1.0, draws=4, steps=20, seed=1))
     kinds = [k for k, _ in calls]
     assert kinds[0] == "f32" and kinds[-1] == "screen"
+    assert res.float32_fraction == kinds.count("f32") / 20  # reported with the result
     assert kinds == sorted(kinds, key=lambda k: k == "screen"), "float32 steps come before screened ones"
     assert calls[-1][1] < ds.n / 20
 
