@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cdm_core.datasets import REGISTRY, availability
+from cdm_core.data.registry import REGISTRY, availability
 from cdm_core.runtime import keep_freed_memory
 from ui import state
 

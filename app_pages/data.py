@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core import figures
-from cdm_core.datasets import REGISTRY, availability
+from cdm_core.report import figures
+from cdm_core.data.registry import REGISTRY, availability
 from cdm_core.errors import CdmInputError
 from ui import state
 

@@ -3,10 +3,12 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core import figures, metrics
+from cdm_core.report import figures
+
+from cdm_core.analysis import metrics
 from cdm_core.config import INDEX_KINDS
 from cdm_core.errors import CdmInputError
-from cdm_core.sampler import time_grid
+from cdm_core.engine.sampler import time_grid
 from ui import state
 
 HELP = {

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core import figures
-from cdm_core.embedding import MapConfig, compute_map, place_by_sources, place_by_transform
+from cdm_core.report import figures
+from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform
 from ui import state
 from ui.hover_thumbnails import hover_thumbnails
 

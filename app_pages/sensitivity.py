@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core import figures
+from cdm_core.report import figures
 from cdm_core.errors import CdmInputError
-from cdm_core.sensitivity import counterfactual, position_derivative, sensitivity
+from cdm_core.analysis.sensitivity import counterfactual, position_derivative, sensitivity
 from ui import state
 
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
@@ -41,7 +41,7 @@ def sample_view(ds, sens, i: int) -> None:
     else:
         j = st.selectbox("Up-weight training item", [int(v) for v in ids[ok]], format_func=lambda v: f"#{v}",
                          key=f"w_arrow_{i}")
-        from cdm_core.sensitivity import jacobian
+        from cdm_core.analysis.sensitivity import jacobian
         cfg = sens.config
         jac_all, _ = jacobian(ds, cfg, [j])
         st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j),

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core import figures, metrics
+from cdm_core.report import figures
+
+from cdm_core.analysis import metrics
 from ui import state
 
 

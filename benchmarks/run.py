@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdm_core import SamplerConfig, load, sample  # noqa: E402
 from cdm_core.runtime import keep_freed_memory  # noqa: E402
-from cdm_core.sampler import random_draws, time_grid  # noqa: E402
+from cdm_core.engine.sampler import random_draws, time_grid  # noqa: E402
 
 
 def plain_dense(points: np.ndarray, cfg: SamplerConfig, dtype=torch.float64) -> np.ndarray:
@@ -70,7 +70,7 @@ def run_case(spec: dict) -> dict:
     keep_freed_memory()  # as the dashboard and the CLI do (cdm_core/runtime.py)
     ds = load(spec["data"])
     if spec.get("subset"):
-        from cdm_core.datasets import Dataset
+        from cdm_core.data.dataset import Dataset
         ds = Dataset(name=f"{ds.name}[:{spec['subset']}]", points=ds.points[:spec["subset"]], image_shape=ds.image_shape)
     cfg = SamplerConfig(**spec["config"])
     kind = spec.get("kind", "sample")
@@ -95,7 +95,7 @@ def run_case(spec: dict) -> dict:
     elif kind == "plain32":
         out = plain_dense(ds.points, cfg, torch.float32)
     elif kind == "sensitivity":
-        from cdm_core.sensitivity import sensitivity
+        from cdm_core.analysis.sensitivity import sensitivity
         out = sensitivity(ds, cfg, top=spec["top"]).samples.astype(np.float64)
     secs = time.perf_counter() - t0
     np.save(spec["out"], out)
@@ -159,7 +159,7 @@ def cuda_main(tmp: Path) -> None:
     if not torch.cuda.is_available():
         print("no CUDA GPU visible to torch: nothing measured, BENCHMARKS.md left as it is")
         return
-    from cdm_core.neighbours import faiss_gpus
+    from cdm_core.engine.neighbours import faiss_gpus
     gpu = torch.cuda.get_device_name(0)
     print(f"GPU: {gpu}; faiss GPUs: {faiss_gpus()}")
     rows = device_cases("cuda", tmp)

@@ -1,14 +1,17 @@
 """cdm_core: closed-form (smoothed) diffusion models, their samples' sources and sensitivities.
 
-The engine behind cfdm-explorer; usable as a library and as a CLI (`python -m cdm_core`).
-It never imports Streamlit.
+The engine behind cfdm-explorer; usable as a library and as a CLI (`python -m cdm_core`, or
+`cfdm`). It never imports Streamlit. Layers, each importing only those before it:
+`config`/`errors`/`settings` -> `data` -> `engine` -> `analysis` -> `report` -> `cli`
+(docs/architecture.md).
 """
 
-from .config import SamplerConfig
-from .datasets import REGISTRY, Dataset, load
-from .errors import CdmInputError, DatasetUnavailable
-from .sampler import SampleResult, sample
+from cdm_core.config import SamplerConfig
+from cdm_core.data.dataset import Dataset
+from cdm_core.data.registry import REGISTRY, load
+from cdm_core.engine.sampler import SampleResult, sample
+from cdm_core.errors import CdmInputError, DatasetUnavailable
 
 __all__ = ["SamplerConfig", "Dataset", "REGISTRY", "load", "sample", "SampleResult",
            "CdmInputError", "DatasetUnavailable"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .errors import CdmInputError
+from cdm_core.errors import CdmInputError
 
 INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,9 +87,55 @@ class SamplerConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_options(cls, options: dict, **extra) -> "SamplerConfig":
+        """A configuration from outside names (CLI flags without dashes, URL query keys, UI
+        state): the one mapping from those names to fields (`OPTIONS`). Values may be strings
+        (a URL) or numbers; unknown names are an error."""
+        fields = {}
+        for name, value in options.items():
+            if name not in OPTIONS:
+                raise CdmInputError(f"unknown sampler option {name!r}")
+            field_name, kind = OPTIONS[name]
+            try:
+                if isinstance(value, bool):
+                    raise TypeError(value)
+                fields[field_name] = kind(value)
+            except (TypeError, ValueError, OverflowError):
+                raise CdmInputError(f"{name} must be {'an integer' if kind is int else 'a number' if kind is float else 'text'}, "
+                                    f"got {value!r}") from None
+        return cls(**(fields | extra))
+
+    def work(self, n_train: int, dim: int) -> float:
+        """Floating-point work of one run (the one cost model: the sampler's limit and the
+        dashboard's "regenerate as you move a slider" both use it). `auto` needs two per-sample
+        products per step plus one per draw up front and a softmax over draws x N; the other
+        paths evaluate every draw over all (or the top-K) points at every step."""
+        n, m, s = self.n_samples, (1 if self.sigma == 0 else self.draws), self.steps
+        if self.index == "auto":
+            return n * n_train * dim * (2.0 * s + m) + 5.0 * n * m * n_train * s
+        return 2.0 * n * m * n_train * dim * s
+
+    @classmethod
     def from_dict(cls, d: dict) -> "SamplerConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise CdmInputError(f"unknown sampler option(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+def _int(v) -> int:
+    f = float(v)
+    if f != int(f):
+        raise ValueError(v)
+    return int(f)
+
+
+# Outside name (CLI flag without dashes, URL key, UI state key) -> (SamplerConfig field, parser).
+OPTIONS = {
+    "n": ("n_samples", _int), "sigma": ("sigma", float), "draws": ("draws", _int),
+    "steps": ("steps", _int), "start": ("start", float), "neighbours": ("neighbours", _int),
+    "index": ("index", str), "seed": ("seed", _int), "device": ("device", str),
+    "nearest": ("nearest", _int), "batch_size": ("batch_size", _int),
+    "truncation_tol": ("truncation_tol", float), "nprobe": ("nprobe", _int), "nlist": ("nlist", _int),
+}

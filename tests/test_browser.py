@@ -162,7 +162,7 @@ def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifa
     """Four sessions at once (one long), different data and settings: each page shows the
     near-copy fraction that its own settings give when computed directly."""
     from cdm_core import SamplerConfig, load, sample
-    from cdm_core.metrics import set_metrics
+    from cdm_core.analysis.metrics import set_metrics
     from ui.state import defaults_for
     jobs = [("digits", dict(n=64, sigma=0.4, steps=100)), ("moons", dict(n=8, sigma=0.0, steps=150)),
             ("circles", dict(n=12, sigma=0.3, steps=60)), ("8gaussians", dict(n=20, sigma=0.05, steps=80))]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from cdm_core.cli import main
+from cdm_core.cli.main import main
 from tests.conftest import ROOT
 
 

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from cdm_core import SamplerConfig, load
-from cdm_core.cli import main
+from cdm_core.cli.main import main
 from cdm_core.errors import CdmInputError
-from cdm_core import export
-from cdm_core.export import FIGURES, FigureStyle, build, export_bundle, make_manifest
+from cdm_core.report import export
+from cdm_core.report.export import FIGURES, FigureStyle, build, export_bundle, make_manifest
 from tests.browser_util import have_chromium
 
 CFG = SamplerConfig(n_samples=8, sigma=0.5, draws=2, steps=10)

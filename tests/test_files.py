@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdm_core.datasets import REGISTRY, availability, load, read_idx
+from cdm_core.data.registry import REGISTRY, availability, load, read_idx
 from cdm_core.errors import CdmInputError
-from cdm_core.files import Limits, load_bytes, load_file
+from dataclasses import replace
+
+from cdm_core.data.files import load_bytes, load_file
+from cdm_core.settings import limits
 
 
 def npy(arr) -> bytes:
@@ -83,9 +86,9 @@ def test_malformed_files_give_one_line_errors(name, raw, msg):
 
 def test_limits_are_enforced_and_named():
     with pytest.raises(CdmInputError, match="CDM_MAX_POINTS"):
-        load_bytes("a.npy", npy(np.zeros((11, 2))), limits=Limits(max_points=10))
+        load_bytes("a.npy", npy(np.zeros((11, 2))), limits=replace(limits(), max_points=10))
     with pytest.raises(CdmInputError, match="CDM_MAX_FILE_MB"):
-        load_bytes("a.npy", npy(np.zeros((100, 2))), limits=Limits(max_file_bytes=100))
+        load_bytes("a.npy", npy(np.zeros((100, 2))), limits=replace(limits(), max_file_bytes=100))
     # a header promising a huge array is refused before anything is allocated
     hdr = io.BytesIO()
     np.lib.format.write_array_header_1_0(hdr, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**4)})

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from cdm_core import SamplerConfig, load, model, sample
-from cdm_core.neighbours import FlatIndex, faiss_gpus
+from cdm_core import SamplerConfig, load, sample
+from cdm_core.engine import blend as model
+from cdm_core.engine.neighbours import FlatIndex, faiss_gpus
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none here")]
@@ -34,7 +35,7 @@ def test_cuda_fast_path_matches_cpu_exact(monkeypatch):
 
 
 def test_cuda_sensitivity_matches_cpu():
-    from cdm_core.sensitivity import jacobian
+    from cdm_core.analysis.sensitivity import jacobian
     ds = load("digits")
     cfg = SamplerConfig(n_samples=4, sigma=0.5, draws=3, steps=8)
     a, _ = jacobian(ds, cfg.replace(device="cpu"), [1, 2, 3])
@@ -44,7 +45,7 @@ def test_cuda_sensitivity_matches_cpu():
 
 @pytest.mark.skipif(faiss_gpus() == 0, reason="faiss-gpu is not installed or sees no GPU")
 def test_faiss_gpu_index_matches_flat():
-    from cdm_core.neighbours import GpuFlatIndex
+    from cdm_core.engine.neighbours import GpuFlatIndex
     ds = load("digits")
     q = ds.points[:100] + 0.01
     np.testing.assert_array_equal(GpuFlatIndex(ds.points).search(q, 8)[1][:, 0], FlatIndex(ds.points).search(q, 8)[1][:, 0])

@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cdm_core import SamplerConfig, sample
-from cdm_core.cli import main
+from cdm_core.cli.main import main
 from cdm_core.errors import CdmInputError
-from cdm_core.export_io import atomic_write_bytes
-from cdm_core.files import load_bytes
-from cdm_core.limits import Limits
+from cdm_core.data.store import atomic_write_bytes
+from cdm_core.data.files import load_bytes
+from cdm_core.settings import Limits
 from tests.conftest import ROOT
 
-SMALL = Limits(max_file_bytes=2**20, max_points=10_000, max_dim=4096, max_uncompressed_bytes=2**22)
+SMALL = Limits(max_file_bytes=2**20, max_points=10_000, max_dim=4096, max_work=2e14,
+               max_batch_bytes=512 * 2**20, max_uncompressed_bytes=2**22)
 FUZZ = settings(deadline=2000, suppress_health_check=[HealthCheck.too_slow])  # examples: conftest profile
 
 

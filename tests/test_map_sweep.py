@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from cdm_core import SamplerConfig, load, sample
-from cdm_core.cli import main
-from cdm_core.datasets import Dataset
-from cdm_core.embedding import MapConfig, compute_map, knn_graph, place_by_sources
+from cdm_core.cli.main import main
+from cdm_core.data.dataset import Dataset
+from cdm_core.analysis.embedding import MapConfig, compute_map, knn_graph, place_by_sources
 from cdm_core.errors import CdmInputError
-from cdm_core.sweep import sweep
+from cdm_core.analysis.sweep import sweep
 
 
 def test_map_is_cached_on_disk_and_keyed(tmp_path, monkeypatch):
@@ -26,7 +26,7 @@ def test_umap_separates_digit_classes(tmp_path):
     emb = compute_map(ds, MapConfig(method="umap"), cache_dir=tmp_path)
     assert emb.positions.shape == (ds.n, 2) and np.isfinite(emb.positions).all()
     # quality threshold, not a golden number: most points' nearest map neighbour shares the label
-    from cdm_core.neighbours import FlatIndex
+    from cdm_core.engine.neighbours import FlatIndex
     _, nn = FlatIndex(emb.positions).search(emb.positions, 2)
     agree = np.mean(ds.labels[nn[:, 1]] == ds.labels)
     assert agree > 0.85

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdm_core.model import (BlendEngine, blend_weights, denoiser, normalise_log_weights, score,
+from cdm_core.engine.blend import (BlendEngine, blend_weights, denoiser, normalise_log_weights, score,
                             smoothed_denoiser, velocity)
-from cdm_core.neighbours import FlatIndex
+from cdm_core.engine.neighbours import FlatIndex
 
 F64 = torch.float64
 

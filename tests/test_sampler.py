@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from cdm_core import SamplerConfig, sample
-from cdm_core.datasets import load
+from cdm_core.data.registry import load
 from cdm_core.errors import CdmInputError
-from cdm_core.neighbours import FlatIndex, IVFIndex, TorchIndex, recall
+from cdm_core.engine.neighbours import FlatIndex, IVFIndex, TorchIndex, recall
 
 
 def reconstruct(res, pts):
@@ -131,7 +131,7 @@ def test_corner_case_fixtures(name, index):
     if name == "zeros":
         assert np.abs(res.samples).max() < 1e-6
     if name == "duplicates":  # nn ratio of an exact duplicate is defined (0), never NaN
-        from cdm_core.metrics import nn_ratio
+        from cdm_core.analysis.metrics import nn_ratio
         assert np.isfinite(nn_ratio(res.nn_dist)).all()
 
 

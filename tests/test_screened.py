@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdm_core import SamplerConfig, load, sample
-from cdm_core import model, screened
-from cdm_core.model import BlendEngine, normalise_log_weights
+from cdm_core.engine import blend as model
+from cdm_core.engine import screen as screened
+from cdm_core.engine.blend import BlendEngine, normalise_log_weights
 
 F64 = torch.float64
 

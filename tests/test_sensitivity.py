@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from cdm_core import SamplerConfig, load, sample
-from cdm_core.cli import main
-from cdm_core.sensitivity import counterfactual, jacobian, sensitivity
+from cdm_core.cli.main import main
+from cdm_core.analysis.sensitivity import counterfactual, jacobian, sensitivity
 
 
 def exact_samples(res, pts):
@@ -128,8 +128,8 @@ def test_sensitivity_cli(tmp_path, capsys):
 @pytest.mark.parametrize("name,sigma,start,index", [("moons:n=150", 0.1, 0.0, "exact"), ("moons:n=150", 0.1, 0.5, "exact"),
                                                     ("digits", 0.5, 0.3, "auto"), ("digits", 0.5, 0.0, "flat")])
 def test_position_derivative_matches_finite_differences(name, sigma, start, index):
-    from cdm_core.datasets import Dataset
-    from cdm_core.sensitivity import position_derivative
+    from cdm_core.data.dataset import Dataset
+    from cdm_core.analysis.sensitivity import position_derivative
     ds = load(name)
     # default truncation tolerance: moving a point can flip a near-tie in a pure top-K set, where
     # the truncated sampler is discontinuous; with the dense fallback the omitted mass is negligible

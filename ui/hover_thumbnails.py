@@ -14,7 +14,7 @@ import io
 import numpy as np
 import streamlit as st
 
-from cdm_core.figures import thumbnail_sprite
+from cdm_core.report.figures import thumbnail_sprite
 
 PIXEL_BUDGET = 2_000_000  # pixels in one sprite sheet (about 1-2 MB as PNG)
 SCALE = 3  # on-screen magnification of a thumbnail

@@ -16,11 +16,12 @@ import numpy as np
 import streamlit as st
 
 from cdm_core import SamplerConfig, sample
-from cdm_core.datasets import DEFAULT_DATASET, REGISTRY, Dataset, availability, load
+from cdm_core.data.dataset import Dataset
+from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
 from cdm_core.errors import CdmInputError
-from cdm_core.files import load_bytes
-from cdm_core.prepare import prepare
-from cdm_core.sampler import fraction_done
+from cdm_core.data.files import load_bytes
+from cdm_core.engine.training_set import prepare
+from cdm_core.engine.sampler import fraction_done
 
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
@@ -82,9 +83,7 @@ def sync_url() -> None:
 
 
 def config_from(params: dict, **extra) -> SamplerConfig:
-    return SamplerConfig(sigma=float(params["sigma"]), draws=int(params["draws"]), steps=int(params["steps"]),
-                         start=float(params["start"]), n_samples=int(params["n"]), seed=int(params["seed"]),
-                         neighbours=int(params["neighbours"]), index=str(params["index"]), **extra)
+    return SamplerConfig.from_options(params, **extra)
 
 
 def current_dataset() -> Dataset:
@@ -126,19 +125,9 @@ def label_for(name: str) -> str:
     return f"{name} — {REGISTRY[name].summary}"
 
 
-def estimated_work(ds: Dataset, cfg: SamplerConfig) -> float:
-    """Rough floating-point work of one run. `auto` (factorised) needs two per-sample products
-    per step plus one per draw up front, and a softmax over draws x N; the other paths evaluate
-    every draw over all (or the top-K) points at every step."""
-    n, m, s = cfg.n_samples, (1 if cfg.sigma == 0 else cfg.draws), cfg.steps
-    if cfg.index == "auto":
-        return n * ds.n * ds.dim * (2 * s + m) + 5.0 * n * m * ds.n * s
-    return 2.0 * n * m * ds.n * ds.dim * s
-
-
 def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
     """Small enough (well under a second here) that moving a slider regenerates at once."""
-    return estimated_work(ds, cfg) <= 2e10
+    return cfg.work(ds.n, ds.dim) <= 2e10
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import CdmInputError
+from cdm_core.errors import CdmInputError
 
 F64 = torch.float64
 # Chunking keeps every temporary under roughly this many float64 values (32 MiB).
@@ -129,7 +129,7 @@ class BlendEngine:
         self.mean = pi @ points  # D(y, 0): at t = 0 every logit is the same up to log pi
         self.screened = None
         if big:
-            from .screened import ScreenedSteps  # it builds on this module's helpers
+            from cdm_core.engine.screen import ScreenedSteps  # it builds on this module's helpers
             self.screened = ScreenedSteps(self)
 
     # ------------------------------------------------------------------ public

@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import CdmInputError
+from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CACHE_DIR, Dataset
-from .errors import CdmInputError
-from .export_io import atomic_write_bytes, npz_bytes
+from cdm_core import settings
+from cdm_core.data.dataset import Dataset
+from cdm_core.errors import CdmInputError
+from cdm_core.data.store import atomic_write_bytes, npz_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _pca(x: np.ndarray, dims: int) -> np.ndarray:
 def knn_graph(x: np.ndarray, k: int):
     """faiss exact kNN graph with each point first in its own row (UMAP's convention, also for
     duplicate rows, which faiss may list before the point itself)."""
-    from .neighbours import FlatIndex
+    from cdm_core.engine.neighbours import FlatIndex
     kk = min(k + 1, len(x))
     dist, ids = FlatIndex(x).search(x, kk)
     out_i = np.empty((len(x), k), np.int64)
@@ -101,7 +102,7 @@ def knn_graph(x: np.ndarray, k: int):
 def compute_map(ds: Dataset, cfg: MapConfig = MapConfig(), cache_dir: Path | None = None,
                 callback=None) -> Embedding:
     """The 2-D map of `ds`, from the disk cache when there is one."""
-    cache_dir = Path(cache_dir or CACHE_DIR) / "maps"
+    cache_dir = Path(cache_dir or settings.cache_dir()) / "maps"
     path = cache_dir / f"{ds.content_hash}-{cfg.key()}.npz"
     if path.exists():
         try:

@@ -27,10 +27,10 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from . import figures
-from .config import SamplerConfig
-from .errors import CdmInputError
-from .export_io import atomic_write_bytes, npz_bytes
+from cdm_core.report import figures
+from cdm_core.config import SamplerConfig
+from cdm_core.errors import CdmInputError
+from cdm_core.data.store import atomic_write_bytes, npz_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def package_versions() -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             pass
-    from . import __version__
+    from cdm_core import __version__
     out["cdm_core"] = __version__
     return out
 
@@ -128,7 +128,7 @@ def _style(m: dict) -> FigureStyle:
 
 
 def resolve_dataset(m: dict, base_dir: Path | None = None):
-    from .datasets import REGISTRY, load, parse_spec
+    from cdm_core.data.registry import REGISTRY, load, parse_spec
     spec = m["dataset"]["spec"]
     if parse_spec(spec)[0] not in REGISTRY and base_dir is not None and not Path(spec).is_absolute():
         spec = str(base_dir / spec)
@@ -143,8 +143,8 @@ def resolve_dataset(m: dict, base_dir: Path | None = None):
 
 def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     """(figures by name: plotly Figure or PIL Image, arrays behind them by name)."""
-    from .metrics import nn_ratio
-    from .sampler import sample
+    from cdm_core.analysis.metrics import nn_ratio
+    from cdm_core.engine.sampler import sample
     say = callback or (lambda msg: None)
     cfg = SamplerConfig.from_dict(m["sampler"])
     opts = m.get("options", {})
@@ -171,7 +171,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
     if "sensitivity" in which or "influence" in which:
-        from .sensitivity import sensitivity
+        from cdm_core.analysis.sensitivity import sensitivity
         say("sensitivity")
         sens = sensitivity(ds, cfg.replace(n_samples=min(cfg.n_samples, int(opts.get("sensitivity_samples", 16)))),
                            top=int(opts.get("top", 6)))
@@ -184,14 +184,14 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                 out["sensitivity"] = figures.sensitivity_maps_figure(sens.jacobian[k][ok], ds.image_shape,
                                                                      [f"#{j}" for j in sens.training_ids[k][ok]])
             else:
-                from .sensitivity import jacobian
+                from cdm_core.analysis.sensitivity import jacobian
                 j = int(sens.training_ids[k][0])
                 jac, _ = jacobian(ds, cfg, [j])
                 out["sensitivity"] = figures.arrows_figure(ds.points[:, :2], res.samples[:, :2], jac[:, 0, :2], j)
         if "influence" in which:
             out["influence"] = figures.influence_matrix_figure(sens.training_ids, sens.influence)
     if "map" in which:
-        from .embedding import MapConfig, compute_map, place_by_sources
+        from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources
         say("map")
         emb = compute_map(ds, MapConfig(**opts.get("map", {"method": "pca"})))
         pos = place_by_sources(emb, res.source_ids, res.source_weights)
@@ -201,7 +201,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "memorisation" in which:
-        from .sweep import sweep
+        from cdm_core.analysis.sweep import sweep
         say("memorisation sweep")
         sigmas = [float(s) for s in opts.get("sigmas", [0.0, cfg.sigma / 2, cfg.sigma, 2 * cfg.sigma])]
         rows = sweep(ds, cfg.replace(n_samples=min(cfg.n_samples, 32)), sigmas)
@@ -270,7 +270,7 @@ def _arrays_and_tables(data: dict) -> tuple[dict, dict]:
     arrays, tables = {}, {}
     for k, v in data.items():
         if k == "sweep_rows":
-            from .sweep import rows_to_csv
+            from cdm_core.analysis.sweep import rows_to_csv
             tables["memorisation.csv"] = rows_to_csv(v)
         else:
             arrays[k] = np.asarray(v)

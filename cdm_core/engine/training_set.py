@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import SamplerConfig
-from .datasets import Dataset
-from .errors import CdmInputError
-from .files import check_points
-from .neighbours import NeighbourIndex, TorchIndex, build_index, faiss_gpus
+from cdm_core.config import SamplerConfig
+from cdm_core.data.dataset import Dataset
+from cdm_core.errors import CdmInputError
+from cdm_core.data.files import check_points
+from cdm_core.engine.neighbours import NeighbourIndex, TorchIndex, build_index, faiss_gpus
 
 log = logging.getLogger(__name__)
 

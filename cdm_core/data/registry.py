@@ -18,59 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import CdmInputError, DatasetUnavailable
+from cdm_core import settings
+from cdm_core.data.dataset import Dataset, content_hash  # noqa: F401  (re-exported)
+from cdm_core.errors import CdmInputError, DatasetUnavailable
 
 log = logging.getLogger(__name__)
 
-FASHION_DIR = Path(os.environ.get("CDM_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
-EMOJI_FONT = Path(os.environ.get("CDM_EMOJI_FONT", "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"))
-CACHE_DIR = Path(os.environ.get("CDM_CACHE_DIR", Path.home() / ".cache" / "cfdm-explorer"))
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A training set. `points` is float32 (N, D); images are flattened row-major (H, W[, C])."""
-
-    name: str  # registry name, or the file name for user data
-    points: np.ndarray  # float32 (N, D)
-    image_shape: tuple | None = None  # (H, W) or (H, W, 3) for images, None for point clouds
-    labels: np.ndarray | None = None  # int64 (N,) or None
-    label_names: tuple | None = None  # names for label values, when known
-    scaling: str = "file units"  # how values are scaled, in words
-    source: str = ""  # where the data come from
-    licence: str = ""  # licence / attribution text
-    params: dict = field(default_factory=dict)  # loader parameters (size, noise, ...)
-
-    @property
-    def n(self) -> int:
-        return int(self.points.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.points.shape[1])
-
-    @property
-    def is_image(self) -> bool:
-        return self.image_shape is not None
-
-    @functools.cached_property
-    def content_hash(self) -> str:
-        """sha256 of shape, dtype, image shape and bytes (first 16 hex digits); computed once."""
-        return content_hash(self.points, self.image_shape)
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name, "n": self.n, "dim": self.dim, "image_shape": self.image_shape,
-            "scaling": self.scaling, "source": self.source, "licence": self.licence,
-            "params": self.params, "content_hash": self.content_hash,
-        }
-
-
-def content_hash(points: np.ndarray, image_shape=None) -> str:
-    h = hashlib.sha256()
-    h.update(repr((points.shape, str(points.dtype), image_shape)).encode())
-    h.update(np.ascontiguousarray(points).tobytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------- 2-D toys
@@ -195,10 +148,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _load_fashion(split: str) -> Dataset:
     prefix = "train" if split == "train" else "t10k"
-    img, lab = FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz", FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    fashion_dir = settings.fashion_dir()
+    img, lab = fashion_dir / f"{prefix}-images-idx3-ubyte.gz", fashion_dir / f"{prefix}-labels-idx1-ubyte.gz"
     if not (img.exists() and lab.exists()):
         raise DatasetUnavailable(
-            f"Fashion-MNIST files are missing in {FASHION_DIR}: install the Debian package "
+            f"Fashion-MNIST files are missing in {fashion_dir}: install the Debian package "
             "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
     x = read_idx(img)
     y = read_idx(lab)
@@ -232,11 +186,12 @@ def load_faces() -> Dataset:
 
 
 def load_emoji() -> Dataset:
-    from .emoji import render_emoji
-    if not EMOJI_FONT.exists():
+    from cdm_core.data.emoji import render_emoji
+    font = settings.emoji_font()
+    if not font.exists():
         raise DatasetUnavailable(
-            f"emoji font {EMOJI_FONT} is missing: install the Debian package fonts-noto-color-emoji")
-    pts, codes = render_emoji(EMOJI_FONT, CACHE_DIR)
+            f"emoji font {font} is missing: install the Debian package fonts-noto-color-emoji")
+    pts, codes = render_emoji(font, settings.cache_dir())
     return Dataset(name="emoji", points=pts, image_shape=(32, 32, 3),
                    labels=np.arange(len(pts), dtype=np.int64),
                    label_names=tuple(chr(c) for c in codes),
@@ -293,9 +248,9 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def availability(name: str) -> tuple[bool, str]:
     """(available, message) without loading the data."""
     entry = REGISTRY[name]
-    if name.startswith("fashion-mnist") and not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+    if name.startswith("fashion-mnist") and not (settings.fashion_dir() / "train-images-idx3-ubyte.gz").exists():
         return False, "install the Debian package dataset-fashion-mnist"
-    if name == "emoji" and not EMOJI_FONT.exists():
+    if name == "emoji" and not settings.emoji_font().exists():
         return False, "install the Debian package fonts-noto-color-emoji"
     if name in ("mnist", "faces"):
         import importlib.util
@@ -315,5 +270,5 @@ def load(spec: str, **params) -> Dataset:
         if entry.kind != "toy" and parsed:
             raise CdmInputError(f"data set {name!r} takes no options")
         return entry.loader(**parsed)
-    from .files import load_file
+    from cdm_core.data.files import load_file
     return load_file(spec, **params)

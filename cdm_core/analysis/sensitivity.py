@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import SamplerConfig
-from .errors import CdmInputError
-from .model import F64, CHUNK_VALUES, BlendEngine, normalise_log_weights
-from .prepare import Prepared, prepare
-from .sampler import check_request, euler_steps, sample, start_state, time_grid
+from cdm_core.config import SamplerConfig
+from cdm_core.errors import CdmInputError
+from cdm_core.engine.blend import F64, CHUNK_VALUES, BlendEngine, normalise_log_weights
+from cdm_core.engine.training_set import Prepared, prepare
+from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import itertools
 
 import numpy as np
 
-from .config import SamplerConfig
-from .errors import CdmInputError
-from .metrics import set_metrics
-from .prepare import prepare
-from .sampler import sample
+from cdm_core.config import SamplerConfig
+from cdm_core.errors import CdmInputError
+from cdm_core.analysis.metrics import set_metrics
+from cdm_core.engine.training_set import prepare
+from cdm_core.engine.sampler import sample
 
 COLUMNS = ("sigma", "draws", "start", "near_copy_fraction", "mean_nn_ratio", "mean_nn_distance",
            "mean_effective_sources", "diversity", "unique_nn_fraction", "seconds")

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import limits
-from .config import SamplerConfig
-from .errors import CdmInputError
-from .model import F64, Blend, BlendEngine, normalise_log_weights
-from .prepare import Prepared, prepare
+from cdm_core import settings
+from cdm_core.config import SamplerConfig
+from cdm_core.errors import CdmInputError
+from cdm_core.engine.blend import F64, Blend, BlendEngine, normalise_log_weights
+from cdm_core.engine.training_set import Prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,10 @@ def check_request(config: SamplerConfig, n_train: int, dim: int) -> int:
     """Refuse requests over the work limit, before allocating; return a batch size whose draw
     buffers (eps and their projections, float64) fit the per-batch memory limit. Batching never
     changes results (per-sample seeding), so shrinking it is safe."""
-    lim = limits.current()
-    m = 1 if config.sigma == 0 else config.draws
-    work = float(config.n_samples) * m * n_train * dim * config.steps
+    lim = settings.limits()
+    work = config.work(n_train, dim)
     if work > lim.max_work:
-        raise CdmInputError(f"this request needs about {work:.1e} operations (samples x draws x N x D x steps), "
+        raise CdmInputError(f"this request needs about {work:.1e} floating-point operations, "
                             f"over the limit of {lim.max_work:.1e} (CDM_MAX_WORK); ask for fewer samples, "
                             "draws or steps")
     # sigma eps (float64, M x D) and its projections on X (float64 and a float32 copy, M x N)
@@ -244,7 +243,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
 
 def check_weights_file(path: str, n: int) -> np.ndarray:
     """Load a `.npy` of N training weights (never unpickled) and validate it."""
-    from .files import read_npy_bytes
+    from cdm_core.data.files import read_npy_bytes
     try:
         raw = open(path, "rb").read()
     except OSError as e:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import CACHE_VALUES, F64, Blend, _gather_blend, _pad, _sparse_matmul, _support, flush_tiny
+from cdm_core.engine.blend import CACHE_VALUES, F64, Blend, _gather_blend, _pad, _sparse_matmul, _support, flush_tiny
 
 F32 = torch.float32
 U32 = 2.0 ** -24  # unit roundoff of float32

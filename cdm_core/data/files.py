@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset
-from .errors import CdmInputError
-from .limits import Limits, current
+from cdm_core.data.dataset import Dataset
+from cdm_core.errors import CdmInputError
+from cdm_core.settings import Limits, limits as current_limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -28,7 +28,7 @@ def _fail(name: str, problem: str):
 
 def check_points(name: str, arr: np.ndarray, limits: Limits | None = None) -> np.ndarray:
     """Validate an (N, D) numeric array and return it as float32; errors name the file."""
-    limits = limits or current()
+    limits = limits or current_limits()
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         _fail(name, f"data must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -69,7 +69,7 @@ def _as_points(name: str, arr: np.ndarray, limits: Limits):
 
 
 def read_npy_bytes(name: str, raw: bytes, limits: Limits | None = None) -> np.ndarray:
-    limits = limits or current()
+    limits = limits or current_limits()
     try:
         bio = io.BytesIO(raw)
         version = np.lib.format.read_magic(bio)
@@ -172,8 +172,8 @@ def _read_images(name: str, items, resize: tuple | None, limits: Limits):
 
 def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limits | None = None) -> Dataset:
     """Load user data from bytes; `name` (a file name) decides the format by its suffix. Limits
-    default to the environment's at call time (`cdm_core.limits.current`)."""
-    limits = limits or current()
+    default to the environment's at call time (`cdm_core.settings.limits`)."""
+    limits = limits or current_limits()
     _check_size(name, len(raw), limits)
     suffix = Path(name).suffix.lower()
     labels = None
@@ -214,7 +214,7 @@ def load_bytes(name: str, raw: bytes, resize: tuple | None = None, limits: Limit
 
 
 def load_file(path: str, resize: tuple | None = None, limits: Limits | None = None) -> Dataset:
-    limits = limits or current()
+    limits = limits or current_limits()
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())

@@ -1,13 +1,49 @@
-"""CLI sub-commands that live beside their modules (kept out of cli.py so the sampler's CLI
-stays small). Importing this module registers them."""
+"""The CLI's sub-commands: each a `register_*` (its flags) and a `cmd_*` (the work)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from .cli import EXTRA_COMMANDS, Progress, add_sampler_options, check_out, config_from_args, load_inputs
-from .errors import CdmInputError
+from cdm_core.cli.options import Progress, add_sampler_options, check_out, config_from_args, load_inputs
+from cdm_core.errors import CdmInputError
+
+
+def cmd_sample(a) -> int:
+    from cdm_core.data.store import save_result
+    from cdm_core.engine.sampler import sample
+    check_out(a.out, ".npz")
+    cfg = config_from_args(a, trajectory=a.trajectory)
+    ds, weights = load_inputs(a)
+    res = sample(ds, cfg, weights=weights, callback=Progress("sampling"))
+    save_result(a.out, res)
+    print(f"wrote {a.out}: {res.samples.shape[0]} samples of {ds.name} (D={ds.dim}) in {res.seconds:.2f} s; "
+          f"max truncation bound {res.truncation_bound.max():.2e}"
+          + (f"; {100 * res.float32_fraction:.0f}% of steps with float32 logits" if res.float32_fraction else ""),
+          file=sys.stderr)
+    return 0
+
+
+def cmd_datasets(a) -> int:
+    from cdm_core.data.registry import REGISTRY, availability
+    width = max(map(len, REGISTRY))
+    for name, entry in REGISTRY.items():
+        ok, msg = availability(name)
+        print(f"{name:<{width}}  {'yes' if ok else 'no ':<3}  {entry.kind:<5}  {entry.summary}"
+              + ("" if ok else f"  ({msg})"))
+    return 0
+
+
+def register_sample(sub) -> None:
+    s = sub.add_parser("sample", help="draw samples and write them with sources to an .npz")
+    add_sampler_options(s)
+    s.add_argument("--trajectory", action="store_true", help="keep every step's state")
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_sample)
+
+
+def register_datasets(sub) -> None:
+    sub.add_parser("datasets", help="list registered data sets and their availability").set_defaults(func=cmd_datasets)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -21,8 +57,8 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_sensitivity(a) -> int:
-    from .export_io import atomic_write_bytes, npz_bytes
-    from .sensitivity import sensitivity
+    from cdm_core.data.store import atomic_write_bytes, npz_bytes
+    from cdm_core.analysis.sensitivity import sensitivity
     check_out(a.out, ".npz")
     if (a.top is None) == (a.ids is None):
         raise CdmInputError("give exactly one of --top K or --ids i,j,...")
@@ -48,12 +84,10 @@ def register_sensitivity(sub) -> None:
     s.set_defaults(func=cmd_sensitivity)
 
 
-EXTRA_COMMANDS.append(register_sensitivity)
-
 
 def cmd_sweep(a) -> int:
-    from .export_io import atomic_write_bytes
-    from .sweep import parse_floats, rows_to_csv, sweep
+    from cdm_core.data.store import atomic_write_bytes
+    from cdm_core.analysis.sweep import parse_floats, rows_to_csv, sweep
     check_out(a.out, ".csv")
     sigmas = parse_floats(a.sigmas, "--sigmas")
     draws = parse_floats(a.draws_list, "--draws-list") if a.draws_list else None
@@ -79,13 +113,11 @@ def register_sweep(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
-EXTRA_COMMANDS.append(register_sweep)
-
 
 def cmd_figure(a) -> int:
     from pathlib import Path
 
-    from .export import export_bundle, read_manifest
+    from cdm_core.report.export import export_bundle, read_manifest
     m = read_manifest(a.manifest)
     res = export_bundle(m, a.out, base_dir=Path(a.manifest).resolve().parent,
                         callback=lambda msg: print(f"figure: {msg}", file=sys.stderr))
@@ -102,4 +134,5 @@ def register_figure(sub) -> None:
     s.set_defaults(func=cmd_figure)
 
 
-EXTRA_COMMANDS.append(register_figure)
+# Every sub-command, in the order `--help` lists them.
+COMMANDS = (register_sample, register_datasets, register_sensitivity, register_sweep, register_figure)

@@ -1,0 +1,79 @@
+"""What every sub-command shares: the one-line parser, the progress line, the sampler flags
+(named as in `cdm_core.config.OPTIONS`) and reading the inputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from cdm_core.config import INDEX_KINDS, OPTIONS, SamplerConfig
+from cdm_core.errors import CdmInputError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line
+        raise CdmInputError(f"{self.prog}: {message}")
+
+
+class Progress:
+    """A progress line on stderr: 'sampling  [=====     ]  50%  batch 1/2  step 10/20  1.2 s'."""
+
+    def __init__(self, label: str, stream=None):
+        self.label, self.stream, self.t0, self.last = label, stream or sys.stderr, time.perf_counter(), 0.0
+
+    def __call__(self, info: dict) -> None:
+        from cdm_core.engine.sampler import fraction_done
+        done = fraction_done(info)
+        now = time.perf_counter()
+        if done < 1 and now - self.last < 0.1:
+            return
+        self.last = now
+        bar = "=" * int(20 * done)
+        self.stream.write(f"\r{self.label}  [{bar:<20}] {100 * done:3.0f}%  batch {info['batch']}/"
+                          f"{info['batches']}  step {info['step']}/{info['steps']}  {now - self.t0:.1f} s")
+        if done >= 1:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    d = SamplerConfig()
+    p.add_argument("--data", required=True, help="registered data set (see `datasets`) or a file path")
+    p.add_argument("--n", type=int, default=d.n_samples, help="number of samples")
+    p.add_argument("--sigma", type=float, default=d.sigma, help="smoothing scale (data units)")
+    p.add_argument("--draws", type=int, default=d.draws, help="smoothing draws M per sample")
+    p.add_argument("--steps", type=int, default=d.steps, help="Euler steps S")
+    p.add_argument("--start", type=float, default=d.start, help="start time T in [0, 1)")
+    p.add_argument("--neighbours", type=int, default=d.neighbours, help="neighbours K kept per query")
+    p.add_argument("--index", choices=INDEX_KINDS, default=d.index,
+                   help="auto: all points, factorised over draws (float32-screened on large sets, within "
+                   "about 1e-5 of exact); exact: the float64 reference; flat/ivf/torch: top-K neighbours "
+                   "with a bound on the omitted weight")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--weights", help=".npy of N non-negative training weights (default uniform)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--nearest", type=int, default=d.nearest, help="nearest training points reported")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--truncation-tol", type=float, default=d.truncation_tol,
+                   help="omitted-mass bound above which a query is computed densely")
+    p.add_argument("--nprobe", type=int, default=d.nprobe)
+    p.add_argument("--nlist", type=int, default=d.nlist)
+
+
+def config_from_args(a, **extra) -> SamplerConfig:
+    """The parsed flags through the one mapping from outside names to `SamplerConfig`."""
+    return SamplerConfig.from_options({name: getattr(a, name) for name in OPTIONS}, **extra)
+
+
+def load_inputs(a):
+    from cdm_core.data.registry import load
+    from cdm_core.engine.sampler import check_weights_file
+    ds = load(a.data)
+    weights = check_weights_file(a.weights, ds.n) if a.weights else None
+    return ds, weights
+
+
+def check_out(path: str, suffix: str) -> None:
+    if not path.endswith(suffix):
+        raise CdmInputError(f"--out must end in {suffix}, got {path!r}")
