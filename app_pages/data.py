@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.report import figures
 from cdm_core.data.registry import REGISTRY, availability
 from cdm_core.errors import CdmInputError
+from cdm_core.report import figures
 from ui import state
 
 
@@ -46,7 +46,8 @@ def preview(ds) -> None:
         st.image(figures.image_grid(ds.points[:k], ds.image_shape, ncols=16, scale=3 if ds.image_shape[0] < 20 else 2),
                  caption=f"The first {k} training items" + (
                      ": labels " + " ".join(str(ds.label_names[v] if ds.label_names and v < len(ds.label_names) else v)
-                                            for v in ds.labels[:16]) + " …" if ds.labels is not None and ds.n > 0 else ""))
+                                            for v in ds.labels[:16]) + " …"
+                     if ds.labels is not None and ds.n > 0 else ""))
     elif ds.dim >= 2:
         fig = figures.data_scatter(ds.points[:, :2], ds.labels, title=None)
         st.plotly_chart(fig, width="stretch", key="data_scatter")

@@ -8,8 +8,17 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cdm_core.errors import CdmInputError
-from cdm_core.report.export import (FIGURES, SIZE_PRESETS, FigureStyle, build, export_bundle, image_files, make_manifest,
-                             style_figure, zip_bundle)
+from cdm_core.report.export import (
+    FIGURES,
+    SIZE_PRESETS,
+    FigureStyle,
+    build,
+    export_bundle,
+    image_files,
+    make_manifest,
+    style_figure,
+    zip_bundle,
+)
 from ui import state
 
 LABELS = {"samples": "Sample grid", "sources": "Sources of a sample", "sensitivity": "Sensitivity maps",

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core.report import figures
 from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform
+from cdm_core.report import figures
 from ui import state
 from ui.hover_thumbnails import hover_thumbnails
 
@@ -42,13 +42,16 @@ def body() -> None:
         method = c1.selectbox("Method", ["umap", "pca"], key="w_map_method",
                               help="UMAP keeps neighbourhoods; PCA is instant and linear.")
         nn = c2.slider("UMAP neighbours", 5, 50, 15, key="w_map_nn", help="Larger values keep more global structure.")
-        md = c3.slider("UMAP min. distance", 0.0, 0.99, 0.1, key="w_map_md", help="Smaller values pack clusters tighter.")
+        md = c3.slider("UMAP min. distance", 0.0, 0.99, 0.1, key="w_map_md",
+                       help="Smaller values pack clusters tighter.")
     cfg = MapConfig(method=method, n_neighbors=nn, min_dist=md)
     emb = cached_map(ds.content_hash, cfg, ds)
-    note = f"{len(emb.ids):,} of {ds.n:,} training items mapped" + (" (fixed random subset)" if len(emb.ids) < ds.n else "")
+    note = f"{len(emb.ids):,} of {ds.n:,} training items mapped" + (
+        " (fixed random subset)" if len(emb.ids) < ds.n else "")
     if len(emb.ids) > MAX_DRAWN:
         note += f"; the first {MAX_DRAWN:,} are drawn"
-    st.caption(f"{method.upper()} map, cached on disk by content hash and settings ({'from cache' if emb.from_cache else 'computed now'}). {note}.")
+    st.caption(f"{method.upper()} map, cached on disk by content hash and settings "
+               f"({'from cache' if emb.from_cache else 'computed now'}). {note}.")
 
     run = state.ensure_run(ds)
     if run is None:
@@ -62,7 +65,9 @@ def body() -> None:
                             "UMAP transform: embed the sample itself (small sets only).")
         sample_pos = place_by_transform(emb, res.samples) if how == "UMAP transform" else \
             place_by_sources(emb, res.source_ids, res.source_weights)
-        st.caption(f"Samples (×) are placed at {'UMAP transform of the samples' if how == 'UMAP transform' else 'the weighted position of their blend sources'}.")
+        placed_at = ('UMAP transform of the samples' if how == 'UMAP transform'
+                     else 'the weighted position of their blend sources')
+        st.caption(f"Samples (×) are placed at {placed_at}.")
     # Edges follow the current sample only: a figure that changed with the selection would make
     # Streamlit drop that selection on the next run.
     show = [st.session_state.get("selected_sample", 0)] if res is not None else []

@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.report import figures
-from cdm_core.errors import CdmInputError
 from cdm_core.analysis.sweep import parse_floats, sweep
+from cdm_core.errors import CdmInputError
+from cdm_core.report import figures
 from ui import state
 
 EXPLANATION = (

@@ -3,9 +3,9 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.report import figures
-from cdm_core.errors import CdmInputError
 from cdm_core.analysis.sensitivity import counterfactual, position_derivative, sensitivity
+from cdm_core.errors import CdmInputError
+from cdm_core.report import figures
 from ui import state
 
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)

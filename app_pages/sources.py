@@ -4,9 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core.report import figures
-
 from cdm_core.analysis import metrics
+from cdm_core.report import figures
 from ui import state
 
 
@@ -57,7 +56,8 @@ def body() -> None:
             st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
             image_row(ds, ids[shown][:16], [f"#{j} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
             st.markdown("**Nearest training items** (Euclidean distance)")
-            image_row(ds, res.nn_ids[i][:8], [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
+            image_row(ds, res.nn_ids[i][:8], [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])],
+                      scale)
     else:
         left, right = st.columns([3, 2])
         left.plotly_chart(figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i]),

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cdm_core import SamplerConfig, load, sample  # installed into .venv by `make` (pip install -e .)
+from cdm_core.engine.sampler import random_draws, time_grid
+from cdm_core.runtime import keep_freed_memory
 
-from cdm_core import SamplerConfig, load, sample  # noqa: E402
-from cdm_core.runtime import keep_freed_memory  # noqa: E402
-from cdm_core.engine.sampler import random_draws, time_grid  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_dense(points: np.ndarray, cfg: SamplerConfig, dtype=torch.float64) -> np.ndarray:
@@ -71,22 +70,24 @@ def run_case(spec: dict) -> dict:
     ds = load(spec["data"])
     if spec.get("subset"):
         from cdm_core.data.dataset import Dataset
-        ds = Dataset(name=f"{ds.name}[:{spec['subset']}]", points=ds.points[:spec["subset"]], image_shape=ds.image_shape)
+        ds = Dataset(name=f"{ds.name}[:{spec['subset']}]", points=ds.points[:spec["subset"]],
+                     image_shape=ds.image_shape)
     cfg = SamplerConfig(**spec["config"])
     kind = spec.get("kind", "sample")
     # warm cache: data and index prepared (and torch's thread pool started) before timing, as in the
     # dashboard after the first run; both sides of every ratio are measured the same way
     sample(ds, cfg.replace(n_samples=1, steps=2))
     if spec.get("repeat", 1) > 1:  # interactive cases: median of several runs, this VM is noisy
+        from cdm_core.analysis.sensitivity import sensitivity
         times = []
         for _ in range(spec["repeat"]):
             t0 = time.perf_counter()
             out = (sample(ds, cfg).samples if kind == "sample" else
-                   __import__("cdm_core.sensitivity", fromlist=["x"]).sensitivity(ds, cfg, top=spec["top"]).samples)
+                   sensitivity(ds, cfg, top=spec["top"]).samples)
             times.append(time.perf_counter() - t0)
         np.save(spec["out"], np.asarray(out, np.float64))
-        return {"seconds": float(np.median(times)), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "n": ds.n, "dim": ds.dim}
+        return {"seconds": float(np.median(times)),
+                "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "n": ds.n, "dim": ds.dim}
     t0 = time.perf_counter()
     if kind == "sample":
         out = sample(ds, cfg).samples.astype(np.float64)
@@ -210,10 +211,13 @@ def main() -> None:
                          f"({gflops:.1f} GFLOP/s)")
 
     # 2. interactive latency (warm cache)
-    inter = [("MNIST 5k, 64 samples, M=4, S=20 (warm, median of 5)", {"data": "mnist", "config": dict(n_samples=64, sigma=1.0, draws=4, steps=20)}),
-             ("moons 1k, 64 samples, M=4, S=100 (warm, median of 5)", {"data": "moons", "config": dict(n_samples=64, sigma=0.1, draws=4, steps=100)}),
-             ("MNIST 5k sensitivity, 16 samples x top 8 (median of 5)", {"data": "mnist", "kind": "sensitivity", "top": 8,
-                                                           "config": dict(n_samples=16, sigma=1.0, draws=4, steps=20)})]
+    inter = [("MNIST 5k, 64 samples, M=4, S=20 (warm, median of 5)",
+              {"data": "mnist", "config": dict(n_samples=64, sigma=1.0, draws=4, steps=20)}),
+             ("moons 1k, 64 samples, M=4, S=100 (warm, median of 5)",
+              {"data": "moons", "config": dict(n_samples=64, sigma=0.1, draws=4, steps=100)}),
+             ("MNIST 5k sensitivity, 16 samples x top 8 (median of 5)",
+              {"data": "mnist", "kind": "sensitivity", "top": 8,
+               "config": dict(n_samples=16, sigma=1.0, draws=4, steps=20)})]
     for label, spec in inter:
         r = measure(spec | {"repeat": 5}, tmp, label.split(",")[0].replace(" ", "-") + spec.get("kind", ""))
         rows.append((label, r, None, None))
@@ -224,8 +228,8 @@ def main() -> None:
                     tmp, f"scale-N{n}")
         rows.append((f"auto, N={n}, 32 samples, M=8", r, None, None))
     for m in (1, 4, 16):
-        r = measure({"data": "fashion-mnist", "subset": 20000, "config": dict(n_samples=32, sigma=1.0, draws=m, steps=20)},
-                    tmp, f"scale-M{m}")
+        r = measure({"data": "fashion-mnist", "subset": 20000,
+                     "config": dict(n_samples=32, sigma=1.0, draws=m, steps=20)}, tmp, f"scale-M{m}")
         rows.append((f"auto, N=20000, 32 samples, M={m}", r, None, None))
 
     print(table(rows))

@@ -25,7 +25,7 @@ MAX_NEIGHBOURS = 4096
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to draw samples from the (smoothed) closed-form diffusion model (DESIGN.md section 2)."""
+    """How to draw samples from the (smoothed) closed-form diffusion model (docs/maths.md)."""
 
     n_samples: int = 64  # number of samples to draw; sample i depends only on (seed, i)
     sigma: float = 0.0  # smoothing scale, in the data's own units; 0 = exact, memorising model
@@ -101,8 +101,8 @@ class SamplerConfig:
                     raise TypeError(value)
                 fields[field_name] = kind(value)
             except (TypeError, ValueError, OverflowError):
-                raise CdmInputError(f"{name} must be {'an integer' if kind is int else 'a number' if kind is float else 'text'}, "
-                                    f"got {value!r}") from None
+                wanted = "an integer" if kind is _int else "a number" if kind is float else "text"
+                raise CdmInputError(f"{name} must be {wanted}, got {value!r}") from None
         return cls(**(fields | extra))
 
     def work(self, n_train: int, dim: int) -> float:
@@ -111,9 +111,10 @@ class SamplerConfig:
         products per step plus one per draw up front and a softmax over draws x N; the other
         paths evaluate every draw over all (or the top-K) points at every step."""
         n, m, s = self.n_samples, (1 if self.sigma == 0 else self.draws), self.steps
+        softmax = 5.0 * n * m * n_train * s  # exp and sums over every draw's N logits
         if self.index == "auto":
-            return n * n_train * dim * (2.0 * s + m) + 5.0 * n * m * n_train * s
-        return 2.0 * n * m * n_train * dim * s
+            return n * n_train * dim * (2.0 * s + m) + softmax
+        return 2.0 * n * m * n_train * dim * s + softmax
 
     @classmethod
     def from_dict(cls, d: dict) -> "SamplerConfig":

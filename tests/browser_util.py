@@ -30,6 +30,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Generous limits: a first run can compile (UMAP's numba JIT), import torch or render figures
+# with kaleido on a busy 2-core machine. They only cost time when something is really wrong;
+# every wait is for an explicit page condition, never a fixed sleep.
+HEAVY_TIMEOUT = 240_000  # ms: a page's first heavy run (map, sensitivities, export bundle)
+STEP_TIMEOUT = 120_000  # ms: default for any other wait, click or navigation
+SERVER_START_S = 180  # s: until /_stcore/health answers
+
+
 @contextmanager
 def streamlit_server(extra_env: dict | None = None):
     port = free_port()
@@ -41,15 +49,17 @@ def streamlit_server(extra_env: dict | None = None):
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + SERVER_START_S
         while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit server exited with code {proc.returncode}; see {log.name}")
             try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).status == 200:
                     break
             except OSError:
                 time.sleep(0.3)
         else:
-            raise RuntimeError("streamlit server did not start")
+            raise RuntimeError(f"streamlit server did not answer within {SERVER_START_S} s; see {log.name}")
         yield url
     finally:
         proc.terminate()
@@ -64,18 +74,56 @@ def streamlit_server(extra_env: dict | None = None):
 def browser():
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=STEP_TIMEOUT)
         try:
             yield b
         finally:
             b.close()
 
 
-def wait_idle(page, timeout: float = 60_000) -> None:
-    """Wait until Streamlit has finished running the script (no 'Running...' status widget)."""
-    for _ in range(2):  # twice: a rerun can start right after the first one ends
-        page.wait_for_timeout(400)
-        page.wait_for_function(
-            "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-            " && !document.querySelector('[data-testid=\"stProgress\"]')"
-            " && !document.querySelector('[data-stale=\"true\"]')", timeout=timeout)
+def new_context(chromium):
+    """A browser context (one Streamlit session) with generous default timeouts."""
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 800})
+    ctx.set_default_timeout(STEP_TIMEOUT)
+    ctx.set_default_navigation_timeout(STEP_TIMEOUT)
+    return ctx
+
+
+BUSY = ("document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || document.querySelector('[data-testid=\"stProgress\"]')"
+        " || document.querySelector('[data-stale=\"true\"]')")
+
+
+def wait_idle(page, timeout: float = HEAVY_TIMEOUT, quiet_ms: int = 750) -> None:
+    """Wait until Streamlit has finished running the script: no 'Running...' status widget, no
+    progress bar and no stale element, continuously for `quiet_ms` (a rerun can start right after
+    the first one ends). Polled every 100 ms, up to `timeout` ms."""
+    page.evaluate("() => { window.__cdmIdleSince = null; }")
+    page.wait_for_function(
+        """(quiet) => {
+            const now = performance.now();
+            if (%s) { window.__cdmIdleSince = null; return false; }
+            if (window.__cdmIdleSince === null || window.__cdmIdleSince === undefined) window.__cdmIdleSince = now;
+            return now - window.__cdmIdleSince >= quiet;
+        }""" % BUSY, arg=quiet_ms, polling=100, timeout=timeout)
+
+
+def wait_rendered(page, timeout: float = STEP_TIMEOUT) -> None:
+    """Every plotly chart drawn and every image loaded (before a screenshot or a pixel position)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".every(g => g._fullLayout && g.querySelector('.main-svg'))"
+        " && [...document.images].every(i => i.complete)", polling=100, timeout=timeout)
+
+
+def stable_box(locator, timeout: float = STEP_TIMEOUT) -> dict:
+    """The element's bounding box once layout has settled (the same on three reads in a row)."""
+    deadline = time.time() + timeout / 1000
+    boxes = []
+    while time.time() < deadline:
+        box = locator.bounding_box()
+        boxes = (boxes + [box])[-3:]
+        if box is not None and len(boxes) == 3 and boxes[0] == boxes[1] == boxes[2]:
+            return box
+        time.sleep(0.1)
+    raise AssertionError(f"the layout of {locator} did not settle in {timeout / 1000:.0f} s (last boxes {boxes})")

@@ -30,3 +30,13 @@ def spread_points():
     """A few well-separated 2-D points: samples converge cleanly onto them."""
     rng = np.random.default_rng(3)
     return (rng.standard_normal((12, 2)) * 2).astype(np.float32)
+
+
+def source_matrix(res, n_train: int):
+    """A result's sources as a dense (samples, N) weight matrix: order-free comparisons."""
+    import numpy as np
+    out = np.zeros((len(res.source_ids), n_train))
+    for i, (ids, w) in enumerate(zip(res.source_ids, res.source_weights)):
+        ok = ids >= 0
+        np.add.at(out[i], ids[ok], w[ok])
+    return out

@@ -10,8 +10,10 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 
 APP = str(ROOT / "app.py")
-PAGES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/sources.py", "app_pages/sensitivity.py",
-         "app_pages/map.py", "app_pages/memorisation.py", "app_pages/export.py"]
+TITLES = {"app_pages/data.py": "Data", "app_pages/generate.py": "Generate", "app_pages/sources.py": "Sources",
+          "app_pages/sensitivity.py": "Sensitivity", "app_pages/map.py": "Map",
+          "app_pages/memorisation.py": "Memorisation", "app_pages/export.py": "Export"}
+PAGES = list(TITLES)
 
 
 def app() -> AppTest:
@@ -34,7 +36,7 @@ def test_every_page_loads(page):
     at = app()
     at.switch_page(page).run()
     assert not at.exception and not errors(at)
-    assert at.title[0].value in ("Data", "Generate", "Sources", "Sensitivity", "Map", "Memorisation", "Export")
+    assert [t.value for t in at.title] == [TITLES[page]]  # the page switched to, not just any page
 
 
 def test_generate_slider_changes_results_and_state_survives_pages():
@@ -61,7 +63,8 @@ def test_sources_page_for_images_and_item_users():
     at.sidebar.selectbox[0].set_value("digits").run()
     at.switch_page("app_pages/sources.py").run()
     assert not at.exception and not errors(at)
-    assert at.session_state["result"].result.samples.shape == (64, 64) or at.session_state["result"].result.samples.shape[1] == 64
+    # n = 8 survives the switch to digits (8 x 8 images, 64 pixels): 8 samples of 64 values
+    assert at.session_state["result"].result.samples.shape == (8, 64)
     at.number_input(key="w_sample_0").set_value(3).run()
     assert at.session_state["selected_sample"] == 3
     assert any("is a source of" in m.value for m in at.markdown)
@@ -128,8 +131,15 @@ def test_sensitivity_page_and_counterfactual(data):
     assert sens.training_ids.shape == (8, 3)
     at.button(key="w_cf_go").click().run()
     assert not at.exception and not errors(at)
-    cf = at.session_state["cf"][3]
-    assert cf.actual.shape == cf.original.shape and np.isfinite(cf.correlation) or cf.displacement.max() == 0
+    cfg, chosen, factor, cf = at.session_state["cf"]
+    dim = 2 if data == "moons" else 64
+    assert cfg == sens.config and at.session_state["selected_sample"] == 0
+    # the default edit: remove (factor 0) sample #0's most influential training item
+    assert chosen == (int(sens.training_ids[0, 0]),) and factor == 0.0
+    assert cf.edited_ids.tolist() == list(chosen) and cf.factors.tolist() == [0.0]
+    assert cf.original.shape == cf.actual.shape == cf.predicted.shape == (8, dim)
+    # removing a source that carries weight moves that sample, so the correlation is defined
+    assert cf.displacement[0] > 0 and np.isfinite(cf.correlation)
 
 
 def test_map_page_pca_and_umap():

@@ -1,14 +1,31 @@
 """Real-browser journeys: Debian chromium driven by playwright against `streamlit run app.py`.
-Screenshots of each page go to test-artifacts/ for a person to look at."""
+Screenshots of each page go to test-artifacts/ for a person to look at.
+
+Built to pass on a loaded machine: every wait is for an explicit page condition (script idle,
+text shown, chart drawn, layout settled, tooltip visible) with a generous limit, never a fixed
+sleep; a page's first heavy run (UMAP's numba JIT, sensitivities, the export bundle) gets
+HEAVY_TIMEOUT, and the tests that contain one get a per-test limit above pytest.ini's 300 s."""
 
 import re
+import time
 
 import pytest
 
-from tests.browser_util import browser, have_chromium, streamlit_server, wait_idle
+from tests.browser_util import (
+    HEAVY_TIMEOUT,
+    STEP_TIMEOUT,
+    browser,
+    have_chromium,
+    new_context,
+    stable_box,
+    streamlit_server,
+    wait_idle,
+    wait_rendered,
+)
 
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not have_chromium(), reason="Debian chromium is not installed (make setup installs it as root)")]
+              pytest.mark.skipif(not have_chromium(),
+                                 reason="Debian chromium is not installed (make setup installs it as root)")]
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +40,22 @@ def chromium():
         yield b
 
 
+HEAVY_TEST_S = 600  # per-test limit for journeys that include a first heavy run
+
+
 @pytest.fixture
 def page(chromium):
-    ctx = chromium.new_context(viewport={"width": 1280, "height": 800})
+    ctx = new_context(chromium)
     pg = ctx.new_page()
     yield pg
     ctx.close()
 
 
 def open_page(page, url):
+    """Open a page and wait until its first run (however heavy) has finished."""
     page.goto(url)
-    page.wait_for_selector("h1", timeout=90_000)
-    wait_idle(page)
+    page.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
+    wait_idle(page, timeout=HEAVY_TIMEOUT)
     assert page.get_by_text("Page not found").count() == 0, url
 
 
@@ -45,11 +66,12 @@ def no_exception(page):
 @pytest.mark.parametrize("path,title", [("", "Data"), ("generate", "Generate"), ("sources", "Sources"),
                                         ("sensitivity", "Sensitivity"), ("map", "Map"),
                                         ("memorisation", "Memorisation"), ("export", "Export")])
+@pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
 def test_each_page_opens(server, page, artifacts, path, title):
     open_page(page, f"{server}/{path}")
     assert page.locator("h1").first.inner_text().strip() == title
     no_exception(page)
-    page.wait_for_timeout(800)
+    wait_rendered(page)
     page.screenshot(path=str(artifacts / f"page-{path or 'data'}.png"), full_page=True)
 
 
@@ -68,11 +90,12 @@ def test_sigma_generate_click_sample_sources(server, page, artifacts):
     page.get_by_role("button", name="Generate").click()
     wait_idle(page)
     no_exception(page)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=STEP_TIMEOUT)
+    wait_rendered(page)
     page.screenshot(path=str(artifacts / "journey-generate.png"), full_page=True)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     # select the 6th sample tile in the grid (an invisible marker sits on each tile)
     points = page.locator(".js-plotly-plot .scatterlayer .trace").last.locator("path.point")
-    box = points.nth(5).bounding_box()
+    box = stable_box(points.nth(5))
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     # a small box selection around the tile's centre (plotly picks points on its drag layer)
     page.mouse.move(x - 9, y - 9)
@@ -84,7 +107,7 @@ def test_sigma_generate_click_sample_sources(server, page, artifacts):
     page.get_by_text("Sources of sample #5").click()
     wait_idle(page)
     assert page.locator("h1").first.inner_text().strip() == "Sources"
-    page.get_by_text("Blend sources").first.wait_for(timeout=30_000)
+    page.get_by_text("Blend sources").first.wait_for(timeout=STEP_TIMEOUT)
     assert page.get_by_text(re.compile(r"sample #5")).count() >= 1
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-sources.png"), full_page=True)
@@ -95,32 +118,49 @@ def test_bad_upload_in_browser_keeps_dataset(server, page, artifacts, tmp_path):
     bad = tmp_path / "broken.csv"
     bad.write_text("a,b\nx,y\n")
     page.locator("input[type=file]").set_input_files(str(bad))
-    page.get_by_text("Could not load broken.csv").wait_for(timeout=30_000)
+    page.get_by_text("Could not load broken.csv").wait_for(timeout=STEP_TIMEOUT)
     assert page.get_by_role("heading", name="moons").count() >= 1  # previous data set kept
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-bad-upload.png"), full_page=True)
 
 
+@pytest.mark.timeout(HEAVY_TEST_S)
 def test_sensitivity_page_and_counterfactual(server, page, artifacts):
     open_page(page, f"{server}/sensitivity?data=digits&n=16&sigma=0.5&draws=4&steps=20")
     no_exception(page)
-    page.get_by_text("Most influential training items").first.wait_for(timeout=60_000)
+    page.get_by_text("Most influential training items").first.wait_for(timeout=HEAVY_TIMEOUT)
     assert page.locator(".js-plotly-plot").count() >= 3  # maps, matrix, totals
     page.get_by_role("button", name="Re-sample").click()
     wait_idle(page)
-    page.get_by_text("actual re-sampled").first.wait_for(timeout=60_000)
+    page.get_by_text("actual re-sampled").first.wait_for(timeout=HEAVY_TIMEOUT)
     no_exception(page)
+    wait_rendered(page)
     page.screenshot(path=str(artifacts / "page-sensitivity.png"), full_page=True)
 
 
-def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
-    open_page(page, f"{server}/map?data=moons&n=32")
-    page.locator(".js-plotly-plot").first.wait_for(timeout=90_000)
+MAP_DRAWN = """() => {
+    const gd = document.querySelector('.st-key-map_chart .js-plotly-plot');
+    return !!(gd && gd._fullLayout && gd._fullLayout.xaxis && gd._fullData && gd._fullData.length
+              && gd._fullData[0].x && gd._fullData[0].x.length > 0 && gd.querySelector('.nsewdrag'));
+}"""
+
+
+def open_map(page, url):
+    """Open the Map page and wait for the map itself: the first UMAP run in the server process
+    compiles numba code, minutes on a busy machine, so this wait is HEAVY_TIMEOUT."""
+    open_page(page, url)
+    page.get_by_text(re.compile(r"UMAP map, cached on disk")).first.wait_for(timeout=HEAVY_TIMEOUT)
+    page.wait_for_function(MAP_DRAWN, polling=100, timeout=HEAVY_TIMEOUT)
     wait_idle(page)
-    plot = page.locator(".js-plotly-plot .nsewdrag").first
+    no_exception(page)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
+def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
+    open_map(page, f"{server}/map?data=moons&n=32")
+    plot = page.locator(".st-key-map_chart .js-plotly-plot .nsewdrag").first
     plot.scroll_into_view_if_needed()
-    page.wait_for_timeout(300)
-    box = plot.bounding_box()
+    box = stable_box(plot)
     visible = page.viewport_size["height"] - box["y"]
     box["height"] = min(box["height"], visible - 10)
     # lasso a large polygon over the middle of the map
@@ -131,7 +171,7 @@ def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
         page.mouse.move(x, y, steps=8)
     page.mouse.up()
     wait_idle(page)
-    page.get_by_text("Export selection (CSV)").wait_for(timeout=60_000)
+    page.get_by_text("Export selection (CSV)").wait_for(timeout=STEP_TIMEOUT)
     with page.expect_download() as dl:
         page.get_by_text("Export selection (CSV)").click()
     text = open(dl.value.path()).read()
@@ -140,6 +180,7 @@ def test_map_lasso_selection_links_table_and_export(server, page, artifacts):
     page.screenshot(path=str(artifacts / "journey-map-selection.png"), full_page=True)
 
 
+@pytest.mark.timeout(HEAVY_TEST_S)
 def test_export_page_downloads_a_bundle(server, page, artifacts):
     import io
     import json
@@ -147,7 +188,7 @@ def test_export_page_downloads_a_bundle(server, page, artifacts):
     open_page(page, f"{server}/export?data=digits&n=16&sigma=0.5&draws=4&steps=20")
     no_exception(page)
     page.get_by_role("button", name="Build bundle").click()
-    page.get_by_text("Download bundle (.zip)").wait_for(timeout=120_000)
+    page.get_by_text("Download bundle (.zip)").wait_for(timeout=HEAVY_TIMEOUT)
     with page.expect_download() as dl:
         page.get_by_text("Download bundle (.zip)").click()
     zf = zipfile.ZipFile(io.BytesIO(open(dl.value.path(), "rb").read()))
@@ -158,6 +199,7 @@ def test_export_page_downloads_a_bundle(server, page, artifacts):
     page.screenshot(path=str(artifacts / "journey-export.png"), full_page=True)
 
 
+@pytest.mark.timeout(HEAVY_TEST_S)
 def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifacts):
     """Four sessions at once (one long), different data and settings: each page shows the
     near-copy fraction that its own settings give when computed directly."""
@@ -168,20 +210,21 @@ def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifa
             ("circles", dict(n=12, sigma=0.3, steps=60)), ("8gaussians", dict(n=20, sigma=0.05, steps=80))]
     pages = []
     for data, p in jobs:
-        ctx = chromium.new_context(viewport={"width": 1280, "height": 800})
+        ctx = new_context(chromium)
         pg = ctx.new_page()
         query = "&".join(f"{k}={v}" for k, v in p.items())
         pg.goto(f"{server}/generate?data={data}&{query}", wait_until="commit")
         pages.append((ctx, pg, data, p))
     try:
         for k, (ctx, pg, data, p) in enumerate(pages):
-            pg.wait_for_selector("h1", timeout=90_000)
-            wait_idle(pg, timeout=180_000)
-            pg.get_by_text("Near-copies").first.wait_for(timeout=120_000)
+            pg.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
+            wait_idle(pg, timeout=HEAVY_TIMEOUT)
+            pg.get_by_text("Near-copies").first.wait_for(timeout=HEAVY_TIMEOUT)
             shown = pg.locator("[data-testid='stMetricValue']").first.inner_text().strip()
             d = defaults_for(data) | p
-            cfg = SamplerConfig(n_samples=d["n"], sigma=d["sigma"], draws=d["draws"], steps=d["steps"], start=d["start"],
-                                seed=d["seed"], neighbours=d["neighbours"], index=d["index"], trajectory=data != "digits")
+            cfg = SamplerConfig(n_samples=d["n"], sigma=d["sigma"], draws=d["draws"], steps=d["steps"],
+                                start=d["start"], seed=d["seed"], neighbours=d["neighbours"], index=d["index"],
+                                trajectory=data != "digits")
             ds = load(data)
             expected = f"{100 * set_metrics(sample(ds, cfg), ds.points).near_copy_fraction:.0f}%"
             assert shown == expected, (data, shown, expected)
@@ -193,23 +236,42 @@ def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifa
             ctx.close()
 
 
+FIRST_POINT = """() => {
+    const gd = document.querySelector('.st-key-map_chart .js-plotly-plot');
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+    const tr = gd._fullData[0];  // decoded arrays (plotly sends them base64-encoded)
+    return [r.left + xa.l2p(tr.x[0]), r.top + ya.l2p(tr.y[0])];
+}"""
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
 def test_map_hover_shows_thumbnail_for_images(server, page, artifacts):
-    open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4&steps=20")
-    page.locator(".st-key-map_chart .js-plotly-plot").wait_for(timeout=120_000)
-    wait_idle(page)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    open_map(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    page.get_by_text(re.compile(r"Hover a point to see its image")).first.wait_for(timeout=STEP_TIMEOUT)
     page.locator(".st-key-map_chart .js-plotly-plot").scroll_into_view_if_needed()
-    page.wait_for_timeout(800)
-    # pixel position of the first training point, from plotly's own axes
-    x, y = page.evaluate("""() => {
-        const gd = document.querySelector('.st-key-map_chart .js-plotly-plot');
-        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
-        const tr = gd._fullData[0];  // decoded arrays (plotly sends them base64-encoded)
-        return [r.left + xa.l2p(tr.x[0]), r.top + ya.l2p(tr.y[0])];
-    }""")
-    page.mouse.move(x - 30, y - 30)
-    page.mouse.move(x, y, steps=6)
+    stable_box(page.locator(".st-key-map_chart .js-plotly-plot .nsewdrag").first)
     tip = page.locator(".cdm-hover-thumb")
-    tip.wait_for(state="visible", timeout=10_000)
+    tip.wait_for(state="attached", timeout=STEP_TIMEOUT)  # the hover component has mounted
+    # The component hooks into the chart on a 300 ms timer, and the chart can be redrawn once
+    # more after the run: hover the first training point (its pixel position read afresh from
+    # plotly's own axes each time) until the thumbnail shows, within a generous limit.
+    deadline = time.time() + STEP_TIMEOUT / 1000
+    attempts = 0
+    while True:
+        attempts += 1
+        x, y = page.evaluate(FIRST_POINT)
+        page.mouse.move(x - 30, y - 30)
+        page.mouse.move(x, y, steps=6)
+        try:
+            tip.wait_for(state="visible", timeout=2_000)
+            break
+        except PlaywrightTimeout:
+            if time.time() > deadline:
+                page.screenshot(path=str(artifacts / "journey-map-hover-failed.png"))
+                raise AssertionError(f"no thumbnail after {attempts} hovers over the first training point")
     assert "data:image/png;base64" in tip.evaluate("e => e.style.backgroundImage")
+    assert tip.evaluate("e => e.dataset.slot").isdigit()  # a sprite tile was picked for the hovered item
+    no_exception(page)
     page.screenshot(path=str(artifacts / "journey-map-hover.png"))

@@ -24,7 +24,7 @@ def test_sample_writes_documented_keys(tmp_path, capsys):
                         "--trajectory", "--out", str(out)], capsys)
     assert code == 0 and "step 10/10" in err
     z = np.load(out, allow_pickle=False)
-    assert z["samples"].shape == (6, 2) and z["samples"].dtype == np.float32
+    assert z["samples"].shape == (6, 2) and z["samples"].dtype == np.float64
     assert z["source_ids"].dtype == np.int64 and z["source_weights"].dtype == np.float64
     np.testing.assert_allclose(z["source_weights"].sum(1), 1, atol=1e-12)
     assert z["nn_ids"].shape == z["nn_dist"].shape and z["truncation_bound"].shape == (6,)

@@ -3,16 +3,15 @@
 import io
 import pickle
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cdm_core.data.files import load_bytes, load_file
 from cdm_core.data.registry import REGISTRY, availability, load, read_idx
 from cdm_core.errors import CdmInputError
-from dataclasses import replace
-
-from cdm_core.data.files import load_bytes, load_file
 from cdm_core.settings import limits
 
 

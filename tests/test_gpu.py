@@ -48,4 +48,5 @@ def test_faiss_gpu_index_matches_flat():
     from cdm_core.engine.neighbours import GpuFlatIndex
     ds = load("digits")
     q = ds.points[:100] + 0.01
-    np.testing.assert_array_equal(GpuFlatIndex(ds.points).search(q, 8)[1][:, 0], FlatIndex(ds.points).search(q, 8)[1][:, 0])
+    np.testing.assert_array_equal(GpuFlatIndex(ds.points).search(q, 8)[1][:, 0],
+                                  FlatIndex(ds.points).search(q, 8)[1][:, 0])

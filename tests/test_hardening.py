@@ -10,15 +10,14 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from cdm_core import SamplerConfig, sample
 from cdm_core.cli.main import main
-from cdm_core.errors import CdmInputError
-from cdm_core.data.store import atomic_write_bytes
 from cdm_core.data.files import load_bytes
+from cdm_core.data.store import atomic_write_bytes
+from cdm_core.errors import CdmInputError
 from cdm_core.settings import Limits
 from tests.conftest import ROOT
 
@@ -89,18 +88,18 @@ def test_arbitrary_csv_tables(rows):
 @pytest.mark.parametrize("name,raw,msg", [
     ("obj.npy", npy(np.array([object(), 1], dtype=object)), "never unpickled"),
     ("pickle.npy", pickle.dumps(np.zeros(3)), "not a valid .npy"),
-    ("ragged.csv", b"1,2,3\n4,5\n6,7,8,9\n", ""),
-    ("empty.csv", b"", ""),
+    ("ragged.csv", b"1,2,3\n4,5\n6,7,8,9\n", "cannot parse CSV|non-numeric"),
+    ("empty.csv", b"", "cannot parse CSV|empty"),
     ("empty.npy", npy(np.zeros((0, 2))), "empty"),
     ("c.npy", npy(np.zeros((3, 2), dtype=np.complex64)), "numeric"),
     ("s.npy", npy(np.array([["a"]])), "numeric"),
-    ("b.npy", npy(np.zeros((3, 2), dtype=bool)), ""),
+    ("b.npy", npy(np.zeros((3, 2), dtype=bool)), "numeric"),
 ])
 def test_named_bad_files(name, raw, msg):
-    try:
+    with pytest.raises(CdmInputError, match=msg) as e:
         load_bytes(name, raw, limits=SMALL)
-    except CdmInputError as e:
-        assert msg in str(e) and "\n" not in str(e)
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"{name}: "), text  # one line, naming the file first
 
 
 def test_huge_header_and_zip_bomb_refused_before_allocation():
@@ -138,7 +137,8 @@ OPTION_VALUES = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_cli_options_give_exit_0_or_one_line_exit_2(data, tmp_path_factory, capsys, monkeypatch):
     monkeypatch.setenv("CDM_MAX_WORK", "2e7")  # anything bigger is refused at once, by name
@@ -239,16 +239,20 @@ OTHER_COMMANDS = {
     "sensitivity": {"--top": st.one_of(st.integers(-3, 50), st.just("x")),
                     "--ids": st.one_of(st.lists(st.integers(-5, 80), max_size=4).map(lambda v: ",".join(map(str, v))),
                                        st.text(max_size=6))},
-    "sweep": {"--sigmas": st.one_of(st.lists(st.floats(-1, 2, allow_nan=False), max_size=3).map(lambda v: ",".join(map(str, v))),
+    "sweep": {"--sigmas": st.one_of(st.lists(st.floats(-1, 2, allow_nan=False), max_size=3)
+                                    .map(lambda v: ",".join(map(str, v))),
                                     st.text(max_size=6)),
-              "--draws-list": st.one_of(st.lists(st.floats(-1, 5, allow_nan=False), max_size=2).map(lambda v: ",".join(map(str, v))),
+              "--draws-list": st.one_of(st.lists(st.floats(-1, 5, allow_nan=False), max_size=2)
+                                        .map(lambda v: ",".join(map(str, v))),
                                         st.just("2,x")),
-              "--starts": st.one_of(st.lists(st.floats(-1, 1.5, allow_nan=False), max_size=2).map(lambda v: ",".join(map(str, v))),
+              "--starts": st.one_of(st.lists(st.floats(-1, 1.5, allow_nan=False), max_size=2)
+                                    .map(lambda v: ",".join(map(str, v))),
                                     st.just("nan"))},
 }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_other_commands_give_exit_0_or_one_line_exit_2(data, tmp_path_factory, capsys, monkeypatch):
     monkeypatch.setenv("CDM_MAX_WORK", "2e7")

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from cdm_core import SamplerConfig, load, sample
+from cdm_core import SamplerConfig, load
+from cdm_core.analysis.embedding import MapConfig, compute_map, knn_graph, place_by_sources
+from cdm_core.analysis.sweep import sweep
 from cdm_core.cli.main import main
 from cdm_core.data.dataset import Dataset
-from cdm_core.analysis.embedding import MapConfig, compute_map, knn_graph, place_by_sources
 from cdm_core.errors import CdmInputError
-from cdm_core.analysis.sweep import sweep
 
 
 def test_map_is_cached_on_disk_and_keyed(tmp_path, monkeypatch):

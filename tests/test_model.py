@@ -1,15 +1,15 @@
-"""Property tests of the model's formulas (DESIGN.md section 2)."""
+"""Property tests of the model's formulas (docs/maths.md)."""
 
 import math
 
 import numpy as np
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from cdm_core.engine.blend import (BlendEngine, blend_weights, denoiser, normalise_log_weights, score,
-                            smoothed_denoiser, velocity)
-from cdm_core.engine.neighbours import FlatIndex
+from cdm_core.config import SamplerConfig
+from cdm_core.engine.blend import blend_weights, denoiser, normalise_log_weights, score, smoothed_denoiser, velocity
+from cdm_core.engine.factory import make_strategy
+from cdm_core.engine.training_set import prepare
 
 F64 = torch.float64
 
@@ -71,39 +71,43 @@ def test_velocity_finite_at_t0_and_denoiser_is_mean():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), t=st.floats(0.3, 0.98), k=st.integers(1, 40))
-def test_truncation_bound_holds(seed, t, k):
+@given(seed=st.integers(0, 10_000), t=st.floats(0.3, 0.98), k=st.integers(1, 40),
+       index=st.sampled_from(["flat", "torch", "ivf"]), offset=st.sampled_from([0.0, 1e4]))
+def test_truncation_bound_holds(seed, t, k, index, offset):
+    """The reported bound covers the weight mass the kept points leave out, for every index and
+    for data far from the origin; the truncated denoiser is within bound x diameter of the dense."""
     rng = np.random.default_rng(seed)
-    pts = rng.standard_normal((60, 4))
+    pts = rng.standard_normal((60, 4)) + offset
     pi = rng.random(60) + 0.1
     lp = normalise_log_weights(pi, 60)
-    x = torch.as_tensor(pts, dtype=F64)
-    y = torch.as_tensor(rng.standard_normal((8, 4)) * t, dtype=F64)
-    eng = BlendEngine(x, lp, FlatIndex(pts.astype(np.float32)), neighbours=k, truncation_tol=1.0)
-    b = eng.blend(y, t, support=True)
-    full = blend_weights(y, t, x, torch.as_tensor(lp))
+    ts = prepare(pts, SamplerConfig(index=index, device="cpu", nlist=6, nprobe=2))
+    strat = make_strategy(ts, lp, neighbours=k, truncation_tol=1.0)
+    y = torch.as_tensor(rng.standard_normal((8, 4)) * t, dtype=F64)  # centred queries
+    ids, w, den, bound, dense = strat._blend(y, t)
+    full = blend_weights(y, t, ts.points, torch.as_tensor(lp))
     for q in range(len(y)):
-        kept = b.ids[q][b.ids[q] >= 0]
+        kept = ids[q][ids[q] >= 0]
         omitted = 1.0 - float(full[q, kept].sum())
-        assert omitted <= float(b.bound[q]) + 1e-12
-    # and the truncated denoiser is within (omitted mass) x (diameter) of the dense one
-    diam = float(torch.cdist(x, x).max())
-    err = (b.denoised - full @ x).norm(dim=1)
-    assert (err <= 2 * b.bound * diam + 1e-9).all()
+        assert omitted <= float(bound[q]) + 1e-12
+    diam = float(torch.cdist(ts.points, ts.points).max())
+    err = (den - full @ ts.points).norm(dim=1)
+    assert (err <= 2 * bound * diam + 1e-9).all()
 
 
 def test_zero_weight_points_never_blend():
     pts = np.array([[0.0], [1.0], [2.0], [3.0]])
     lp = normalise_log_weights(np.array([1.0, 0.0, 1.0, 1.0]), 4)
-    x = torch.as_tensor(pts)
-    for index in (None, FlatIndex(pts.astype(np.float32))):
-        eng = BlendEngine(x, lp, index, neighbours=2, truncation_tol=1.0)
-        b = eng.blend(torch.tensor([[0.9]], dtype=F64), 0.9, support=True)
-        assert 1 not in b.ids[0][b.weights[0] > 0].tolist()
+    for index in ("exact", "auto", "flat"):
+        ts = prepare(pts, SamplerConfig(index=index, device="cpu"))
+        strat = make_strategy(ts, lp, neighbours=2, truncation_tol=1.0)
+        scaled = torch.zeros(1, 1, 1, dtype=F64)
+        res = strat.step(strat.begin(scaled), ts.centred([[0.9]]), 0.9, sources=True)
+        assert 1 not in res.sources.ids[0][res.sources.weights[0] > 0].tolist()
 
 
 def test_bad_weights_are_one_line_errors():
     import pytest
+
     from cdm_core.errors import CdmInputError
     for bad, msg in [([1, -1, 1], "non-negative"), ([0, 0, 0], "sum to zero"), ([1, np.nan, 1], "NaN"),
                      ([1, 1], "expected 3"), (np.array(["a", "b", "c"]), "numeric")]:

@@ -6,8 +6,8 @@ import pytest
 
 from cdm_core import SamplerConfig, sample
 from cdm_core.data.registry import load
-from cdm_core.errors import CdmInputError
 from cdm_core.engine.neighbours import FlatIndex, IVFIndex, TorchIndex, recall
+from cdm_core.errors import CdmInputError
 
 
 def reconstruct(res, pts):
@@ -38,9 +38,9 @@ def test_sigma_positive_two_draws_give_midpoints(spread_points):
 def test_sources_reproduce_samples(index):
     ds = load("moons:n=400")
     res = sample(ds, SamplerConfig(n_samples=20, sigma=0.1, draws=3, steps=15, index=index, neighbours=32))
-    np.testing.assert_allclose(res.samples, reconstruct(res, ds.points), atol=1e-5)
+    np.testing.assert_allclose(res.samples, reconstruct(res, ds.points), atol=1e-12)
     np.testing.assert_allclose(res.source_weights.sum(1), 1.0, atol=1e-12)
-    assert res.samples.dtype == np.float32 and res.source_ids.dtype == np.int64
+    assert res.samples.dtype == np.float64 and res.source_ids.dtype == np.int64
 
 
 def test_per_sample_seeding_and_determinism():
@@ -50,8 +50,9 @@ def test_per_sample_seeding_and_determinism():
     five = sample(ds, cfg.replace(n_samples=5))
     small_batches = sample(ds, cfg.replace(batch_size=3))
     again = sample(ds, cfg)
-    np.testing.assert_array_equal(ten.samples[:5], five.samples)
-    np.testing.assert_allclose(ten.samples, small_batches.samples, atol=1e-6)
+    # per-sample: the same to float64 rounding whatever the batch (products of other shapes)
+    np.testing.assert_allclose(ten.samples[:5], five.samples, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ten.samples, small_batches.samples, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(ten.samples, again.samples)
     other = sample(ds, cfg.replace(seed=8))
     assert not np.allclose(ten.samples, other.samples)
@@ -78,10 +79,12 @@ def test_truncated_agrees_with_exact(index, start):
     assert trunc.truncation_bound.max() <= cfg.truncation_tol
     # with the dense fallback disabled, the deviation is still covered by the reported bound
     if index == "auto":  # digits is small: auto picks the dense path, nothing to truncate
-        assert trunc.dense_fraction == 1.0 and trunc.truncation_bound.max() == 0
+        # only the flushed weights (below 1e-30 each) are left out
+        assert trunc.dense_fraction == 1.0 and trunc.truncation_bound.max() <= ds.n * 1e-30
         return
     loose = sample(ds, cfg.replace(index=index, truncation_tol=1.0))
-    assert loose.dense_fraction <= 1 / cfg.steps  # only t = 0, where the blend is exact anyway
+    # t = 0, where the blend is exact anyway, and queries whose top K are not certified
+    assert loose.dense_fraction < 0.5
     assert loose.truncation_bound.max() > 0
     err = np.linalg.norm(loose.samples - exact.samples, axis=1)
     # pure top-64 truncation can move a sample a lot (most at T = 0, where early weights are
@@ -171,4 +174,4 @@ def test_factorised_auto_equals_per_query_dense(name, sigma, draws, start):
     np.testing.assert_allclose(auto.samples, exact.samples, atol=1e-6)
     np.testing.assert_array_equal(auto.source_ids[:, :3], exact.source_ids[:, :3])
     np.testing.assert_allclose(auto.source_weights, exact.source_weights, atol=1e-9)
-    assert auto.truncation_bound.max() == 0.0
+    assert auto.truncation_bound.max() <= ds.n * 1e-30

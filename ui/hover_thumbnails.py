@@ -66,7 +66,8 @@ def hover_thumbnails(chart_key: str, train_ids: np.ndarray, train_vectors: np.nd
     room = max(1, PIXEL_BUDGET // per_tile)
     n_samples = min(len(sample_vectors), room)
     n_train = min(len(train_ids), room - n_samples)
-    vectors = np.concatenate([train_vectors[:n_train], sample_vectors[:n_samples]]) if n_samples else train_vectors[:n_train]
+    vectors = (np.concatenate([train_vectors[:n_train], sample_vectors[:n_samples]]) if n_samples
+               else train_vectors[:n_train])
     sheet, cols = thumbnail_sprite(vectors, image_shape)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=True)

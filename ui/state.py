@@ -17,11 +17,11 @@ import streamlit as st
 
 from cdm_core import SamplerConfig, sample
 from cdm_core.data.dataset import Dataset
-from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
-from cdm_core.errors import CdmInputError
 from cdm_core.data.files import load_bytes
-from cdm_core.engine.training_set import prepare
+from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
 from cdm_core.engine.sampler import fraction_done
+from cdm_core.engine.training_set import prepare
+from cdm_core.errors import CdmInputError
 
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.

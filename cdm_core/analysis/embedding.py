@@ -23,8 +23,8 @@ import numpy as np
 
 from cdm_core import settings
 from cdm_core.data.dataset import Dataset
-from cdm_core.errors import CdmInputError
 from cdm_core.data.store import atomic_write_bytes, npz_bytes
+from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,18 @@ import numpy as np
 import torch
 
 from cdm_core.config import SamplerConfig
-from cdm_core.errors import CdmInputError
-from cdm_core.engine.blend import F64, CHUNK_VALUES, BlendEngine, normalise_log_weights
-from cdm_core.engine.training_set import Prepared, prepare
+from cdm_core.engine.blend import F64, normalise_log_weights
+from cdm_core.engine.factory import make_strategy
 from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
+from cdm_core.engine.training_set import TrainingSet, prepare
+from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SensitivityResult:
-    samples: np.ndarray  # (n, D) float32
+    samples: np.ndarray  # (n, D) float64, data units
     training_ids: np.ndarray  # (n, m) int64, most influential first (-1 padded)
     jacobian: np.ndarray  # (n, m, D) float64: d samples / d log pi for those ids
     influence: np.ndarray  # (n, m) float64: Euclidean norms of the jacobian rows
@@ -48,82 +49,41 @@ class SensitivityResult:
         return {k: getattr(self, k) for k in ("samples", "training_ids", "jacobian", "influence")}
 
 
-def _columns_step(prep: Prepared, blend, cols: torch.Tensor, jac: torch.Tensor, t: float, m: int) -> torch.Tensor:
-    """dD_sigma/dtheta for the columns `cols` (B, c) given J (B, c, D): returns (B, c, D)."""
-    x = prep.points
-    b, c, d = jac.shape
-    q = b * m
-    ids, w, den = blend.ids, blend.weights, blend.denoised
-    width = int((ids >= 0).sum(1).max()) if q else 0
-    # keep only the populated part of the support (weights are sorted or padded with zeros)
-    order = torch.argsort((ids < 0).to(torch.int8), dim=1, stable=True)[:, :max(width, 1)]
-    ids, w = torch.gather(ids, 1, order), torch.gather(w, 1, order)
-    out = torch.empty(q, c, d, dtype=F64, device=x.device)
-    rows_per_chunk = max(1, CHUNK_VALUES // max(1, ids.shape[1] * d))
-    coef = t / (1 - t) ** 2
-    for lo in range(0, q, rows_per_chunk):
-        hi = min(lo + rows_per_chunk, q)
-        sample_of = torch.arange(lo, hi, device=x.device) // m
-        jq, cq = jac[sample_of], cols[sample_of]  # (r, c, D), (r, c)
-        a = x[ids[lo:hi].clamp_min(0)] - den[lo:hi, None, :]  # x_k - D, (r, K', D)
-        wq = torch.where(ids[lo:hi] >= 0, w[lo:hi], 0.0)
-        proj = torch.einsum("rkd,rcd->rkc", a, jq)  # (x_k - D) . J_j
-        cov_j = torch.einsum("rkd,rk,rkc->rcd", a, wq, proj)  # Cov_w J_j
-        w_col = (wq[:, :, None] * (ids[lo:hi, :, None] == cq[:, None, :])).sum(1)  # w_j in this draw
-        direct = w_col[..., None] * (x[cq.clamp_min(0)] - den[lo:hi, None, :])
-        direct = torch.where((cq >= 0)[..., None], direct, 0.0)
-        out[lo:hi] = coef * cov_j + direct
-    return out.reshape(b, m, c, d).mean(1)
-
-
-def _columns_step_full(prep: Prepared, blend, cols: torch.Tensor, jac: torch.Tensor, t: float, m: int) -> torch.Tensor:
-    """Same as `_columns_step` from full per-draw weights (factorised mode), without supports:
-    with P = X J^T,  mean_m Cov_{w_m} J = X^T (wbar * P) - mean_m D_m (D_m . J),  and
-    mean_m w_mj (x_j - D_m) = wbar_j x_j - mean_m w_mj D_m."""
-    x = prep.points
-    b, c, d = jac.shape
-    w = blend.weights.reshape(b, m, -1)  # (B, M, N)
-    den = blend.denoised.reshape(b, m, d)  # (B, M, D)
-    wbar = w.mean(1)  # (B, N)
-    p = torch.einsum("nd,bcd->bnc", x, jac)  # (B, N, c)
-    cov_j = torch.einsum("bnc,nd->bcd", wbar[:, :, None] * p, x)
-    cov_j -= torch.einsum("bmd,bmc->bcd", den, torch.einsum("bmd,bcd->bmc", den, jac)) / m
-    safe = cols.clamp_min(0)
-    w_cols = torch.gather(w, 2, safe[:, None, :].expand(b, m, c)) * (cols >= 0)[:, None, :]  # (B, M, c)
-    direct = w_cols.mean(1)[..., None] * x[safe] - torch.einsum("bmc,bmd->bcd", w_cols, den) / m
-    return t / (1 - t) ** 2 * cov_j + direct
+def _sensitivity_step(x: torch.Tensor, draws, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
+    """dD_sigma/dtheta_j (B, c, D) for columns `cols` (B, c), given J (B, c, D) before the step:
+    mean over draws of (t/(1-t)^2) Cov_w[x] J_j + w_j (x_j - D)."""
+    direct = draws.mean_direct(x, cols)
+    if t == 0.0:
+        return direct  # dD/dy = 0 at t = 0
+    return t / (1 - t) ** 2 * draws.mean_cov_apply(x, jac) + direct
 
 
 def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
-             prepared: Prepared | None = None):
+             prepared: TrainingSet | None = None):
     """J (n, c, D) = d x_i(1) / d log pi_j for training ids `ids` ((c,) shared, or (n, c) per
-    sample, -1 for none), plus the samples (n, D) float64 from the same pass."""
-    prep = prepared or prepare(data, config)
-    n_train, dim = prep.points.shape
+    sample, -1 for none), plus the samples (n, D) float64 from the same pass. Every strategy hands
+    over every draw's weights (all N points for the dense ones), so J is exact for any N."""
+    ts_set = prepared or prepare(data, config)
+    n_train, dim = ts_set.n, ts_set.dim
     log_pi = normalise_log_weights(weights, n_train)
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = np.broadcast_to(ids, (config.n_samples, len(ids)))
     if ids.shape[0] != config.n_samples or ((ids < -1) | (ids >= n_train)).any():
         raise CdmInputError(f"training ids must be in [0, {n_train}) with one row per sample, got shape {ids.shape}")
-    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
-                         factorised=prep.factorised, points32=prep.points32_t,
-                         sq_norms=prep.sq_norms)
-    ts = time_grid(config.start, config.steps)
-    m = 1 if config.sigma == 0 else config.draws
+    strategy = make_strategy(ts_set, log_pi, config.neighbours, config.truncation_tol)
+    grid = time_grid(config.start, config.steps)
     out = np.zeros((config.n_samples, ids.shape[1], dim))
     samples = np.zeros((config.n_samples, dim))
     bs = check_request(config, n_train, dim)
     for lo in range(0, config.n_samples, bs):
         rows = np.arange(lo, min(lo + bs, config.n_samples))
-        x, eps, _ = start_state(prep, log_pi, config, rows)
-        cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=prep.points.device)
-        jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=prep.points.device)
-        full = engine.factorised
-        for step in euler_steps(engine, x, eps, config.sigma, ts, support_every_step=not full, full_weights=full):
-            step_fn = _columns_step_full if full else _columns_step
-            d_smooth = step_fn(prep, step.blend, cols, jac, step.t, m)
-            if step.k == len(ts) - 2:
+        x, scaled, _ = start_state(ts_set, log_pi, config, rows)
+        cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=ts_set.device)
+        jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=ts_set.device)
+        for step in euler_steps(strategy, x, scaled, grid, sources_at_end=False, draws=True):
+            d_smooth = _sensitivity_step(ts_set.points, step.result.draws, cols, jac, step.t)
+            if step.k == len(grid) - 2:
                 jac = d_smooth  # the last step lands on D_sigma
             else:
                 jac = jac + step.h * (d_smooth - jac) / (1 - step.t)
@@ -132,7 +92,7 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
                           "batches": -(-config.n_samples // bs)})
             last = step
         out[rows] = jac.cpu().numpy()
-        samples[rows] = last.x_next.cpu().numpy()
+        samples[rows] = ts_set.uncentred(last.x_next)
     return out, samples
 
 
@@ -148,7 +108,7 @@ def candidate_ids(result, count: int) -> np.ndarray:
 
 
 def sensitivity(data, config: SamplerConfig, ids=None, top: int | None = None, weights=None,
-                callback=None, prepared: Prepared | None = None) -> SensitivityResult:
+                callback=None, prepared: TrainingSet | None = None) -> SensitivityResult:
     """Jacobian of the samples for the given training `ids`, or for each sample's `top` most
     influential training points (ranked by |J| among its blend sources and nearest points)."""
     if (ids is None) == (top is None):
@@ -173,7 +133,7 @@ def sensitivity(data, config: SamplerConfig, ids=None, top: int | None = None, w
     cols = np.take_along_axis(cols, order, 1)
     jac = np.take_along_axis(jac, order[..., None], 1)
     infl = np.maximum(np.take_along_axis(infl, order, 1), 0.0)
-    return SensitivityResult(samples.astype(np.float32), cols, jac, infl, config, prep.describe)
+    return SensitivityResult(samples, cols, jac, infl, config, prep.describe)
 
 
 @dataclass
@@ -188,7 +148,7 @@ class Counterfactual:
     displacement: np.ndarray  # (n,) |actual - original| per sample
 
 
-def counterfactual(data, config: SamplerConfig, edits: dict, weights=None, prepared: Prepared | None = None,
+def counterfactual(data, config: SamplerConfig, edits: dict, weights=None, prepared: TrainingSet | None = None,
                    callback=None) -> Counterfactual:
     """Remove (factor 0) or re-weight training points and re-sample with identical seeds; compare
     the actual displacement with the first-order prediction from J.
@@ -222,13 +182,13 @@ def counterfactual(data, config: SamplerConfig, edits: dict, weights=None, prepa
     delta_act = actual.samples.astype(np.float64) - original.samples
     a, b = delta_pred.ravel(), delta_act.ravel()
     corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
-    return Counterfactual(original.samples, actual.samples, (original.samples + delta_pred).astype(np.float32),
+    return Counterfactual(original.samples, actual.samples, original.samples + delta_pred,
                           ids, factors, corr, np.linalg.norm(delta_pred - delta_act, axis=1),
                           np.linalg.norm(delta_act, axis=1))
 
 
 def position_derivative(data, config: SamplerConfig, j: int, direction, weights=None,
-                        prepared: Prepared | None = None) -> np.ndarray:
+                        prepared: TrainingSet | None = None) -> np.ndarray:
     """d x_i(1) / d x_j . v for every sample i: how samples move when training point j moves
     along `direction` v (for images: "what if this training image were brighter here").
 
@@ -244,30 +204,26 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
     if v.shape != (dim,) or not np.all(np.isfinite(v)):
         raise CdmInputError(f"direction must be {dim} finite numbers, got shape {v.shape}")
     log_pi = normalise_log_weights(weights, n_train)
-    engine = BlendEngine(prep.points, log_pi, prep.index, config.neighbours, config.truncation_tol,
-                         factorised=False)  # supports per draw are what this recursion reads
-    ts = time_grid(config.start, config.steps)
-    m = 1 if config.sigma == 0 else config.draws
-    dev = prep.points.device
+    strategy = make_strategy(prep, log_pi, config.neighbours, config.truncation_tol)
+    grid = time_grid(config.start, config.steps)
+    dev = prep.device
     vt = torch.as_tensor(v, dtype=F64, device=dev)
-    xj = prep.points[j]
+    xj = prep.points[j]  # centred: every difference below is unchanged by the centre
     out = np.zeros((config.n_samples, dim))
     bs = check_request(config, n_train, dim)
     for lo in range(0, config.n_samples, bs):
         rows = np.arange(lo, min(lo + bs, config.n_samples))
-        x, eps, start_ids = start_state(prep, log_pi, config, rows)
+        x, scaled, start_ids = start_state(prep, log_pi, config, rows)
         u = config.start * torch.as_tensor(start_ids == j, dtype=F64, device=dev)[:, None] * vt
-        for step in euler_steps(engine, x, eps, config.sigma, ts, support_every_step=True):
-            b, t = len(rows), step.t
-            ids, w, den = step.blend.ids, step.blend.weights, step.blend.denoised  # (q, K'), (q, K'), (q, D)
-            y = (step.x[:, None, :] + config.sigma * eps[:, :m]).reshape(b * m, dim)
-            uq = u.repeat_interleave(m, 0)
-            wq = torch.where(ids >= 0, w, 0.0)
-            a = prep.points[ids.clamp_min(0)] - den[:, None, :]  # (q, K', D)
-            cov_u = torch.einsum("qkd,qk,qk->qd", a, wq, torch.einsum("qkd,qd->qk", a, uq))
-            w_j = (wq * (ids == j)).sum(1, keepdim=True)  # (q, 1)
-            own = w_j * (vt + (xj - den) * (t * ((y - t * xj) @ vt) / (1 - t) ** 2)[:, None])
-            d_smooth = (t / (1 - t) ** 2 * cov_u + own).reshape(b, m, dim).mean(1)
-            u = d_smooth if step.k == len(ts) - 2 else u + step.h * (d_smooth - u) / (1 - step.t)
+        for step in euler_steps(strategy, x, scaled, grid, sources_at_end=False, draws=True):
+            t, draws = step.t, step.result.draws
+            y = step.x[:, None, :] + scaled  # (B, M, D) smoothing queries
+            w_j = draws.weight_of(j)  # (B, M)
+            den = draws.draw_means()  # (B, M, D)
+            own = w_j[..., None] * (vt + (xj - den) * (t * ((y - t * xj) @ vt) / (1 - t) ** 2)[..., None])
+            d_smooth = own.mean(1)
+            if t > 0:
+                d_smooth = d_smooth + t / (1 - t) ** 2 * draws.mean_cov_apply(prep.points, u[:, None, :])[:, 0]
+            u = d_smooth if step.k == len(grid) - 2 else u + step.h * (d_smooth - u) / (1 - step.t)
         out[rows] = u.cpu().numpy()
     return out

@@ -1,6 +1,6 @@
 """Memorisation against smoothing: sample at several settings with the same seeds and measure.
 
-One row per (sigma, draws, start) setting, with the set-level metrics of `cdm_core.metrics`.
+One row per (sigma, draws, start) setting, with the set-level metrics of `cdm_core.analysis.metrics`.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import itertools
 
 import numpy as np
 
-from cdm_core.config import SamplerConfig
-from cdm_core.errors import CdmInputError
 from cdm_core.analysis.metrics import set_metrics
-from cdm_core.engine.training_set import prepare
+from cdm_core.config import SamplerConfig
 from cdm_core.engine.sampler import sample
+from cdm_core.engine.training_set import prepare
+from cdm_core.errors import CdmInputError
 
 COLUMNS = ("sigma", "draws", "start", "near_copy_fraction", "mean_nn_ratio", "mean_nn_distance",
            "mean_effective_sources", "diversity", "unique_nn_fraction", "seconds")
@@ -36,7 +36,8 @@ def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=No
     for k, cfg in enumerate(configs):
         res = sample(data, cfg, weights=weights, prepared=prep)
         m = set_metrics(res, points)
-        rows.append({"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start} | m.as_dict() | {"seconds": res.seconds})
+        rows.append({"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start} | m.as_dict()
+                    | {"seconds": res.seconds})
         if keep_samples:
             results.append(res)
         if callback is not None:

@@ -18,9 +18,8 @@ def cmd_sample(a) -> int:
     res = sample(ds, cfg, weights=weights, callback=Progress("sampling"))
     save_result(a.out, res)
     print(f"wrote {a.out}: {res.samples.shape[0]} samples of {ds.name} (D={ds.dim}) in {res.seconds:.2f} s; "
-          f"max truncation bound {res.truncation_bound.max():.2e}"
-          + (f"; {100 * res.float32_fraction:.0f}% of steps with float32 logits" if res.float32_fraction else ""),
-          file=sys.stderr)
+          f"max truncation bound {res.truncation_bound.max():.2e}; "
+          f"{100 * res.dense_fraction:.0f}% of queries over all points", file=sys.stderr)
     return 0
 
 
@@ -57,8 +56,8 @@ def parse_ids(text: str) -> list[int]:
 
 
 def cmd_sensitivity(a) -> int:
-    from cdm_core.data.store import atomic_write_bytes, npz_bytes
     from cdm_core.analysis.sensitivity import sensitivity
+    from cdm_core.data.store import atomic_write_bytes, npz_bytes
     check_out(a.out, ".npz")
     if (a.top is None) == (a.ids is None):
         raise CdmInputError("give exactly one of --top K or --ids i,j,...")
@@ -86,8 +85,8 @@ def register_sensitivity(sub) -> None:
 
 
 def cmd_sweep(a) -> int:
-    from cdm_core.data.store import atomic_write_bytes
     from cdm_core.analysis.sweep import parse_floats, rows_to_csv, sweep
+    from cdm_core.data.store import atomic_write_bytes
     check_out(a.out, ".csv")
     sigmas = parse_floats(a.sigmas, "--sigmas")
     draws = parse_floats(a.draws_list, "--draws-list") if a.draws_list else None

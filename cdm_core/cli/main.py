@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from cdm_core.cli.commands import COMMANDS
 from cdm_core.cli.options import OneLineParser
@@ -18,7 +19,8 @@ log = logging.getLogger("cdm_core")
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m cdm_core", description=__doc__.splitlines()[0])
+    prog = "cfdm" if Path(sys.argv[0]).name == "cfdm" else "python -m cdm_core"  # the console script, or -m
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for register in COMMANDS:

@@ -20,6 +20,7 @@ from cdm_core.errors import CdmInputError
 from cdm_core.settings import Limits, limits as current_limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
 
 
 def _fail(name: str, problem: str):
@@ -29,7 +30,7 @@ def _fail(name: str, problem: str):
 def check_points(name: str, arr: np.ndarray, limits: Limits | None = None) -> np.ndarray:
     """Validate an (N, D) numeric array and return it as float32; errors name the file."""
     limits = limits or current_limits()
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
+    if arr.dtype == object or arr.dtype.kind not in "iuf":
         _fail(name, f"data must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
         _fail(name, f"expected a 2-D array (N points, D dims), got shape {arr.shape}")
@@ -145,16 +146,21 @@ def _read_csv(name: str, raw: bytes, limits: Limits):
 def _read_images(name: str, items, resize: tuple | None, limits: Limits):
     """items: iterable of (member name, bytes). All images must share a size unless resize."""
     from PIL import Image, UnidentifiedImageError
-    Image.MAX_IMAGE_PIXELS = 4096 * 4096  # refuse decompression bombs
     arrays, shape, names = [], None, []
     for member, raw in items:
         try:
-            with Image.open(io.BytesIO(raw)) as im:
+            with Image.open(io.BytesIO(raw)) as im:  # lazy: reads the header only
+                # our own limit, checked per image before decoding (PIL's global one is left alone)
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(f"{im.width} x {im.height} pixels")
                 im = im.convert("RGB") if im.mode not in ("L", "I;16", "I", "F") else im.convert("L")
                 if resize is not None:
                     im = im.resize((int(resize[1]), int(resize[0])), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+        except Image.DecompressionBombError as e:
+            _fail(name, f"{member} is not a readable image (DecompressionBombError: {' '.join(str(e).split())[:80]}; "
+                        f"at most {MAX_IMAGE_PIXELS} pixels)")
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             _fail(name, f"{member} is not a readable image ({type(e).__name__})")
         if shape is None:
             shape = a.shape

@@ -7,12 +7,9 @@ Nothing here downloads: each source is generated, ships inside a wheel, or is a 
 
 from __future__ import annotations
 
-import functools
 import gzip
-import hashlib
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -12,7 +12,15 @@ skip. Backends:
 - `GpuFlatIndex`: faiss flat index on the GPU when `faiss.get_num_gpus() > 0`.
 
 An index is built once per training set and reused for every time `t` (queries are
-`(x + sigma eps) / t`).
+`(x + sigma eps) / t`). The engine builds it on centred points and centred queries, where float32
+distances are accurate relative to the data's spread.
+
+`index.certified_search(queries64, k, exclude)` adds what makes truncation honest: for each query
+a *lower bound* on the squared distance of every eligible point the search did not return. For
+the exhaustive indexes it is the k-th float32 distance less a rigorous bound on float32 rounding,
+`rounding * (|q| + max_i |x_i|)^2`, which holds for any summation order and for both the direct
+and the `|q|^2 - 2 q.x + |x|^2` (BLAS) kernels; for IVF it also covers the lists not visited, by
+the distance from the query to each list's centroid less the list's radius.
 """
 
 from __future__ import annotations
@@ -46,6 +54,17 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+U32 = 2.0 ** -24  # unit roundoff of float32
+U_TF32 = 2.0 ** -11  # unit roundoff of TF32 / reduced-precision GPU products
+
+
+def float32_rounding(dim: int, unit: float = U32) -> float:
+    """Relative bound `r` with |fl(|q - x|^2) - |q - x|^2| <= r (|q| + |x|)^2 for a float32
+    squared distance of length `dim` computed in any order, directly or as |q|^2 - 2 q.x + |x|^2,
+    including the rounding of float64 inputs to float32 (the 10 unit roundoffs) and a 1% margin."""
+    return (dim * unit / (1 - dim * unit) + 10 * unit) * 1.01
+
+
 class NeighbourIndex:
     kind = "base"
     exact = True
@@ -55,6 +74,22 @@ class NeighbourIndex:
             raise CdmInputError(f"training points must be a non-empty (N, D) array, got "
                                 f"{getattr(points, 'shape', type(points).__name__)}")
         self.n, self.dim = points.shape
+        # the largest norm, with a margin for the float32 copy: the rounding bound needs it
+        self.norm_max = float(np.sqrt((points.astype(np.float64) ** 2).sum(1).max())) * (1 + 1e-6)
+        self.rounding = float32_rounding(self.dim)
+
+    def certified_search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
+        """(ids (q, k) int64 -1 padded, lower (q,) float64): the search's ids, and a lower bound on
+        |q - x_i|^2 for every point i that is neither returned nor excluded (+inf when none is
+        left). `queries` are float64: the bound is about the exact distances."""
+        q64 = np.asarray(queries, np.float64)
+        dist, ids = self.search(q64, k, exclude)
+        return ids, self._lower(q64, dist, ids)
+
+    def _lower(self, q64: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        err = self.rounding * (np.sqrt((q64 ** 2).sum(1)) + self.norm_max) ** 2
+        lower = np.maximum(dist[:, -1].astype(np.float64) - err, 0.0)
+        return np.where(ids[:, -1] < 0, np.inf, lower)  # fewer than k returned: none left out
 
     def search(self, queries, k: int, exclude: np.ndarray | None = None):
         q = _check_queries(queries, self.dim)
@@ -84,6 +119,10 @@ class TorchIndex(NeighbourIndex):
         self.x = torch.as_tensor(np.ascontiguousarray(points, np.float32), device=self.device)
         self.sq = (self.x * self.x).sum(1)
         self.block = block
+        if self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            self.rounding = float32_rounding(self.dim, U_TF32)
+        elif torch.get_float32_matmul_precision() != "highest":
+            self.rounding = float32_rounding(self.dim, U_TF32)
 
     def _search(self, q, k, exclude):
         qt = torch.as_tensor(q, device=self.device)
@@ -137,6 +176,9 @@ class FlatIndex(NeighbourIndex):
 
 
 class IVFIndex(NeighbourIndex):
+    """Inverted lists: approximate search, but its truncation bound is certified (see
+    `certified_search`): a query whose bound is loose falls back to the dense computation."""
+
     kind = "ivf"
     exact = False
 
@@ -154,13 +196,62 @@ class IVFIndex(NeighbourIndex):
         self.index.train(x)
         self.index.add(x)
         self.nlist = nlist
+        # each list's centroid and radius (float64, over the points as given): a point in a list
+        # not visited is at least |q - centroid| - radius from the query
+        self.centroids = self.quantizer.reconstruct_n(0, nlist).astype(np.float64)
+        pts = points.astype(np.float64)
+        self.radii = np.zeros(nlist)
+        for lst in range(nlist):
+            size = self.index.invlists.list_size(lst)
+            if size:
+                members = faiss.rev_swig_ptr(self.index.invlists.get_ids(lst), size).copy()
+                self.radii[lst] = np.sqrt(((pts[members] - self.centroids[lst]) ** 2).sum(1).max())
+        self.radii = self.radii * (1 + 1e-9) + 4 * U32 * self.norm_max  # the float32 copy's rounding
+        self.index.nprobe = self.nprobe
+
+    def _assign(self, q64: np.ndarray):
+        """The `nprobe` nearest lists by float64 centroid distance (ours, not faiss's, so the
+        visited lists are known exactly), and those distances."""
+        d = ((q64 ** 2).sum(1)[:, None] - 2 * q64 @ self.centroids.T + (self.centroids ** 2).sum(1)).clip(0)
+        lists = np.argsort(d, axis=1, kind="stable")[:, :self.nprobe]
+        return lists, np.take_along_axis(d, lists, 1), d
 
     def _search(self, q, k, exclude):
-        faiss = _faiss()
-        sel = None if exclude is None else _selector(exclude)
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=sel) if sel is not None \
-            else faiss.SearchParametersIVF(nprobe=self.nprobe)
-        return self.index.search(q, k, params=params)
+        lists, dis, _ = self._assign(q.astype(np.float64))
+        return self._preassigned(q, k, exclude, lists, dis)[:2]
+
+    def _preassigned(self, q, k, exclude, lists, dis):
+        """(dist, ids, last): search_preassigned takes no selector, so excluded points are dropped
+        afterwards; `last` is the k-th distance before that (+inf when the visited lists held
+        fewer than k points): every point of the visited lists not returned is at least as far."""
+        fetch = min(self.n, k + (0 if exclude is None else len(exclude)))
+        dist, ids = self.index.search_preassigned(np.ascontiguousarray(q, np.float32), fetch, lists.astype(np.int64),
+                                                  dis.astype(np.float32))
+        last = np.where(ids[:, -1] >= 0, dist[:, -1].astype(np.float64), np.inf)
+        if exclude is not None:
+            drop = np.isin(ids, exclude)
+            ids = np.where(drop, -1, ids)
+            dist = np.where(drop, np.inf, dist).astype(np.float32)
+            order = np.argsort(dist, axis=1, kind="stable")
+            ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+        return dist[:, :k], ids[:, :k], last
+
+    def certified_search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
+        q64 = np.asarray(queries, np.float64)
+        lists, dis, all_d = self._assign(q64)
+        excl = None if exclude is None or len(exclude) == 0 else np.unique(np.asarray(exclude, np.int64))
+        kk = min(k, self.n)
+        _, ids, last = self._preassigned(q64, kk, excl, lists, dis)
+        # in the visited lists: the float32 search's own bound
+        err = self.rounding * (np.sqrt((q64 ** 2).sum(1)) + self.norm_max) ** 2
+        visited = np.maximum(last - err, 0.0)
+        # in the other lists: |q - x| >= |q - centroid| - radius
+        gap = np.maximum(np.sqrt(all_d) * (1 - 1e-12) - self.radii[None, :], 0.0) ** 2
+        np.put_along_axis(gap, lists, np.inf, 1)
+        lower = np.minimum(visited, gap.min(1)) if gap.shape[1] > self.nprobe else visited
+        if kk < k:
+            ids = np.concatenate([ids, np.full((len(q64), k - kk), -1, np.int64)], 1)
+        return ids.astype(np.int64), lower
 
 
 class GpuFlatIndex(FlatIndex):
@@ -172,6 +263,7 @@ class GpuFlatIndex(FlatIndex):
         self.res = faiss.StandardGpuResources()
         self.index = faiss.GpuIndexFlatL2(self.res, self.dim)
         self.index.add(np.ascontiguousarray(points, np.float32))
+        self.rounding = float32_rounding(self.dim, U_TF32)  # GPU products may round inputs to TF32
 
 
 def faiss_gpus() -> int:

@@ -1,5 +1,15 @@
-"""Preparation shared by every sampler call on a training set: the float64 points on the compute
-device and the neighbour index, built once and cached (keyed by the data's content hash)."""
+"""The training-set seam: what every strategy needs from a training set, prepared once.
+
+`TrainingSet` holds the points *centred* on their mean c, in float64 on the compute device, with
+their squared norms, a float32 copy for screens and searches, and the neighbour index (built on
+the centred float32 copy). Centring leaves the maths unchanged (docs/maths.md: the sampler run on
+x_i - c from x_T - T c gives x_1 - c) and makes every float32 shortcut accurate relative to the
+data's spread rather than to their distance from the origin (docs/numerics.md). A sharded or
+latent training set is another implementation of the same few members.
+
+Prepared sets are cached (keyed by the data's content hash, device and index), so the dashboard
+and repeated library calls pay for them once.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +24,13 @@ import torch
 
 from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
-from cdm_core.errors import CdmInputError
 from cdm_core.data.files import check_points
+from cdm_core.engine.blend import F64
 from cdm_core.engine.neighbours import NeighbourIndex, TorchIndex, build_index, faiss_gpus
+from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -28,12 +40,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_index(kind: str, n: int, dim: int, device: torch.device) -> str | None:
-    """Backend for a sampler `index` option; None means dense and exact (no truncation).
-
-    `auto` is dense too, but factorised (see `BlendEngine.smoothed`): M times cheaper than
-    evaluating every smoothing query over all N points, and on large sets screened in float32
-    with float64 where precision matters (`screened.py`)."""
+def index_backend(kind: str, device: torch.device) -> str | None:
+    """Neighbour-index backend for a sampler `index` option; None for the dense ones (auto, exact)."""
     if kind in ("exact", "auto"):
         return None
     if kind == "flat" and device.type == "cuda":
@@ -42,40 +50,104 @@ def resolve_index(kind: str, n: int, dim: int, device: torch.device) -> str | No
 
 
 @dataclass
-class Prepared:
-    points: torch.Tensor  # (N, D) float64 on the compute device
-    points32: np.ndarray  # (N, D) float32 on the host
-    index: NeighbourIndex | None  # None: dense exact
-    describe: dict
-    factorised: bool = False  # dense with one x . X product per sample for all draws (index auto)
-    _nn: NeighbourIndex | None = None
+class TrainingSet:
+    """A training set ready for the strategies: centred float64 points on the compute device."""
+
+    points: torch.Tensor  # (N, D) float64: x_i - c, on the compute device
+    centre: torch.Tensor  # (D,) float64: c, the mean of the points as given
+    points32: np.ndarray  # (N, D) float32 copy of the centred points, on the host
+    index: NeighbourIndex | None  # top-K search over the centred points; None for dense strategies
+    kind: str  # the sampler `index` option it was prepared for
+    describe: dict  # Dataset.describe() plus the content hash
+
+    @property
+    def n(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.points.device
 
     @functools.cached_property
     def points32_t(self) -> torch.Tensor:
-        """The float32 training points as a tensor on the compute device (no copy on the CPU)."""
-        return torch.from_numpy(self.points32).to(self.points.device)
+        """The float32 centred points on the compute device (no copy on the CPU)."""
+        return torch.from_numpy(self.points32).to(self.device)
 
     @functools.cached_property
     def sq_norms(self) -> torch.Tensor:
-        """|x_i|^2 in float64, computed once per training set."""
+        """|x_i - c|^2 in float64."""
         return torch.einsum("nd,nd->n", self.points, self.points)
 
-    def nearest(self, queries: np.ndarray, k: int):
-        """Exact k nearest training points of each query: ids and Euclidean distances."""
-        if self._nn is None:
-            self._nn = self.index if self.index is not None and self.index.exact else \
-                TorchIndex(self.points32, device=str(self.points.device))
-        k = min(k, len(self.points32))
-        _, ids = self._nn.search(queries, k)
-        # exact float64 distances for the reported neighbours
-        q = torch.as_tensor(queries, dtype=torch.float64, device=self.points.device)
-        idt = torch.as_tensor(ids, device=self.points.device).clamp_min(0)
-        dist = torch.linalg.vector_norm(q[:, None, :] - self.points[idt], dim=-1)
-        order = torch.argsort(dist, dim=1, stable=True)
-        return (torch.gather(idt, 1, order).cpu().numpy(), torch.gather(dist, 1, order).cpu().numpy())
+    @functools.cached_property
+    def norm_max(self) -> float:
+        """max_i |x_i - c|."""
+        return float(torch.sqrt(self.sq_norms.max()))
+
+    @functools.cached_property
+    def _search_index(self) -> NeighbourIndex:
+        return self.index if self.index is not None and self.index.exact else \
+            TorchIndex(self.points32, device=str(self.device))
+
+    # ---------------------------------------------------------------- coordinates
+    def centred(self, x) -> torch.Tensor:
+        """Data-unit points (n, D) as centred float64 tensors on the compute device."""
+        return torch.as_tensor(np.asarray(x, np.float64), device=self.device) - self.centre
+
+    def uncentred(self, x: torch.Tensor) -> np.ndarray:
+        """Centred float64 tensors back to data units, float64 on the host."""
+        return (x + self.centre).cpu().numpy()
+
+    # ---------------------------------------------------------------- operations
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Gathered centred rows x_ids - c."""
+        return self.points[ids]
+
+    def nearest(self, queries, k: int):
+        """Exact k nearest training points of each query (data units): ids and float64 Euclidean
+        distances, ordered by distance then id. A float32 search proposes candidates; their
+        distances are recomputed in float64, and a query whose k-th distance is not certified
+        below every other point's lower bound is computed densely in float64."""
+        q = self.centred(queries)
+        k = min(k, self.n)
+        extra = min(self.n, k + max(k, 16))
+        ids, lower = self._search_index.certified_search(q.cpu().numpy(), extra)
+        idt = torch.as_tensor(ids, device=self.device)
+        dist = torch.linalg.vector_norm(q[:, None, :] - self.points[idt.clamp_min(0)], dim=-1)
+        dist = torch.where(idt >= 0, dist, torch.inf)
+        idt, dist = sort_by_distance(idt, dist)
+        idt, dist = idt[:, :k], dist[:, :k]
+        lower_t = torch.as_tensor(lower, dtype=F64, device=self.device)
+        uncertain = torch.nonzero(~(dist[:, -1] ** 2 < lower_t)).flatten()
+        if len(uncertain):
+            d_ids, d_dist = self._dense_nearest(q[uncertain], k)
+            idt[uncertain], dist[uncertain] = d_ids, d_dist
+        return idt.cpu().numpy(), dist.cpu().numpy()
+
+    def _dense_nearest(self, q: torch.Tensor, k: int):
+        out_i, out_d = [], []
+        rows = max(1, (1 << 22) // self.n)
+        for lo in range(0, len(q), rows):
+            d = torch.cdist(q[lo:lo + rows], self.points)
+            ids = torch.arange(self.n, device=self.device).expand_as(d)
+            i, dd = sort_by_distance(ids, d)
+            out_i.append(i[:, :k])
+            out_d.append(dd[:, :k])
+        return torch.cat(out_i), torch.cat(out_d)
 
 
-_CACHE: "OrderedDict[tuple, Prepared]" = OrderedDict()
+def sort_by_distance(ids: torch.Tensor, dist: torch.Tensor):
+    """Rows ordered by distance, ties by id (so the order never depends on the search)."""
+    by_id = torch.argsort(torch.where(ids >= 0, ids, torch.iinfo(torch.int64).max), dim=1, stable=True)
+    ids, dist = torch.gather(ids, 1, by_id), torch.gather(dist, 1, by_id)
+    order = torch.argsort(dist, dim=1, stable=True)
+    return torch.gather(ids, 1, order), torch.gather(dist, 1, order)
+
+
+_CACHE: "OrderedDict[tuple, TrainingSet]" = OrderedDict()
 _CACHE_SIZE = 4
 _LOCK = threading.Lock()
 
@@ -90,25 +162,26 @@ def as_dataset(data) -> Dataset:
     raise CdmInputError(f"data must be a Dataset or an (N, D) array, got {type(data).__name__}")
 
 
-def prepare(data, config: SamplerConfig) -> Prepared:
+def prepare(data, config: SamplerConfig) -> TrainingSet:
+    """The TrainingSet for `data` under `config` (device and index), from the cache when there."""
     ds = as_dataset(data)
     device = resolve_device(config.device)
-    kind = resolve_index(config.index, ds.n, ds.dim, device)
-    h = ds.content_hash
-    key = (h, str(device), kind, config.index == "auto", config.nlist if kind == "ivf" else 0,
-           config.nprobe if kind == "ivf" else 0)
+    backend = index_backend(config.index, device)
+    key = (ds.content_hash, str(device), config.index, config.nlist if backend == "ivf" else 0,
+           config.nprobe if backend == "ivf" else 0)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    pts32 = np.ascontiguousarray(ds.points, np.float32)
-    index = None if kind is None else build_index(pts32, kind, device=str(device),
-                                                  nlist=config.nlist, nprobe=config.nprobe)
-    desc = ds.describe() | {"content_hash": h}
-    prep = Prepared(torch.as_tensor(pts32, dtype=torch.float64, device=device), pts32, index, desc,
-                    factorised=config.index == "auto")
+    pts = torch.as_tensor(np.asarray(ds.points), dtype=F64, device=device)
+    centre = pts.mean(0)
+    pts -= centre
+    pts32 = pts.to(torch.float32).cpu().numpy()
+    index = None if backend is None else build_index(pts32, backend, device=str(device),
+                                                     nlist=config.nlist, nprobe=config.nprobe)
+    ts = TrainingSet(pts, centre, pts32, index, config.index, ds.describe() | {"content_hash": ds.content_hash})
     with _LOCK:
-        _CACHE[key] = prep
+        _CACHE[key] = ts
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return prep
+    return ts

@@ -19,18 +19,17 @@ import logging
 import os
 import shutil
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from cdm_core.report import figures
 from cdm_core.config import SamplerConfig
-from cdm_core.errors import CdmInputError
 from cdm_core.data.store import atomic_write_bytes, npz_bytes
+from cdm_core.errors import CdmInputError
+from cdm_core.report import figures
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,8 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     which = m["figures"]
     if "samples" in which:
         if ds.is_image:
-            out["samples"] = figures.image_grid(res.samples, ds.image_shape, ncols=int(opts.get("ncols", 8)), scale=1, pad=1)
+            out["samples"] = figures.image_grid(res.samples, ds.image_shape, ncols=int(opts.get("ncols", 8)),
+                                                scale=1, pad=1)
         else:
             out["samples"] = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=nn_ratio(res.nn_dist))
     if "sources" in which:
@@ -315,17 +315,22 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
 
 
 def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) -> list[str]:
+    """Render through one kaleido server (one chromium) for the whole batch, leaving the process as
+    it was: the browser is handed to kaleido as `path` (passed on to choreographer's Chromium)
+    instead of through $BROWSER_PATH, and figures go to `kaleido.calc_fig_sync` directly, which is
+    what `Figure.to_image` calls, minus the per-call `kopts` that a running server ignores with a
+    warning (so no warning filter is needed). MathJax is off: no figure uses LaTeX, and kaleido
+    would otherwise point the page at a CDN copy."""
     import kaleido
-    os.environ.setdefault("BROWSER_PATH", browser)
     written = []
-    kaleido.start_sync_server(silence_warnings=True)  # one chromium for the whole batch
-    warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+    kaleido.start_sync_server(path=browser, mathjax=False, silence_warnings=True)
     try:
         for name, fig in figs.items():
-            styled = style_figure(fig, style)
+            styled = style_figure(fig, style).to_dict()
             w, h = style.px
             for fmt in style.formats:
-                blob = styled.to_image(format=fmt, width=w, height=h, scale=style.dpi / 96 if fmt == "png" else 1)
+                opts = dict(format=fmt, width=w, height=h, scale=style.dpi / 96 if fmt == "png" else 1)
+                blob = kaleido.calc_fig_sync(styled, opts=opts)
                 if fmt == "svg":
                     blob = deterministic_svg(blob)
                 atomic_write_bytes(out_dir / f"{name}.{fmt}", blob)

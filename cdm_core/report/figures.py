@@ -142,7 +142,8 @@ def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.nda
     fig.frames = [go.Frame(data=[go.Scatter(x=traj[k, :, 0], y=traj[k, :, 1])], traces=[2], name=str(k))
                   for k in range(len(traj))]
     steps = [dict(method="animate", label=f"{times[k]:.2f}",
-                  args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=False), transition=dict(duration=0))])
+                  args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=False),
+                                       transition=dict(duration=0))])
              for k in range(len(traj))]
     lo = np.nanmin(traj[..., :2].reshape(-1, 2), 0)
     hi = np.nanmax(traj[..., :2].reshape(-1, 2), 0)
@@ -177,9 +178,11 @@ def sources_scatter(train: np.ndarray, sample: np.ndarray, source_ids: np.ndarra
     fig.add_trace(go.Scatter(x=train[ids[keep], 0], y=train[ids[keep], 1], mode="markers", name="blend sources",
                              marker=dict(size=6 + 14 * w[keep], color=SOURCE_COLOUR),
                              customdata=np.stack([ids[keep], w[keep]], 1),
-                             hovertemplate="source #%{customdata[0]:.0f}<br>weight %{customdata[1]:.3f}<extra></extra>"))
+                             hovertemplate="source #%{customdata[0]:.0f}<br>weight %{customdata[1]:.3f}"
+                                           "<extra></extra>"))
     fig.add_trace(go.Scatter(x=[sample[0]], y=[sample[1]], mode="markers", name="sample",
-                             marker=dict(size=16, symbol="star", color=SAMPLE_COLOUR, line=dict(width=1, color="black"))))
+                             marker=dict(size=16, symbol="star", color=SAMPLE_COLOUR,
+                                         line=dict(width=1, color="black"))))
     base_layout(fig, title, square=True)
     return fig
 
@@ -282,7 +285,8 @@ def arrows_figure(train: np.ndarray, samples: np.ndarray, jac: np.ndarray, j: in
     fig.add_trace(go.Scatter(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples",
                              marker=dict(size=7, color=SAMPLE_COLOUR)))
     fig.add_trace(go.Scatter(x=[train[j, 0]], y=[train[j, 1]], mode="markers", name=f"up-weighted #{j}",
-                             marker=dict(size=16, symbol="diamond", color=SOURCE_COLOUR, line=dict(width=1, color="black"))))
+                             marker=dict(size=16, symbol="diamond", color=SOURCE_COLOUR,
+                                         line=dict(width=1, color="black"))))
     return base_layout(fig, title, square=True)
 
 
@@ -295,7 +299,8 @@ def predicted_vs_actual_figure(predicted: np.ndarray, actual: np.ndarray, correl
                                 name="predicted = actual", hoverinfo="skip"),
                      go.Scatter(x=p, y=a, mode="markers", name="samples", customdata=np.arange(len(p)),
                                 marker=dict(size=8, color=SOURCE_COLOUR),
-                                hovertemplate="sample %{customdata}<br>predicted %{x:.3g}<br>actual %{y:.3g}<extra></extra>")])
+                                hovertemplate="sample %{customdata}<br>predicted %{x:.3g}<br>actual %{y:.3g}"
+                                              "<extra></extra>")])
     fig.update_xaxes(title="predicted displacement |Δx|")
     fig.update_yaxes(title="actual displacement |Δx|")
     return base_layout(fig, title or f"Predicted vs actual (r = {correlation:.3f} over all coordinates)", height=360)
@@ -314,18 +319,27 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
     training id as customdata."""
     fig = go.Figure()
     keep = np.arange(len(train_pos))[:max_points]
-    groups = [(None, keep)] if labels is None else [(v, keep[labels[train_ids[keep]] == v]) for v in np.unique(labels[train_ids[keep]])]
+    if labels is None:
+        groups = [(None, keep)]
+    else:
+        groups = [(v, keep[labels[train_ids[keep]] == v]) for v in np.unique(labels[train_ids[keep]])]
     for k, (val, rows) in enumerate(groups):
-        name = "training data" if val is None else f"{label_names[val] if label_names is not None and val < len(label_names) else val}"
+        if val is None:
+            name = "training data"
+        else:
+            name = f"{label_names[val] if label_names is not None and val < len(label_names) else val}"
+        colour = TRAIN_COLOUR if val is None else CATEGORICAL[k % len(CATEGORICAL)]
         fig.add_trace(go.Scattergl(x=train_pos[rows, 0], y=train_pos[rows, 1], mode="markers", name=name,
-                                   marker=dict(size=4, opacity=0.6, color=TRAIN_COLOUR if val is None else CATEGORICAL[k % len(CATEGORICAL)]),
-                                   customdata=train_ids[rows], hovertemplate="training #%{customdata}<extra>" + name + "</extra>"))
+                                   marker=dict(size=4, opacity=0.6, color=colour),
+                                   customdata=train_ids[rows],
+                                   hovertemplate="training #%{customdata}<extra>" + name + "</extra>"))
     for s_pos, src_pos, w in edges or []:
         for p, wt in zip(src_pos, w):
             if wt < 1e-3 or np.isnan(p).any():
                 continue
             fig.add_trace(go.Scatter(x=[s_pos[0], p[0]], y=[s_pos[1], p[1]], mode="lines", hoverinfo="skip",
-                                     showlegend=False, line=dict(width=0.5 + 5 * float(wt), color="#000000"), opacity=0.6))
+                                     showlegend=False, line=dict(width=0.5 + 5 * float(wt), color="#000000"),
+                                     opacity=0.6))
     ok = ~np.isnan(sample_pos[:, 0])
     fig.add_trace(go.Scattergl(x=sample_pos[ok, 0], y=sample_pos[ok, 1], mode="markers", name="samples",
                                marker=dict(size=10, symbol="x", color="#000000", line=dict(width=1, color="white")),

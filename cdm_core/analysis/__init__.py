@@ -1,0 +1,1 @@
+"""cdm_core.analysis: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""cdm_core.cli: see docs/architecture.md."""

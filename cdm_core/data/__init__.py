@@ -1,0 +1,1 @@
+"""cdm_core.data: see docs/architecture.md."""

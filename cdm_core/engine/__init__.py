@@ -1,0 +1,1 @@
+"""cdm_core.engine: see docs/architecture.md."""

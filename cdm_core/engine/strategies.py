@@ -1,0 +1,166 @@
+"""How D_sigma(x, t) is evaluated: one strategy per way, chosen once by `make_strategy`.
+
+Every strategy takes a batch of B samples with their fixed smoothing draws and returns a
+`StepResult` (blend.py): D_sigma, a bound on the weight mass it left out, and on request the
+sources (the weights D_sigma was formed with) and every draw's weights (for sensitivity).
+
+- `DenseStrategy` (index exact): every smoothing query y_m = x + sigma eps_m over all N points;
+  the float64 reference.
+- `FactorisedStrategy` (index auto): the same weights without forming the queries. With
+  p_mi = sigma eps_m . x_i (fixed along the trajectory, computed once per batch),
+      logit_mi = log pi_i + a (x . x_i + p_mi) - c |x_i|^2 + const_m,
+  so one x . X product per sample serves all M draws (a, c from `logit_scales`). Exact, float64.
+- `ScreenedStrategy` (index auto on large sets, screen.py): the factorised weights, with a
+  certified float32 screen that drops points of weight below 1e-30 before the float64 work.
+- `TruncatedStrategy` (flat, ivf, torch): each query's top-K neighbours from an index, with a
+  certified bound on the omitted mass and a dense fallback for queries whose bound exceeds the
+  tolerance (truncated.py).
+
+Decisions that change a number (fallbacks, candidate sets) are made per sample, never per batch,
+so a sample does not depend on the batch it is computed in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cdm_core.engine.blend import (
+    F64,
+    FullDrawWeights,
+    Sources,
+    StepResult,
+    flush_tiny,
+    logit_scales,
+    weighted_sum,
+)
+from cdm_core.engine.training_set import TrainingSet
+
+# Dense logits are computed in chunks of about this many float64 values (128 MiB).
+DENSE_CHUNK_VALUES = 1 << 24
+# The factorised softmax runs over chunks of about 2 MiB (one core's L2 cache): it is memory-bound.
+CACHE_VALUES = 1 << 17
+# Factorised on sets from this many values (N x D) on screens in float32 first (screen.py).
+SCREEN_MIN_VALUES = 10_000_000
+
+
+class Strategy:
+    """Common state: the training set, log pi, and the t = 0 blend (every logit equal up to log pi)."""
+
+    def __init__(self, ts: TrainingSet, log_pi: np.ndarray):
+        self.ts = ts
+        self.x = ts.points
+        self.n = ts.n
+        self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=ts.device)
+        self.pi = torch.exp(self.log_pi)
+        self.eligible = np.flatnonzero(np.isfinite(log_pi))  # ids with pi > 0
+        self.excluded = np.flatnonzero(~np.isfinite(log_pi))
+        self.log_pi_max = float(self.log_pi.max())
+
+    def begin(self, scaled: torch.Tensor):
+        """Per-batch state from the draws sigma eps (B, M, D), fixed along the trajectories."""
+        return scaled
+
+    def step(self, state, x: torch.Tensor, t: float, sources: bool = False, draws: bool = False) -> StepResult:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared pieces
+    def _at_zero(self, b: int, m: int, sources: bool, draws: bool) -> StepResult:
+        """At t = 0 every query's weights are pi: D(y, 0) = sum_i pi_i x_i."""
+        w = flush_tiny(self.pi)[None].expand(b, -1)
+        smoothed = weighted_sum(w[:1], self.x).expand(b, -1).clone()
+        full = None
+        if draws:
+            full = FullDrawWeights(w[:, None, :].expand(b, m, -1), smoothed[:, None, :].expand(b, m, -1))
+        return self._result(smoothed, w, sources, full)
+
+    def _result(self, smoothed, mean_w, sources: bool, full=None) -> StepResult:
+        """A dense result: the bound is the flushed mass (at most N x 1e-30 per draw)."""
+        b = len(smoothed)
+        bound = torch.full((b,), min(1.0, self.n * 1e-30), dtype=F64, device=smoothed.device)
+        return StepResult(smoothed, bound, torch.ones(b, dtype=F64, device=smoothed.device),
+                          Sources.from_dense(mean_w) if sources else None, full)
+
+
+class DenseStrategy(Strategy):
+    """Every smoothing query over all N points, float64: the reference (`index exact`)."""
+
+    def step(self, scaled, x, t, sources=False, draws=False):
+        b, m, d = scaled.shape
+        if t == 0.0:
+            return self._at_zero(b, m, sources, draws)
+        y = (x[:, None, :] + scaled).reshape(b * m, d)
+        a, c, _ = logit_scales(t)
+        mean_w = torch.zeros(b, self.n, dtype=F64, device=x.device)
+        per_draw = torch.empty(b * m, self.n, dtype=F64, device=x.device) if draws else None
+        # whole samples per chunk, so each sample's mean over its draws is formed in one place
+        rows = max(1, DENSE_CHUNK_VALUES // (self.n * m))
+        for lo in range(0, b, rows):
+            hi = min(lo + rows, b)
+            yq = y[lo * m:hi * m]
+            # log pi_i - s |y - t x_i|^2 up to a constant per query: a y . x_i - c |x_i|^2
+            w = flush_tiny(torch.softmax(self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms, dim=1))
+            mean_w[lo:hi] = w.reshape(hi - lo, m, self.n).mean(1)
+            if per_draw is not None:
+                per_draw[lo * m:hi * m] = w
+        mean_w = flush_tiny(mean_w)
+        full = None
+        if per_draw is not None:
+            full = FullDrawWeights(per_draw.reshape(b, m, self.n), (per_draw @ self.x).reshape(b, m, d))
+        return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
+
+
+class FactorisedStrategy(Strategy):
+    """The dense weights in factorised form (see the module docstring): `index auto`."""
+
+    def begin(self, scaled):
+        """p_bmi = sigma eps_bm . x_i, (B, M, N) float64; None when sigma = 0."""
+        if not bool(scaled.any()):
+            return scaled, None
+        b, m, d = scaled.shape
+        return scaled, (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
+
+    def step(self, state, x, t, sources=False, draws=False):
+        scaled, projected = state
+        b, m, _ = scaled.shape
+        if t == 0.0:
+            return self._at_zero(b, m, sources, draws)
+        mean_w, full = self.mean_weights(x, projected, t, m, draws)
+        return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
+
+    def mean_weights(self, x, projected, t, m, draws=False, rows=None):
+        """(mean over draws of the weights (B, N) flushed, FullDrawWeights or None). `rows`, when
+        given, are the rows of `projected` that belong to the samples x (read chunk by chunk, so
+        the large projection is never copied)."""
+        a, c, _ = logit_scales(t)
+        b = len(x)
+        base = self.log_pi + a * (x @ self.x.T) - c * self.ts.sq_norms  # (B, N)
+        mean_w = torch.empty(b, self.n, dtype=F64, device=x.device)
+        m_eff = 1 if projected is None else m
+        per_draw = torch.empty(b, m_eff, self.n, dtype=F64, device=x.device) if draws else None
+        chunk = max(1, 2 * CACHE_VALUES // (m_eff * self.n))
+        for lo in range(0, b, chunk):
+            hi = min(lo + chunk, b)
+            if projected is None:
+                lg = base[lo:hi, None, :]
+            else:
+                p = projected[lo:hi] if rows is None else projected[rows[lo:hi]]
+                lg = torch.add(base[lo:hi, None, :], p, alpha=a)
+            w = flush_tiny(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
+            torch.mean(w, 1, out=mean_w[lo:hi])
+            if per_draw is not None:
+                per_draw[lo:hi] = w
+        full = None
+        if per_draw is not None:
+            per_draw = per_draw.expand(b, m, self.n)
+            full = FullDrawWeights(per_draw, torch.einsum("bmn,nd->bmd", per_draw, self.x))
+        return flush_tiny(mean_w), full
+
+
+def screen_is_certified() -> bool:
+    """Whether float32 products are true float32, as the screen's error bound assumes.
+    `torch.set_float32_matmul_precision("high")` or TF32 on CUDA would round inputs to about
+    10 bits; the factorised float64 path is then used instead."""
+    return (torch.get_float32_matmul_precision() == "highest"
+            and not (torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32))
+

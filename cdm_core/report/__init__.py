@@ -1,0 +1,1 @@
+"""cdm_core.report: see docs/architecture.md."""

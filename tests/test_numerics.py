@@ -1,0 +1,100 @@
+"""Numbers that do not depend on where the data sit, how they are scaled or rotated, on duplicate
+points, or on the batch: property tests over every index (docs/numerics.md).
+
+- every index agrees with the float64 dense reference (`exact`) to 1e-6 of the data's spread
+  (truncated indexes by their certified bound or by falling back to the dense computation);
+- translating the data translates the samples (the engine centres them);
+- sample i is the same whatever the batch size or the number of samples asked for;
+- the sources reproduce every sample, however wide its blend (one Euler step: the mean of all).
+"""
+
+import numpy as np
+import pytest
+from conftest import source_matrix
+from hypothesis import given, settings, strategies as st
+
+from cdm_core import SamplerConfig, sample
+from cdm_core.engine import strategies
+
+INDEXES = ["auto", "auto-screened", "flat", "torch", "ivf"]
+
+
+def run(points, cfg, index):
+    with pytest.MonkeyPatch.context() as mp:
+        if index == "auto-screened":  # the large-set path, on a small set
+            mp.setattr(strategies, "SCREEN_MIN_VALUES", 0)
+            index = "auto"
+        return sample(points, cfg.replace(index=index, nlist=8 if index == "ivf" else 0, nprobe=3))
+
+
+def spread(points) -> float:
+    return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).mean()))
+
+
+def make_points(seed, n, d, offset, scale, rotate, dups):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, d)) * rng.uniform(0.5, 2.0, d)
+    base[: n // 3] += 3.0  # two clusters
+    if dups:
+        base[n // 2:] = base[: n - n // 2]
+    if rotate:
+        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        base = base @ q
+    # datasets hold float32 values: use exactly those, so float64 references see the same data
+    return (base * scale + offset * scale).astype(np.float32).astype(np.float64)
+
+
+data = dict(seed=st.integers(0, 10_000), d=st.integers(2, 6), offset=st.sampled_from([0.0, 1.0, 1e2, 1e4]),
+            scale=st.sampled_from([1e-3, 1.0, 1e3]), rotate=st.booleans(), dups=st.booleans())
+
+
+@settings(max_examples=20, deadline=None)
+@given(index=st.sampled_from(INDEXES), sigma=st.sampled_from([0.0, 0.1, 0.5]), start=st.sampled_from([0.0, 0.5]),
+       **data)
+def test_every_index_agrees_with_exact(index, sigma, start, seed, d, offset, scale, rotate, dups):
+    pts = make_points(seed, 150, d, offset, scale, rotate, dups)
+    s = spread(pts)
+    cfg = SamplerConfig(n_samples=6, sigma=sigma * s, draws=3, steps=8, start=start, seed=seed, neighbours=16)
+    exact = sample(pts, cfg.replace(index="exact"))
+    got = run(pts, cfg, index)
+    assert np.abs(got.samples - exact.samples).max() <= 1e-6 * s
+    assert got.truncation_bound.max() <= cfg.truncation_tol
+    # sources reproduce the samples, in the data's own units
+    rebuilt = source_matrix(got, len(pts)) @ pts
+    assert np.abs(rebuilt - got.samples).max() <= 1e-9 * s
+
+
+@settings(max_examples=15, deadline=None)
+@given(index=st.sampled_from(["exact"] + INDEXES), offset=st.sampled_from([1.0, 1e2, 1e4]),
+       seed=st.integers(0, 10_000), d=st.integers(2, 5))
+def test_translating_the_data_translates_the_samples(index, offset, seed, d):
+    pts = make_points(seed, 120, d, 0.0, 1.0, False, False)
+    pts = np.round(pts * 256) / 256  # shifted by a whole number, the points stay exact in float32
+    cfg = SamplerConfig(n_samples=5, sigma=0.3, draws=3, steps=8, start=0.5, seed=seed, neighbours=16)
+    shift = np.full(d, offset)
+    here, there = run(pts, cfg, index), run(pts + shift, cfg, index)
+    np.testing.assert_allclose(there.samples - shift, here.samples, rtol=0, atol=1e-9 * max(1.0, offset * 1e-3))
+    np.testing.assert_array_equal(there.nn_ids, here.nn_ids)
+
+
+@settings(max_examples=15, deadline=None)
+@given(index=st.sampled_from(["exact"] + INDEXES), batch=st.integers(1, 7), n=st.integers(1, 9), **data)
+def test_samples_do_not_depend_on_the_batch(index, batch, n, seed, d, offset, scale, rotate, dups):
+    pts = make_points(seed, 150, d, offset, scale, rotate, dups)
+    s = spread(pts)
+    cfg = SamplerConfig(n_samples=9, sigma=0.2 * s, draws=3, steps=8, seed=seed, neighbours=16)
+    full = run(pts, cfg, index)
+    part = run(pts, cfg.replace(n_samples=n, batch_size=batch), index)
+    np.testing.assert_allclose(part.samples, full.samples[:n], rtol=0, atol=1e-12 * max(s, np.abs(pts).max()))
+    np.testing.assert_allclose(source_matrix(part, len(pts)), source_matrix(full, len(pts))[:n], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("index", ["exact"] + INDEXES)
+def test_sources_reproduce_the_widest_blend(index):
+    """One Euler step lands on D_sigma at t = 0: the mean of all N points. Every point is a source."""
+    pts = make_points(3, 5000, 3, 1e3, 1.0, False, True)
+    res = run(pts, SamplerConfig(n_samples=3, sigma=0.5, draws=2, steps=1), index)
+    w = source_matrix(res, len(pts))
+    assert (w > 0).sum(1).min() == len(pts)
+    np.testing.assert_allclose(w @ pts, res.samples, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(res.samples, np.broadcast_to(pts.mean(0), res.samples.shape), rtol=0, atol=1e-9)
