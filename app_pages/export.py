@@ -3,7 +3,6 @@
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -11,6 +10,7 @@ from cdm_core.errors import CdmInputError
 from cdm_core.report.export import (
     FIGURES,
     SIZE_PRESETS,
+    UPLOADED_DATA,
     FigureStyle,
     build,
     export_bundle,
@@ -40,9 +40,9 @@ def style_controls() -> FigureStyle:
                        font_size=float(size), background=bg, formats=tuple(formats))
 
 
-def data_spec(ds) -> str:
-    name = st.session_state.dataset_name
-    return "training.npy" if name.startswith(state.UPLOAD_PREFIX) else name
+def data_spec() -> str:
+    """How the manifest names the data: the registry name, or the bundled file for an upload."""
+    return UPLOADED_DATA if state.is_upload() else state.dataset_name()
 
 
 def body() -> None:
@@ -62,10 +62,9 @@ def body() -> None:
     if not which:
         st.info("Choose at least one figure.")
         return
-    options = {"sample": int(st.session_state.get("selected_sample", 0)), "top": 6,
-               "map": {"method": st.session_state.get("w_map_method", "pca")}}
+    options = {"sample": state.selected_sample(), "top": 6, "map": {"method": state.map_method()}}
     try:
-        manifest = make_manifest(data_spec(ds), ds, cfg, which, options, style)
+        manifest = make_manifest(data_spec(), ds, cfg, which, options, style)
     except CdmInputError as e:
         st.error(str(e))
         return
@@ -82,9 +81,6 @@ def body() -> None:
             out = Path(tempfile.mkdtemp(prefix="cfdm-export-"))
             try:
                 res = export_bundle(manifest, out, ds=ds, callback=progress)
-                if data_spec(ds) == "training.npy":  # uploads travel with the bundle
-                    pts = ds.points.reshape((ds.n,) + tuple(ds.image_shape)) if ds.is_image else ds.points
-                    np.save(out / "training.npy", pts)
                 st.session_state.export_zip = (zip_bundle(out), sorted(p.name for p in out.iterdir()), res["message"])
             except CdmInputError as e:
                 st.error(f"Export failed: {e}. Nothing was lost.")
@@ -104,13 +100,12 @@ def body() -> None:
 def preview(ds, manifest, style, first: str) -> None:
     st.subheader(f"Preview: {LABELS[first]} at {style.width_in:g} × {style.height_in:g} in")
     key = (manifest["dataset"]["content_hash"], str(manifest["sampler"]), first, str(manifest["options"]))
-    cache = st.session_state.setdefault("export_preview", {})
-    if key not in cache:
+
+    def make():
         with st.spinner("Building the preview…"):
-            figs, _ = build(dict(manifest, figures=[first]), ds)
-        cache.clear()
-        cache[key] = figs[first]
-    fig = cache[key]
+            return build(dict(manifest, figures=[first]), ds)[0][first]
+
+    fig = state.session_cache("export_preview", key, make)
     if isinstance(fig, go.Figure):
         st.plotly_chart(style_figure(fig, style), width="content", key="exp_preview")
     else:

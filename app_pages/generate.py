@@ -8,6 +8,7 @@ from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
+from ui.selection import selected_points
 
 HELP = {
     "sigma": "Smoothing scale σ: 0 copies training points; larger values blend points that are farther apart.",
@@ -24,8 +25,8 @@ HELP = {
 
 
 def controls(ds) -> dict:
-    p = dict(st.session_state.params)
-    sig_max = float(max(1.0, 4 * state.defaults_for(st.session_state.dataset_name)["sigma"], 2 * p["sigma"]))
+    p = dict(state.params())
+    sig_max = float(max(1.0, 4 * state.defaults_for(state.dataset_name())["sigma"], 2 * p["sigma"]))
     c1, c2, c3, c4 = st.columns(4)
     p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, float(p["sigma"]), step=sig_max / 200, help=HELP["sigma"],
                            key="w_sigma")
@@ -40,7 +41,7 @@ def controls(ds) -> dict:
     p["index"] = c8.selectbox("Index", INDEX_KINDS[:4],
                               index=INDEX_KINDS.index(p["index"]) if p["index"] in INDEX_KINDS[:4] else 0,
                               help=HELP["index"], key="w_index")
-    st.session_state.params = p
+    state.set_params(p)
     return p
 
 
@@ -61,22 +62,17 @@ def summary(res, ds) -> None:
 
 
 def pick_from(event, curve: int | None) -> None:
-    pts = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-        getattr(getattr(event, "selection", None), "points", []) or []
-    for pt in pts:
-        if curve is None or pt.get("curve_number") == curve:
-            cd = pt.get("customdata")
-            idx = cd[0] if isinstance(cd, (list, tuple)) else cd
-            if idx is not None:
-                st.session_state.selected_sample = int(idx)
-                return
+    for c, idx in selected_points(event):
+        if curve is None or c == curve:
+            state.select_sample(idx)
+            return
 
 
 def results(run, ds) -> None:
     res = run.result
     summary(res, ds)
     ratio = metrics.nn_ratio(res.nn_dist)
-    sel = st.session_state.get("selected_sample", 0)
+    sel = state.selected_sample()
     if ds.is_image:
         fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=16 if ds.image_shape[0] <= 16 else 12,
                                         values=ratio, value_name="NN ratio",
@@ -98,7 +94,7 @@ def results(run, ds) -> None:
                                                             time_grid(res.config.start, res.config.steps)),
                                 width="stretch", key="gen_traj")
                 st.caption("Press Play or drag the time slider: samples flow from noise (t = T) to data (t = 1).")
-    sel = st.session_state.get("selected_sample", 0)
+    sel = state.selected_sample()
     c1, c2 = st.columns([3, 1])
     c1.caption(f"Colour: nearest/second-nearest distance ratio (dark = near-copy). Selected sample: **#{sel}**. "
                "Click a sample to select it.")

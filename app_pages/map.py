@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform
+from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform, source_edges
 from cdm_core.report import figures
 from ui import state
 from ui.hover_thumbnails import hover_thumbnails
+from ui.selection import selected_points
 
 MAX_DRAWN = 30000
 
@@ -20,18 +21,12 @@ def cached_map(content_hash: str, cfg: MapConfig, _ds):
     return emb
 
 
-def selection(event) -> tuple[list[int], list[int]]:
+def selection(event, sample_curve: int) -> tuple[list[int], list[int]]:
     """(selected samples, selected training ids) from a plotly selection event."""
-    pts = getattr(getattr(event, "selection", None), "points", None) or \
-        (event.get("selection", {}).get("points", []) if isinstance(event, dict) else [])
-    samples, train = [], []
-    for p in pts:
-        cd = p.get("customdata")
-        idx = cd[0] if isinstance(cd, (list, tuple)) else cd
-        if idx is None:
-            continue
-        (samples if p.get("curve_number") == st.session_state.get("map_sample_curve") else train).append(int(idx))
-    return sorted(set(samples)), sorted(set(train))
+    pts = selected_points(event)
+    samples = {i for curve, i in pts if curve == sample_curve}
+    train = {i for curve, i in pts if curve != sample_curve}
+    return sorted(samples), sorted(train)
 
 
 def body() -> None:
@@ -45,6 +40,7 @@ def body() -> None:
         md = c3.slider("UMAP min. distance", 0.0, 0.99, 0.1, key="w_map_md",
                        help="Smaller values pack clusters tighter.")
     cfg = MapConfig(method=method, n_neighbors=nn, min_dist=md)
+    state.set_map_method(method)
     emb = cached_map(ds.content_hash, cfg, ds)
     note = f"{len(emb.ids):,} of {ds.n:,} training items mapped" + (
         " (fixed random subset)" if len(emb.ids) < ds.n else "")
@@ -70,15 +66,9 @@ def body() -> None:
         st.caption(f"Samples (×) are placed at {placed_at}.")
     # Edges follow the current sample only: a figure that changed with the selection would make
     # Streamlit drop that selection on the next run.
-    show = [st.session_state.get("selected_sample", 0)] if res is not None else []
-    table = emb.position_of()
-    edges = []
-    for i in show:
-        if res is not None and i < len(res.samples):
-            ok = (res.source_ids[i] >= 0) & (res.source_ids[i] < len(table))
-            edges.append((sample_pos[i], table[res.source_ids[i][ok]], res.source_weights[i][ok]))
+    show = [state.selected_sample()] if res is not None else []
+    edges = [] if res is None else source_edges(emb, sample_pos, res.source_ids, res.source_weights, show)
     fig = figures.map_figure(emb.positions, emb.ids, ds.labels, sample_pos, edges, MAX_DRAWN, ds.label_names)
-    st.session_state.map_sample_curve = len(fig.data) - 1
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
     if ds.is_image:
@@ -87,7 +77,7 @@ def body() -> None:
                                     res.samples if res is not None else np.zeros((0, ds.dim), np.float32),
                                     ds.image_shape, sample_curve=len(fig.data) - 1)
         st.caption(f"Hover a point to see its image ({n_thumbs:,} items have a thumbnail).")
-    samples, train = selection(event)
+    samples, train = selection(event, sample_curve=len(fig.data) - 1)
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
                "Lasso or box-select points to list them below.")
     linked(ds, res, samples, train)
@@ -105,7 +95,7 @@ def linked(ds, res, samples, train) -> None:
     c2.download_button("Export selection (CSV)", df.to_csv(index=False), file_name="selection.csv",
                        mime="text/csv", key="map_export", on_click="ignore")
     if samples and c2.button(f"Sources of sample #{samples[0]} →", key="map_to_sources"):
-        st.session_state.selected_sample = samples[0]
+        state.select_sample(samples[0])
         st.switch_page("app_pages/sources.py")
     if ds.is_image:
         vecs = [res.samples[i] for i in samples[:16]] + [ds.points[j] for j in train[:32]]

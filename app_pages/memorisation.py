@@ -29,7 +29,7 @@ def default_sigmas(sigma: float) -> str:
 def body() -> None:
     st.title("Memorisation")
     ds = state.current_dataset()
-    p = st.session_state.params
+    p = state.params()
     c1, c2 = st.columns([3, 1])
     text = c1.text_input("σ values", default_sigmas(p["sigma"]), key=f"w_sweep_sigmas_{ds.content_hash}",
                          help="Comma-separated smoothing scales; the other settings come from the Generate page.")

@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.analysis.sensitivity import counterfactual, position_derivative, sensitivity
+from cdm_core.analysis.sensitivity import counterfactual, jacobian, position_derivative, sensitivity
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
@@ -11,18 +11,21 @@ from ui import state
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
 
 
+def prepared(ds, cfg):
+    return state.cached_prepared(ds.content_hash, cfg.index, ds)
+
+
 def compute(ds, run, top: int):
     cfg = run.result.config.replace(n_samples=min(MAX_SAMPLES, run.result.config.n_samples), trajectory=False)
-    key = (run.key, top, cfg.n_samples)
-    cache = st.session_state.setdefault("sensitivity_cache", {})
-    if key not in cache:
+
+    def make():
         bar = st.progress(0.0, text="Computing exact sensitivities…")
-        cb = state.progress_callback(bar, "Sensitivity")
-        cache.clear()  # one configuration at a time keeps memory bounded
-        cache[key] = sensitivity(ds, cfg, top=top, callback=cb, prepared=state.cached_prepared(
-            ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None)
+        sens = sensitivity(ds, cfg, top=top, callback=state.progress_callback(bar, "Sensitivity"),
+                           prepared=prepared(ds, cfg))
         bar.empty()
-    return cache[key], cfg
+        return sens
+
+    return state.session_cache("sensitivity", (run.key, top, cfg.n_samples), make), cfg
 
 
 def sample_view(ds, sens, i: int) -> None:
@@ -41,9 +44,9 @@ def sample_view(ds, sens, i: int) -> None:
     else:
         j = st.selectbox("Up-weight training item", [int(v) for v in ids[ok]], format_func=lambda v: f"#{v}",
                          key=f"w_arrow_{i}")
-        from cdm_core.analysis.sensitivity import jacobian
         cfg = sens.config
-        jac_all, _ = jacobian(ds, cfg, [j])
+        jac_all = state.session_cache("arrows", (cfg.to_json(), ds.content_hash, j),
+                                      lambda: jacobian(ds, cfg, [j], prepared=prepared(ds, cfg))[0])
         st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j),
                         width="stretch", key="sens_arrows")
         st.caption(f"Arrows: how each sample moves when training item #{j} is up-weighted (direction of dx/dlog π).")
@@ -59,21 +62,17 @@ def brighter_panel(ds, sens, i: int) -> None:
     r = c2.slider("Patch row", 0, h - 1, h // 2, key="w_bright_r")
     c = c3.slider("Patch column", 0, w - 1, w // 2, key="w_bright_c")
     rad = c4.slider("Patch radius", 0, max(1, h // 4), max(1, h // 8), key="w_bright_rad")
-    mask = np.zeros(ds.image_shape)
-    mask[max(0, r - rad):r + rad + 1, max(0, c - rad):c + rad + 1] = 1.0
-    key = (sens.config.to_json(), j, r, c, rad)
-    cache = st.session_state.setdefault("bright_cache", {})
-    if key not in cache:
+    mask = figures.patch_mask(ds.image_shape, r, c, rad)
+
+    def make():
         with st.spinner("Differentiating the sampler with respect to the image…"):
-            cache.clear()
-            cache[key] = position_derivative(ds, sens.config, j, mask.reshape(-1) / max(mask.sum(), 1) ** 0.5)
-    deriv = cache[key][i]
+            direction = mask / np.linalg.norm(mask)  # unit norm
+            return position_derivative(ds, sens.config, j, direction, prepared=prepared(ds, sens.config))
+
+    deriv = state.session_cache("brighter", (sens.config.to_json(), ds.content_hash, j, r, c, rad), make)[i]
     left, right = st.columns([1, 3])
-    outline = figures.to_image(ds.points[j], ds.image_shape, 4).convert("RGB")
-    from PIL import ImageDraw
-    ImageDraw.Draw(outline).rectangle([4 * max(0, c - rad), 4 * max(0, r - rad), 4 * min(w, c + rad + 1) - 1,
-                                       4 * min(h, r + rad + 1) - 1], outline=figures.OKABE_ITO[0], width=2)
-    left.image(outline, caption=f"#{j}, brightened patch", width=96)
+    left.image(figures.outlined_patch(ds.points[j], ds.image_shape, r, c, rad), caption=f"#{j}, brightened patch",
+               width=96)
     right.plotly_chart(figures.sensitivity_maps_figure(deriv[None], ds.image_shape, [f"d sample #{i} / d brightness"]),
                        width="stretch", key="bright_map")
     st.caption("Exact derivative of the sample with respect to the patch's brightness in that training image "
@@ -126,10 +125,10 @@ def body() -> None:
     top = st.slider("Influential items per sample", 1, 16, 6, key="w_top")
     sens, cfg = compute(ds, run, top)
     n = len(sens.samples)
-    sel = min(int(st.session_state.get("selected_sample", 0)), n - 1)
+    sel = state.selected_sample(n)
     i = int(st.number_input("Sample", 0, n - 1, sel, key=f"w_sens_sample_{sel}",
                             help=f"Sensitivities are computed for the first {n} samples."))
-    st.session_state.selected_sample = i
+    state.select_sample(i)
     sample_view(ds, sens, i)
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(figures.influence_matrix_figure(sens.training_ids, sens.influence, title="Influence matrix"),

@@ -40,10 +40,10 @@ def body() -> None:
         return
     res = run.result
     n = len(res.samples)
-    sel = min(int(st.session_state.get("selected_sample", 0)), n - 1)
+    sel = state.selected_sample(n)
     i = int(st.number_input("Sample", 0, n - 1, sel, help="Pick a sample by index (or click one on the Generate page).",
                             key=f"w_sample_{sel}"))
-    st.session_state.selected_sample = i
+    state.select_sample(i)
     st.markdown(verdict(res, i))
     ok = res.source_ids[i] >= 0
     ids, w = res.source_ids[i][ok], res.source_weights[i][ok]

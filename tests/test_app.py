@@ -122,12 +122,12 @@ def test_sensitivity_page_and_counterfactual(data):
     at.run()
     at.switch_page("app_pages/sensitivity.py").run()
     assert not at.exception and not errors(at)
-    key = next(iter(at.session_state["sensitivity_cache"]))
-    sens = at.session_state["sensitivity_cache"][key]
+    key = next(iter(at.session_state["cache_sensitivity"]))
+    sens = at.session_state["cache_sensitivity"][key]
     assert sens.jacobian.shape[:2] == (8, 6)
     at.slider(key="w_top").set_value(3).run()
     assert not at.exception
-    sens = next(iter(at.session_state["sensitivity_cache"].values()))
+    sens = next(iter(at.session_state["cache_sensitivity"].values()))
     assert sens.training_ids.shape == (8, 3)
     at.button(key="w_cf_go").click().run()
     assert not at.exception and not errors(at)

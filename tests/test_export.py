@@ -102,3 +102,18 @@ def test_zip_bundle_is_deterministic(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     assert zipfile.ZipFile(io.BytesIO(export.zip_bundle(tmp_path))).namelist() == ["a.txt"]
     assert export.zip_bundle(tmp_path) == export.zip_bundle(tmp_path)
+
+
+def test_uploaded_data_travel_with_the_bundle_and_regenerate(tmp_path):
+    """A bundle made from uploaded data (spec training.npy) carries the data, so the manifest alone
+    regenerates it; the file is never a pickle."""
+    ds = load("digits")
+    m = make_manifest(export.UPLOADED_DATA, ds, CFG, ["samples"], {"sample": 0})
+    res = export_bundle(m, tmp_path / "b", ds=ds)
+    assert export.UPLOADED_DATA in res["files"]
+    saved = np.load(tmp_path / "b" / export.UPLOADED_DATA, allow_pickle=False)
+    assert saved.shape == (ds.n, 8, 8)
+    np.testing.assert_array_equal(saved.reshape(ds.n, -1), ds.points)
+    again = export_bundle(export.read_manifest(tmp_path / "b" / "manifest.json"), tmp_path / "c",
+                          base_dir=tmp_path / "b")
+    assert "samples.png" in again["files"]

@@ -86,6 +86,55 @@ def config_from(params: dict, **extra) -> SamplerConfig:
     return SamplerConfig.from_options(params, **extra)
 
 
+# ------------------------------------------------------------------ typed accessors
+# Pages read and write session state only through these, never through another page's widget key.
+def params() -> dict:
+    """The sampler settings in outside names (`cdm_core.config.OPTIONS`), as the URL holds them."""
+    return st.session_state.params
+
+
+def set_params(p: dict) -> None:
+    st.session_state.params = dict(p)
+
+
+def dataset_name() -> str:
+    return st.session_state.dataset_name
+
+
+def is_upload(name: str | None = None) -> bool:
+    return (name or dataset_name()).startswith(UPLOAD_PREFIX)
+
+
+def selected_sample(n: int | None = None) -> int:
+    """The selected sample, clamped to [0, n) when the number of samples is given."""
+    i = int(st.session_state.get("selected_sample", 0))
+    return min(max(i, 0), n - 1) if n else i
+
+
+def select_sample(i: int) -> None:
+    st.session_state.selected_sample = int(i)
+
+
+def map_method() -> str:
+    """The Map page's method ("umap" or "pca"); other pages (Export) read it from here."""
+    return st.session_state.get("map_method", "pca")
+
+
+def set_map_method(method: str) -> None:
+    st.session_state.map_method = method
+
+
+def session_cache(name: str, key, compute):
+    """One-entry cache per `name` in this session: `compute()` when `key` changed, else the
+    stored value (heavy results are kept for one configuration at a time, bounding memory)."""
+    cache = st.session_state.setdefault(f"cache_{name}", {})
+    if key not in cache:
+        value = compute()
+        cache.clear()
+        cache[key] = value
+    return cache[key]
+
+
 def current_dataset() -> Dataset:
     name = st.session_state.dataset_name
     if name.startswith(UPLOAD_PREFIX):

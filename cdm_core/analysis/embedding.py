@@ -158,6 +158,19 @@ def place_by_sources(emb: Embedding, source_ids: np.ndarray, source_weights: np.
     return out
 
 
+def source_edges(emb: Embedding, sample_pos: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
+                 samples) -> list:
+    """Edges from the chosen samples to their mapped blend sources, for `figures.map_figure`:
+    (sample position (2,), source positions (k, 2), weights (k,)) per sample."""
+    table = emb.position_of()
+    edges = []
+    for i in samples:
+        if 0 <= i < len(source_ids):
+            ok = (source_ids[i] >= 0) & (source_ids[i] < len(table))
+            edges.append((sample_pos[i], table[source_ids[i][ok]], source_weights[i][ok]))
+    return edges
+
+
 def place_by_transform(emb: Embedding, samples: np.ndarray) -> np.ndarray | None:
     if emb.model is None:
         return None

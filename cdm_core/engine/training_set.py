@@ -162,6 +162,18 @@ def as_dataset(data) -> Dataset:
     raise CdmInputError(f"data must be a Dataset or an (N, D) array, got {type(data).__name__}")
 
 
+def _centred(ds: Dataset, device: torch.device):
+    """The centred float64 points, their centre and float32 copy: shared by every index kind
+    prepared for the same data on the same device (they are the large part)."""
+    for other in _CACHE.values():
+        if other.describe["content_hash"] == ds.content_hash and other.device == device:
+            return other.points, other.centre, other.points32
+    pts = torch.as_tensor(np.asarray(ds.points), dtype=F64, device=device)
+    centre = pts.mean(0)
+    pts -= centre
+    return pts, centre, pts.to(torch.float32).cpu().numpy()
+
+
 def prepare(data, config: SamplerConfig) -> TrainingSet:
     """The TrainingSet for `data` under `config` (device and index), from the cache when there."""
     ds = as_dataset(data)
@@ -173,10 +185,7 @@ def prepare(data, config: SamplerConfig) -> TrainingSet:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    pts = torch.as_tensor(np.asarray(ds.points), dtype=F64, device=device)
-    centre = pts.mean(0)
-    pts -= centre
-    pts32 = pts.to(torch.float32).cpu().numpy()
+    pts, centre, pts32 = _centred(ds, device)
     index = None if backend is None else build_index(pts32, backend, device=str(device),
                                                      nlist=config.nlist, nprobe=config.nprobe)
     ts = TrainingSet(pts, centre, pts32, index, config.index, ds.describe() | {"content_hash": ds.content_hash})

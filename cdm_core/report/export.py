@@ -37,6 +37,7 @@ FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisatio
 SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
 FORMATS = ("png", "svg", "pdf")
 MANIFEST_KIND = "cfdm-explorer figure manifest"
+UPLOADED_DATA = "training.npy"  # the data spec of a bundle whose training set was uploaded (written into it)
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,11 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         if "influence" in which:
             out["influence"] = figures.influence_matrix_figure(sens.training_ids, sens.influence)
     if "map" in which:
-        from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources
+        from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, source_edges
         say("map")
         emb = compute_map(ds, MapConfig(**opts.get("map", {"method": "pca"})))
         pos = place_by_sources(emb, res.source_ids, res.source_weights)
-        table = emb.position_of()
-        okk = (res.source_ids[i] >= 0) & (res.source_ids[i] < len(table))
-        edges = [(pos[i], table[res.source_ids[i][okk]], res.source_weights[i][okk])]
+        edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "memorisation" in which:
@@ -309,9 +308,19 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
                        "rendered; data and manifest were written")
         else:
             files += _render_plotly(plotly_figs, style, out_dir, browser)
+    if m["dataset"]["spec"] == UPLOADED_DATA:  # data that exist only in memory travel with the bundle
+        pts = ds.points.reshape((ds.n,) + tuple(ds.image_shape)) if ds.is_image else ds.points
+        atomic_write_bytes(out_dir / UPLOADED_DATA, npy_bytes(pts))
+        files.append(UPLOADED_DATA)
     atomic_write_bytes(out_dir / "manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str).encode())
     files.append("manifest.json")
     return {"files": files, "message": message}
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    bio = io.BytesIO()
+    np.save(bio, a, allow_pickle=False)
+    return bio.getvalue()
 
 
 def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) -> list[str]:

@@ -45,6 +45,24 @@ def to_image(vec: np.ndarray, image_shape: tuple, scale: int = 1) -> Image.Image
     return img
 
 
+def patch_mask(image_shape: tuple, row: int, col: int, radius: int) -> np.ndarray:
+    """A square patch of ones (side 2 radius + 1, clipped to the image) centred at (row, col),
+    over every channel: the direction "brighter here" for an image, flattened."""
+    mask = np.zeros(image_shape)
+    mask[max(0, row - radius):row + radius + 1, max(0, col - radius):col + radius + 1] = 1.0
+    return mask.reshape(-1)
+
+
+def outlined_patch(vec: np.ndarray, image_shape: tuple, row: int, col: int, radius: int, scale: int = 4) -> Image.Image:
+    """The image with the patch of `patch_mask` outlined (for showing which pixels move)."""
+    h, w = image_shape[:2]
+    img = to_image(vec, image_shape, scale).convert("RGB")
+    ImageDraw.Draw(img).rectangle([scale * max(0, col - radius), scale * max(0, row - radius),
+                                   scale * min(w, col + radius + 1) - 1, scale * min(h, row + radius + 1) - 1],
+                                  outline=OKABE_ITO[0], width=2)
+    return img
+
+
 def image_grid(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, scale: int = 3, pad: int = 2,
                borders: np.ndarray | None = None) -> Image.Image:
     """Tile images into a grid (white padding). `borders`: optional per-image RGB hex colour."""
