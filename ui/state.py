@@ -16,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from cdm_core import SamplerConfig, sample
+from cdm_core.config import OPTIONS
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import load_bytes
 from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
@@ -25,8 +26,8 @@ from cdm_core.errors import CdmInputError
 
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
-PARAMS = {"sigma": float, "draws": int, "steps": int, "start": float, "n": int, "seed": int,
-          "neighbours": int, "index": str}
+# The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
+URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index")
 
 
 def defaults_for(name: str) -> dict:
@@ -57,11 +58,11 @@ def init() -> None:
         name = DEFAULT_DATASET
     ss.dataset_name = name
     params = defaults_for(name)
-    for key, kind in PARAMS.items():
+    for key in URL_PARAMS:
         if key in qp:
             try:
-                params[key] = kind(qp[key])
-            except ValueError:
+                params[key] = OPTIONS[key][1](qp[key])
+            except (ValueError, OverflowError):
                 pass  # a hand-edited URL with a bad value keeps the default
     try:
         config_from(params)

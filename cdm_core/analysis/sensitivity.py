@@ -2,7 +2,8 @@
 
 With every random number held fixed (start state, smoothing draws), a sample x(1) is a
 differentiable function of the training log-weights theta = log pi. We propagate
-J_j = dx/dtheta_j forward through the Euler steps (DESIGN.md section 2, "Sensitivity"):
+J_j = dx/dtheta_j forward through the Euler steps (docs/maths.md, "Sensitivity"; Scarvelis and Solomon,
+*Sensitivity Analysis for Diffusion Models*, arXiv:2509.23092):
 
     blend of a draw y = x + sigma eps:   D = sum_k w_k x_k
     dD/dtheta_j = (t / (1 - t)^2) Cov_w[x] J_j  +  w_j (x_j - D)
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from cdm_core.config import SamplerConfig
-from cdm_core.engine.blend import F64, normalise_log_weights
+from cdm_core.engine.blend import F64, logit_scales, normalise_log_weights
 from cdm_core.engine.factory import make_strategy
 from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
 from cdm_core.engine.training_set import TrainingSet, prepare
@@ -55,7 +56,7 @@ def _sensitivity_step(x: torch.Tensor, draws, cols: torch.Tensor, jac: torch.Ten
     direct = draws.mean_direct(x, cols)
     if t == 0.0:
         return direct  # dD/dy = 0 at t = 0
-    return t / (1 - t) ** 2 * draws.mean_cov_apply(x, jac) + direct
+    return logit_scales(t)[0] * draws.mean_cov_apply(x, jac) + direct  # a = t/(1-t)^2
 
 
 def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
@@ -220,10 +221,11 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
             y = step.x[:, None, :] + scaled  # (B, M, D) smoothing queries
             w_j = draws.weight_of(j)  # (B, M)
             den = draws.draw_means()  # (B, M, D)
-            own = w_j[..., None] * (vt + (xj - den) * (t * ((y - t * xj) @ vt) / (1 - t) ** 2)[..., None])
+            a = logit_scales(t)[0]  # t / (1-t)^2
+            own = w_j[..., None] * (vt + (xj - den) * (a * ((y - t * xj) @ vt))[..., None])
             d_smooth = own.mean(1)
             if t > 0:
-                d_smooth = d_smooth + t / (1 - t) ** 2 * draws.mean_cov_apply(prep.points, u[:, None, :])[:, 0]
+                d_smooth = d_smooth + a * draws.mean_cov_apply(prep.points, u[:, None, :])[:, 0]
             u = d_smooth if step.k == len(grid) - 2 else u + step.h * (d_smooth - u) / (1 - step.t)
         out[rows] = u.cpu().numpy()
     return out

@@ -8,6 +8,9 @@ Notation (docs/maths.md): training points x_i in R^D with weights pi_i, time t i
     v(x, t)   = (D_sigma(x, t) - x) / (1 - t)                             velocity
 The engine evaluates all of it in float64 on *centred* points x_i - c (docs/numerics.md): float32
 appears only in certified screens and neighbour searches, never in a reported number.
+
+Reference: Scarvelis, Sáez de Ocáriz Borde and Solomon, *Closed-Form Diffusion Models*,
+arXiv:2310.12395 (the smoothed closed-form score and its sampler).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pure function over arrays, in the style of k-diffusion: no I/O, no UI. Progress, trajectories and
 the blend of every step are reported through `callback(info: dict)`.
 
-Steps (DESIGN.md section 2), on the uniform grid t_k = T + (1 - T) k / S, k = 0..S:
+Steps (docs/maths.md), on the uniform grid t_k = T + (1 - T) k / S, k = 0..S:
     start    x_T = T x_i + (1 - T) z,  i ~ pi by inverse CDF of u,  z ~ N(0, I)
     step k   x_{k+1} = x_k + (t_{k+1} - t_k) v(x_k, t_k),   v = (D_sigma - x) / (1 - t)
     last     t_S = 1, so x_S = x + (1 - t)(D_sigma - x)/(1 - t) = D_sigma(x_{S-1}, t_{S-1}):
