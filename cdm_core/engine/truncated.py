@@ -5,7 +5,7 @@ weights (uniform pi) are the nearest neighbours of y/t among the unscaled x_i: o
 the (centred) training set serves every t.
 
 Per query (all decisions per query, so a sample does not depend on its batch):
-1. The index proposes K' = 2K (at least K + 16) candidates with a certified lower bound L on the
+1. The index proposes K' = K + max(K/4, 16) candidates with a certified lower bound L on the
    squared distance of every point it did not return (neighbours.py).
 2. The candidates' distances are recomputed in float64 and ordered by (distance, id); the first K
    are kept. If the (K+1)-th distance e' is below L, the kept points are exactly the K nearest and
@@ -41,7 +41,7 @@ class TruncatedStrategy(Strategy):
         super().__init__(ts, log_pi)
         self.index = ts.index
         self.k = min(neighbours, len(self.eligible))
-        self.fetch = min(len(self.eligible), self.k + max(self.k, 16))
+        self.fetch = min(len(self.eligible), self.k + max(self.k // 4, 16))
         self.tol = truncation_tol
 
     def step(self, scaled, x, t, sources=False, draws=False):
@@ -49,69 +49,73 @@ class TruncatedStrategy(Strategy):
         if t == 0.0:
             return self._at_zero(b, m, sources, draws)
         y = (x[:, None, :] + scaled).reshape(b * m, d)
-        ids, w, den, bound, dense = self._blend(y, t)
+        ids, w, den, bound, dense = self._blend(y, t, weights=sources or draws)
         smoothed = den.reshape(b, m, d).mean(1)
         src = Sources.merge(ids.reshape(b, -1), (w / m).reshape(b, -1)) if sources else None
         per_draw = SparseDrawWeights(ids, w, den, m) if draws else None
         return StepResult(smoothed, bound.reshape(b, m).mean(1), dense.to(F64).reshape(b, m).mean(1), src, per_draw)
 
-    def _blend(self, y: torch.Tensor, t: float):
-        """Per query: kept ids (q, W) -1 padded, their weights, D(y, t), omitted-mass bound, dense."""
+    def _blend(self, y: torch.Tensor, t: float, weights: bool = True):
+        """Per query: kept ids (q, W) -1 padded and their weights (None unless `weights`), D(y, t),
+        the omitted-mass bound, and whether it was computed densely."""
         q, dev = len(y), y.device
         excluded = self.excluded if len(self.excluded) else None
         cand, lower = self.index.certified_search((y / t).cpu().numpy(), self.fetch, exclude=excluded)
         cand = torch.as_tensor(cand, device=dev)
         lower = torch.as_tensor(lower, dtype=F64, device=dev) * (t * t)  # in |y - t x|^2 units
         _, _, s = logit_scales(t)
-        ids = torch.empty(q, self.k, dtype=torch.int64, device=dev)
-        weights = torch.empty(q, self.k, dtype=F64, device=dev)
-        denoised = torch.empty(q, self.x.shape[1], dtype=F64, device=dev)
-        bound = torch.empty(q, dtype=F64, device=dev)
-        certified = torch.empty(q, dtype=torch.bool, device=dev)
+        # exact float64 distances of the candidates (in chunks: the gathered rows are large), then
+        # every query's candidates ordered by (distance, id) at once
+        e = torch.empty(cand.shape, dtype=F64, device=dev)
         rows = max(1, CHUNK_VALUES // (self.fetch * self.x.shape[1]))
         for lo in range(0, q, rows):
-            hi = min(lo + rows, q)
-            c = cand[lo:hi]
-            # exact float64 distances of the candidates, ordered by (distance, id)
-            e = ((y[lo:hi, None, :] - t * self.x[c.clamp_min(0)]) ** 2).sum(-1)
-            c, e = sort_by_distance(c, torch.where(c >= 0, e, math.inf))
-            kept, e_kept = c[:, :self.k], e[:, :self.k]
-            e_next = e[:, self.k] if e.shape[1] > self.k else torch.full((hi - lo,), math.inf, dtype=F64, device=dev)
-            valid = kept >= 0
-            lg = torch.where(valid, self.log_pi[kept.clamp_min(0)] - e_kept * s, -math.inf)
-            log_z = torch.logsumexp(lg, 1)
-            w = flush_tiny(torch.exp(lg - log_z[:, None]))
-            ids[lo:hi], weights[lo:hi] = torch.where(w > 0, kept, -1), w
-            denoised[lo:hi] = torch.einsum("ck,ckd->cd", w, self.x[kept.clamp_min(0)])
-            # every omitted point is at least as far as the (K+1)-th nearest (when certified)
-            n_omit = len(self.eligible) - valid.sum(1)
-            log_b = torch.log(n_omit.to(F64).clamp_min(1)) + self.log_pi_max - e_next * s
-            r = torch.exp((log_b - log_z).clamp(max=700))
-            bound[lo:hi] = torch.where(n_omit > 0, r / (1 + r), 0.0) + valid.sum(1) * 1e-30
-            certified[lo:hi] = (n_omit == 0) | (e_next < lower[lo:hi])
+            c = cand[lo:lo + rows]
+            e[lo:lo + rows] = ((y[lo:lo + rows, None, :] - t * self.x[c.clamp_min(0)]) ** 2).sum(-1)
+        cand, e = sort_by_distance(cand, torch.where(cand >= 0, e, math.inf))
+        kept, e_kept = cand[:, :self.k], e[:, :self.k]
+        e_next = e[:, self.k] if e.shape[1] > self.k else torch.full((q,), math.inf, dtype=F64, device=dev)
+        valid = kept >= 0
+        lg = torch.where(valid, self.log_pi[kept.clamp_min(0)] - e_kept * s, -math.inf)
+        log_z = torch.logsumexp(lg, 1)
+        w = flush_tiny(torch.exp(lg - log_z[:, None]))
+        ids = torch.where(w > 0, kept, -1)
+        denoised = torch.empty(q, self.x.shape[1], dtype=F64, device=dev)
+        rows = max(1, CHUNK_VALUES // (self.k * self.x.shape[1]))
+        for lo in range(0, q, rows):
+            gathered = self.x[kept[lo:lo + rows].clamp_min(0)]  # (c, K, D)
+            denoised[lo:lo + rows] = torch.einsum("ck,ckd->cd", w[lo:lo + rows], gathered)
+        # every omitted point is at least as far as the (K+1)-th nearest (when certified)
+        n_omit = len(self.eligible) - valid.sum(1)
+        log_b = torch.log(n_omit.to(F64).clamp_min(1)) + self.log_pi_max - e_next * s
+        r = torch.exp((log_b - log_z).clamp(max=700))
+        bound = torch.where(n_omit > 0, r / (1 + r), 0.0) + valid.sum(1) * 1e-30
+        certified = (n_omit == 0) | (e_next < lower)
         dense = ~certified | (bound > self.tol)
         if dense.any():
             rows_d = torch.nonzero(dense).flatten()
-            d_ids, d_w, d_den = self._dense(y[rows_d], t)
-            width = max(self.k, d_ids.shape[1])
-            ids, weights = pad_rows(ids, width, -1), pad_rows(weights, width, 0.0)
-            ids[rows_d], weights[rows_d] = pad_rows(d_ids, width, -1), pad_rows(d_w, width, 0.0)
+            d_ids, d_w, d_den = self._dense(y[rows_d], t, weights)
             denoised[rows_d] = d_den
             bound[rows_d] = min(1.0, self.n * 1e-30)
-        return ids, weights, denoised, bound, dense
+            if weights:
+                width = max(self.k, d_ids.shape[1])
+                ids, w = pad_rows(ids, width, -1), pad_rows(w, width, 0.0)
+                ids[rows_d], w[rows_d] = pad_rows(d_ids, width, -1), pad_rows(d_w, width, 0.0)
+        return (ids, w, denoised, bound, dense) if weights else (None, None, denoised, bound, dense)
 
-    def _dense(self, y: torch.Tensor, t: float):
-        """Queries over all N points: their non-zero weights (sparse rows) and D(y, t)."""
+    def _dense(self, y: torch.Tensor, t: float, weights: bool = True):
+        """Queries over all N points: D(y, t) and, when asked for, their non-zero weights."""
         a, c, _ = logit_scales(t)
         out_i, out_w, out_d = [], [], []
         rows = max(1, DENSE_CHUNK_VALUES // self.n)
         for lo in range(0, len(y), rows):
             w = flush_tiny(torch.softmax(self.log_pi + a * (y[lo:lo + rows] @ self.x.T) - c * self.ts.sq_norms, dim=1))
             out_d.append(w @ self.x)
-            src = Sources.from_dense(w)
-            out_i.append(src.ids)
-            out_w.append(src.weights)
+            if weights:
+                src = Sources.from_dense(w)
+                out_i.append(src.ids)
+                out_w.append(src.weights)
+        if not weights:
+            return None, None, torch.cat(out_d)
         width = max(i.shape[1] for i in out_i)
         return (torch.cat([pad_rows(i, width, -1) for i in out_i]), torch.cat([pad_rows(v, width, 0.0) for v in out_w]),
                 torch.cat(out_d))
-
