@@ -12,7 +12,8 @@ but the work: the survivors' weights are computed in float64, exactly as `Factor
 would, and the bound reported is the flushed mass (at most N x 1e-30 per draw).
 
 Each sample takes its own route (never decided per batch):
-- few survivors (at most N / (M + 1)): their rows of X are gathered and the logits, weights and
+- few survivors (at most N / (4 (M + 1)); 1/4 measured best on Fashion-MNIST, BENCHMARKS.md):
+  their rows of X are gathered and the logits, weights and
   D_sigma computed from them in float64;
 - many survivors, or logits too large for float32 (|logit| >= 1e36): the float64 factorised path
   over all N points, with p in float64 made for that sample once per batch.
@@ -56,7 +57,7 @@ class Draws:
 class ScreenedStrategy(FactorisedStrategy):
     # a sample's survivors are gathered while they number at most N x this / (M + 1): beyond
     # that the float64 factorised pass over all N points costs less
-    gather_fraction = 1.0
+    gather_fraction = 0.25
 
     def begin(self, scaled):
         b, m, d = scaled.shape

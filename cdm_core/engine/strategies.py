@@ -146,19 +146,10 @@ class FactorisedStrategy(Strategy):
             else:
                 p = projected[lo:hi] if rows is None else projected[rows[lo:hi]]
                 lg = torch.add(base[lo:hi, None, :], p, alpha=a)
-            if per_draw is not None:  # every draw's weights are kept: softmax per draw
-                w = flush_tiny(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
-                torch.mean(w, 1, out=mean_w[lo:hi])
+            w = flush_tiny(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
+            torch.mean(w, 1, out=mean_w[lo:hi])
+            if per_draw is not None:
                 per_draw[lo:hi] = w
-                continue
-            # the mean over draws of each draw's softmax, in place and fused: exponents clamped at
-            # -700 after the max shift (exp(-700) ~ 1e-304 stays a normal number: denormals make
-            # arithmetic many times slower), then one batched product (1 / (M Z_m)) . exp(lg). The
-            # clamp only changes weights below 1e-304, which the flush of the mean drops anyway.
-            lg = lg.clone() if projected is None else lg
-            lg.sub_(lg.amax(-1, keepdim=True)).clamp_(min=-700.0).exp_()
-            inv = 1.0 / (lg.shape[1] * lg.sum(-1))  # (r, M)
-            torch.bmm(inv[:, None, :], lg, out=mean_w[lo:hi, None, :])
         full = None
         if per_draw is not None:
             per_draw = per_draw.expand(b, m, self.n)
