@@ -19,8 +19,10 @@ HELP = {
     "n": "How many samples to draw; sample i depends only on (seed, i).",
     "seed": "Base seed: the same seed gives the same samples.",
     "neighbours": "Neighbours K kept per query by truncated indexes (the omitted weight is bounded and reported).",
-    "index": "auto: all N points, fast (on large sets float32-screened, within about 1e-5 of exact); "
+    "index": "auto: all N points, fast (on large sets a certified float32 screen first); "
              "exact: all N points per smoothing draw, float64 (the reference); flat/ivf: top-K neighbours.",
+    "backend": "local: this process. ray: the training set split into shards held by Ray actors (a local Ray "
+               "instance is started for the run and stopped after it); the same samples as local.",
 }
 
 
@@ -41,6 +43,18 @@ def controls(ds) -> dict:
     p["index"] = c8.selectbox("Index", INDEX_KINDS[:4],
                               index=INDEX_KINDS.index(p["index"]) if p["index"] in INDEX_KINDS[:4] else 0,
                               help=HELP["index"], key="w_index")
+    with st.expander("Compute backend", expanded=p.get("backend") == "ray"):
+        b1, b2 = st.columns(2)
+        p["backend"] = b1.radio("Backend", ["local", "ray"], index=1 if p.get("backend") == "ray" else 0,
+                                horizontal=True, help=HELP["backend"], key="w_backend")
+        if p["backend"] == "ray":
+            p["shards"] = int(b2.number_input("Shards (actors)", 1, 64, max(1, int(p.get("shards") or 2)),
+                                              key="w_shards"))
+            if p["index"] not in ("auto", "exact"):
+                p["index"] = "auto"
+                b2.caption("Ray evaluates all points: index set to auto.")
+        else:
+            p["shards"] = 0
     state.set_params(p)
     return p
 

@@ -12,7 +12,8 @@ MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical
 
 
 def prepared(ds, cfg):
-    return state.cached_prepared(ds.content_hash, cfg.index, ds)
+    """The cached local training set; None on Ray (each run opens its actors)."""
+    return state.cached_prepared(ds.content_hash, cfg.index, ds) if cfg.backend == "local" else None
 
 
 def compute(ds, run, top: int):
@@ -67,7 +68,8 @@ def brighter_panel(ds, sens, i: int) -> None:
     def make():
         with st.spinner("Differentiating the sampler with respect to the image…"):
             direction = mask / np.linalg.norm(mask)  # unit norm
-            return position_derivative(ds, sens.config, j, direction, prepared=prepared(ds, sens.config))
+            local = sens.config.replace(backend="local", shards=0, ray_address="")  # runs in this process
+            return position_derivative(ds, local, j, direction, prepared=prepared(ds, local))
 
     deriv = state.session_cache("brighter", (sens.config.to_json(), ds.content_hash, j, r, c, rad), make)[i]
     left, right = st.columns([1, 3])

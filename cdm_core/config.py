@@ -15,12 +15,14 @@ from cdm_core.errors import CdmInputError
 
 INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("local", "ray")
 
 # Upper limits that keep a single request bounded; named in the error when exceeded.
 MAX_SAMPLES = 100_000
 MAX_DRAWS = 256
 MAX_STEPS = 10_000
 MAX_NEIGHBOURS = 4096
+MAX_SHARDS = 1024
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class SamplerConfig:
     nprobe: int = 32  # IVF only: inverted lists visited per query
     nlist: int = 0  # IVF only: number of inverted lists; 0 picks about 4 sqrt(N)
     trajectory: bool = False  # keep the state after every step, shape (steps + 1, n, D)
+    backend: str = "local"  # local (one process) | ray (the training set split across Ray actors)
+    shards: int = 0  # ray: number of shards / actors (0: as many as the shard manifest lists)
+    ray_address: str = ""  # ray: cluster to join ("" starts a local instance for the run)
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:
@@ -74,6 +79,15 @@ class SamplerConfig:
         check_int("nlist", 0, 1 << 20)
         if self.index not in INDEX_KINDS:
             raise CdmInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        check_int("shards", 0, MAX_SHARDS)
+        if self.backend not in BACKENDS:
+            raise CdmInputError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not isinstance(self.ray_address, str):
+            raise CdmInputError(f"ray_address must be text, got {self.ray_address!r}")
+        if self.backend == "ray" and self.index not in ("auto", "exact"):
+            raise CdmInputError(f"backend ray evaluates all points (index auto or exact), not index {self.index!r}")
+        if self.backend == "local" and (self.shards or self.ray_address):
+            raise CdmInputError("shards and ray_address need backend ray")
         if self.device not in DEVICES:
             raise CdmInputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -139,4 +153,5 @@ OPTIONS = {
     "index": ("index", str), "seed": ("seed", _int), "device": ("device", str),
     "nearest": ("nearest", _int), "batch_size": ("batch_size", _int),
     "truncation_tol": ("truncation_tol", float), "nprobe": ("nprobe", _int), "nlist": ("nlist", _int),
+    "backend": ("backend", str), "shards": ("shards", _int), "ray_address": ("ray_address", str),
 }

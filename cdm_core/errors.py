@@ -16,3 +16,8 @@ class CdmInputError(ValueError):
 
 class DatasetUnavailable(CdmInputError):
     """A registered data set whose files are missing on this machine (says how to install)."""
+
+
+class BackendError(CdmInputError):
+    """A run that could not finish on its backend (a Ray actor died, a cluster cannot be reached):
+    one line, and no partial result is written."""

@@ -27,14 +27,14 @@ from cdm_core.errors import CdmInputError
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index")
+URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards")
 
 
 def defaults_for(name: str) -> dict:
     entry = REGISTRY.get(name)
     sigma = entry.default_sigma if entry else 0.1
     return {"sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
-            "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto"}
+            "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0}
 
 
 @st.cache_resource(show_spinner="Loading data set…", max_entries=8)
@@ -176,8 +176,9 @@ def label_for(name: str) -> str:
 
 
 def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
-    """Small enough (well under a second here) that moving a slider regenerates at once."""
-    return cfg.work(ds.n, ds.dim) <= 2e10
+    """Small enough (well under a second here) that moving a slider regenerates at once (never
+    on Ray, whose actors take seconds to start)."""
+    return cfg.backend == "local" and cfg.work(ds.n, ds.dim) <= 2e10
 
 
 @dataclass
@@ -218,7 +219,7 @@ def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
     callback = progress_callback(bar, "Sampling")
 
     try:
-        prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.index != "exact" else None
+        prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.backend == "local" else None
         res = sample(ds, cfg, callback=callback, prepared=prep)
     except CdmInputError as e:
         bar.empty()

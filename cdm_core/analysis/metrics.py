@@ -40,6 +40,7 @@ def mean_pairwise_distance(x: np.ndarray, max_points: int = 2000, seed: int = 0)
     if len(x) > max_points:
         x = x[np.random.default_rng(seed).choice(len(x), max_points, replace=False)]
     x = x.astype(np.float64)
+    x = x - x.mean(0)  # distances do not change; the expansion below stays accurate far from 0
     sq = (x * x).sum(1)
     d2 = np.clip(sq[:, None] + sq[None] - 2 * x @ x.T, 0, None)
     n = len(x)
@@ -65,9 +66,12 @@ def per_sample(result) -> dict:
             "effective_sources": effective_sources(result.source_weights)}
 
 
-def set_metrics(result, train_points: np.ndarray, copy_ratio: float = COPY_RATIO) -> SetMetrics:
+def set_metrics(result, train_points: np.ndarray | None = None, copy_ratio: float = COPY_RATIO,
+                train_spread: float | None = None) -> SetMetrics:
+    """Memorisation metrics of a run; the training set's spread from `train_points` or given."""
     ps = per_sample(result)
-    train_spread = mean_pairwise_distance(train_points)
+    if train_spread is None:
+        train_spread = mean_pairwise_distance(train_points)
     return SetMetrics(
         near_copy_fraction=float(np.mean(ps["nn_ratio"] < copy_ratio)),
         mean_nn_ratio=float(ps["nn_ratio"].mean()),

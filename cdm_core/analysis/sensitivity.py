@@ -29,7 +29,7 @@ import torch
 
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, logit_scales, normalise_log_weights
-from cdm_core.engine.factory import make_strategy
+from cdm_core.engine.factory import make_strategy, opened
 from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
 from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.errors import CdmInputError
@@ -50,21 +50,16 @@ class SensitivityResult:
         return {k: getattr(self, k) for k in ("samples", "training_ids", "jacobian", "influence")}
 
 
-def _sensitivity_step(x: torch.Tensor, draws, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
-    """dD_sigma/dtheta_j (B, c, D) for columns `cols` (B, c), given J (B, c, D) before the step:
-    mean over draws of (t/(1-t)^2) Cov_w[x] J_j + w_j (x_j - D)."""
-    direct = draws.mean_direct(x, cols)
-    if t == 0.0:
-        return direct  # dD/dy = 0 at t = 0
-    return logit_scales(t)[0] * draws.mean_cov_apply(x, jac) + direct  # a = t/(1-t)^2
-
-
 def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
              prepared: TrainingSet | None = None):
     """J (n, c, D) = d x_i(1) / d log pi_j for training ids `ids` ((c,) shared, or (n, c) per
     sample, -1 for none), plus the samples (n, D) float64 from the same pass. Every strategy hands
     over every draw's weights (all N points for the dense ones), so J is exact for any N."""
-    ts_set = prepared or prepare(data, config)
+    with opened(data, config, prepared) as ts_set:
+        return _jacobian(config, ids, weights, callback, ts_set)
+
+
+def _jacobian(config: SamplerConfig, ids, weights, callback, ts_set):
     n_train, dim = ts_set.n, ts_set.dim
     log_pi = normalise_log_weights(weights, n_train)
     ids = np.asarray(ids, dtype=np.int64)
@@ -83,7 +78,7 @@ def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
         cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=ts_set.device)
         jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=ts_set.device)
         for step in euler_steps(strategy, x, scaled, grid, sources_at_end=False, draws=True):
-            d_smooth = _sensitivity_step(ts_set.points, step.result.draws, cols, jac, step.t)
+            d_smooth = step.result.draws.d_smoothed(ts_set.points, cols, jac, step.t)
             if step.k == len(grid) - 2:
                 jac = d_smooth  # the last step lands on D_sigma
             else:
@@ -114,7 +109,11 @@ def sensitivity(data, config: SamplerConfig, ids=None, top: int | None = None, w
     influential training points (ranked by |J| among its blend sources and nearest points)."""
     if (ids is None) == (top is None):
         raise CdmInputError("give either ids or top (the K most influential per sample)")
-    prep = prepared or prepare(data, config)
+    with opened(data, config, prepared) as prep:
+        return _sensitivity(data, config, ids, top, weights, callback, prep)
+
+
+def _sensitivity(data, config, ids, top, weights, callback, prep) -> SensitivityResult:
     if top is not None:
         if not isinstance(top, (int, np.integer)) or top < 1:
             raise CdmInputError(f"top must be a positive integer, got {top!r}")
@@ -158,8 +157,12 @@ def counterfactual(data, config: SamplerConfig, edits: dict, weights=None, prepa
     mixture direction pi -> (pi restricted to the rest, renormalised): since sum_j J_j = 0, it
     moves a sample by about -(1 / (1 - P)) sum_{j removed} J_j, P the removed weight mass
     (-(N/(N-1)) J_j for one of N uniform points)."""
-    prep = prepared or prepare(data, config)
-    n_train = prep.points.shape[0]
+    with opened(data, config, prepared) as prep:
+        return _counterfactual(data, config, edits, weights, callback, prep)
+
+
+def _counterfactual(data, config, edits, weights, callback, prep) -> Counterfactual:
+    n_train = prep.n
     if not edits:
         raise CdmInputError("no training points to remove or re-weight")
     ids = np.array(sorted(edits), dtype=np.int64)
@@ -197,6 +200,8 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
         dD = (t/(1-t)^2) Cov_w u + w_j [v + (x_j - D) t (y - t x_j) . v / (1-t)^2]
     (moving x_j moves its own term w_j x_j and its logit), propagated through the Euler steps
     like J; the start state x_T = T x_i + (1-T) z moves by T v when it was drawn around j."""
+    if config.backend != "local":
+        raise CdmInputError("position derivatives run in one process (backend local)")
     prep = prepared or prepare(data, config)
     n_train, dim = prep.points.shape
     if not (isinstance(j, (int, np.integer)) and 0 <= j < n_train):

@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 
-from cdm_core.analysis.metrics import set_metrics
+from cdm_core.analysis.metrics import mean_pairwise_distance, set_metrics
 from cdm_core.config import SamplerConfig
+from cdm_core.engine.factory import opened
 from cdm_core.engine.sampler import sample
-from cdm_core.engine.training_set import prepare
 from cdm_core.errors import CdmInputError
 
 COLUMNS = ("sigma", "draws", "start", "near_copy_fraction", "mean_nn_ratio", "mean_nn_distance",
@@ -30,19 +31,26 @@ def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=No
     starts = [float(t) for t in (starts or [base.start])]
     settings = list(itertools.product(sigmas, draws, starts))
     configs = [base.replace(sigma=s, draws=m, start=t) for s, m, t in settings]  # validates all up front
-    prep = prepare(data, base)
-    points = prep.points32
     rows, results = [], []
-    for k, cfg in enumerate(configs):
-        res = sample(data, cfg, weights=weights, prepared=prep)
-        m = set_metrics(res, points)
-        rows.append({"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start} | m.as_dict()
-                    | {"seconds": res.seconds})
-        if keep_samples:
-            results.append(res)
-        if callback is not None:
-            callback({"step": k + 1, "steps": len(configs), "batch": 1, "batches": 1, "setting": rows[-1]})
+    with opened(data, base) as prep:  # one training set (or one set of Ray actors) for every setting
+        spread = training_spread(prep)
+        for k, cfg in enumerate(configs):
+            res = sample(data, cfg, weights=weights, prepared=prep)
+            m = set_metrics(res, train_spread=spread)
+            rows.append({"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start} | m.as_dict()
+                        | {"seconds": res.seconds})
+            if keep_samples:
+                results.append(res)
+            if callback is not None:
+                callback({"step": k + 1, "steps": len(configs), "batch": 1, "batches": 1, "setting": rows[-1]})
     return (rows, results) if keep_samples else rows
+
+
+def training_spread(ts, max_points: int = 2000, seed: int = 0) -> float:
+    """Mean pairwise distance of (a fixed random subset of) the training points."""
+    ids = np.arange(ts.n) if ts.n <= max_points else np.sort(
+        np.random.default_rng(seed).choice(ts.n, max_points, replace=False))
+    return mean_pairwise_distance(ts.rows(torch.as_tensor(ids)).cpu().numpy(), max_points=max_points)
 
 
 def rows_to_csv(rows) -> str:

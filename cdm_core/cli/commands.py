@@ -133,5 +133,23 @@ def register_figure(sub) -> None:
     s.set_defaults(func=cmd_figure)
 
 
+def cmd_shard(a) -> int:
+    from cdm_core.data.registry import load
+    from cdm_core.data.shards import write_shards
+    ds = load(a.data)
+    m = write_shards(ds, a.shards, a.out, callback=lambda i, k: print(f"\rshard {i}/{k}", end="", file=sys.stderr))
+    print(f"\nwrote {a.out}: {len(m.shards)} shards of {ds.name} ({m.n} x {m.dim}) and manifest.json; run them with "
+          f"--data {a.out}/manifest.json --backend ray", file=sys.stderr)
+    return 0
+
+
+def register_shard(sub) -> None:
+    s = sub.add_parser("shard", help="split a data set into K shard files plus a manifest (content hashes)")
+    s.add_argument("--data", required=True, help="registered data set or a file")
+    s.add_argument("--shards", type=int, required=True, help="number of shards K")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_shard)
+
+
 # Every sub-command, in the order `--help` lists them.
-COMMANDS = (register_sample, register_datasets, register_sensitivity, register_sweep, register_figure)
+COMMANDS = (register_sample, register_datasets, register_sensitivity, register_sweep, register_figure, register_shard)

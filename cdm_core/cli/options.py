@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from cdm_core.config import INDEX_KINDS, OPTIONS, SamplerConfig
+from cdm_core.config import BACKENDS, INDEX_KINDS, OPTIONS, SamplerConfig
 from cdm_core.errors import CdmInputError
 
 
@@ -59,6 +59,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="omitted-mass bound above which a query is computed densely")
     p.add_argument("--nprobe", type=int, default=d.nprobe)
     p.add_argument("--nlist", type=int, default=d.nlist)
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="local: one process; ray: the training set split across Ray actors")
+    p.add_argument("--shards", type=int, default=d.shards, help="ray: number of shards (actors)")
+    p.add_argument("--ray-address", default=d.ray_address, help="ray: cluster to join (default: a local instance)")
 
 
 def config_from_args(a, **extra) -> SamplerConfig:
@@ -67,9 +71,20 @@ def config_from_args(a, **extra) -> SamplerConfig:
 
 
 def load_inputs(a):
+    """The training set named by --data (a shard manifest with --backend ray: never loaded here)
+    and the optional --weights."""
+    from pathlib import Path
+
     from cdm_core.data.registry import load
+    from cdm_core.data.shards import read_manifest
     from cdm_core.engine.sampler import check_weights_file
-    ds = load(a.data)
+    p = Path(a.data)
+    if p.name == "manifest.json" or (p.is_dir() and (p / "manifest.json").exists()):
+        if getattr(a, "backend", "local") != "ray":
+            raise CdmInputError(f"{a.data} is a shard manifest: run it with --backend ray")
+        ds = read_manifest(p)
+    else:
+        ds = load(a.data)
     weights = check_weights_file(a.weights, ds.n) if a.weights else None
     return ds, weights
 

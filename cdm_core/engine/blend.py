@@ -164,8 +164,18 @@ class Sources:
         return Sources(torch.as_tensor(out_i, device=dev), torch.as_tensor(out_w, device=dev))
 
 
+class _SensitivityStep:
+    def d_smoothed(self, x: torch.Tensor, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
+        """dD_sigma/dtheta_j (B, c, D) for columns `cols` (B, c), given J (B, c, D) before the step:
+        mean over draws of (t/(1-t)^2) Cov_w[x] J_j + w_j (x_j - D)."""
+        direct = self.mean_direct(x, cols)
+        if t == 0.0:
+            return direct  # dD/dy = 0 at t = 0
+        return logit_scales(t)[0] * self.mean_cov_apply(x, jac) + direct
+
+
 @dataclass
-class FullDrawWeights:
+class FullDrawWeights(_SensitivityStep):
     """Every draw's weights over all N points (dense strategies, for sensitivity)."""
 
     weights: torch.Tensor  # (B, M, N) float64
@@ -194,7 +204,7 @@ class FullDrawWeights:
 
 
 @dataclass
-class SparseDrawWeights:
+class SparseDrawWeights(_SensitivityStep):
     """Every draw's weights over its own candidates (truncated strategy, for sensitivity)."""
 
     ids: torch.Tensor  # (B*M, W) int64, -1 padded

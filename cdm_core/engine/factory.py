@@ -1,18 +1,37 @@
-"""The one place a sampler `index` option becomes a strategy (strategies.py, screen.py, truncated.py)."""
+"""The one place the sampler's options become a training set and a strategy."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
+from cdm_core.config import SamplerConfig
 from cdm_core.engine import strategies
 from cdm_core.engine.screen import ScreenedStrategy
+from cdm_core.engine.sharded import ShardedSet, ShardedStrategy
 from cdm_core.engine.strategies import DenseStrategy, FactorisedStrategy, Strategy, screen_is_certified
-from cdm_core.engine.training_set import TrainingSet
+from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.engine.truncated import TruncatedStrategy
+
+
+@contextmanager
+def opened(data, config: SamplerConfig, prepared=None):
+    """The training set a run works on: `prepared` when given; otherwise the cached local one, or
+    the Ray actors holding the shards (started for the run and stopped after it)."""
+    if prepared is not None:
+        yield prepared
+    elif config.backend == "ray":
+        with ShardedSet.open(data, config) as ts:
+            yield ts
+    else:
+        yield prepare(data, config)
 
 
 def make_strategy(ts: TrainingSet, log_pi: np.ndarray, neighbours: int = 64, truncation_tol: float = 1e-6) -> Strategy:
     """The strategy for the index the training set was prepared for (`TrainingSet.kind`)."""
+    if isinstance(ts, ShardedSet):
+        return ShardedStrategy(ts, log_pi)
     if ts.kind == "exact":
         return DenseStrategy(ts, log_pi)
     if ts.kind == "auto":

@@ -27,9 +27,9 @@ import torch
 from cdm_core import settings
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, StepResult, normalise_log_weights
-from cdm_core.engine.factory import make_strategy
+from cdm_core.engine.factory import make_strategy, opened
 from cdm_core.engine.strategies import Strategy
-from cdm_core.engine.training_set import TrainingSet, prepare
+from cdm_core.engine.training_set import TrainingSet
 from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,11 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
            prepared: TrainingSet | None = None) -> SampleResult:
     """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array."""
     t0 = time.perf_counter()
-    ts_set = prepared or prepare(data, config)
+    with opened(data, config, prepared) as ts_set:
+        return _sample(ts_set, config, weights, callback, t0)
+
+
+def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> SampleResult:
     n_train, dim = ts_set.n, ts_set.dim
     bs = check_request(config, n_train, dim)
     log_pi = normalise_log_weights(weights, n_train)

@@ -1,0 +1,303 @@
+"""Training sets split across Ray actors (`--backend ray --shards K [--ray-address A]`).
+
+The blend weights are a softmax over all N points, so they split exactly across shards. For the
+queries of a batch each actor, holding one memory-mapped shard (centred on the *global* centre),
+returns per sample b and draw m its largest logit m_s, the sum z_s = sum_i exp(l_i - m_s) and the
+weighted sum S_s = sum_i exp(l_i - m_s) x_i. The driver merges them by log-sum-exp:
+    M = max_s m_s,   Z = sum_s exp(m_s - M) z_s,   D = sum_s exp(m_s - M) S_s / Z,
+the same denoiser as one process (float64 throughout; only the order of the sums differs). With
+log Z = M + log Z known, a second round gives each shard's exact weights exp(l_i - log Z): the
+sources at the last step, and the partial sums of the sensitivity recursion
+(X_s^T (wbar * X_s J) and the weights of the requested training points).
+
+Each call moves O(B M D) numbers per shard, never the points. An actor that dies stops the run with
+a one-line error (no sample is ever computed from fewer shards than the manifest lists).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdm_core import settings
+from cdm_core.config import SamplerConfig
+from cdm_core.data.dataset import Dataset
+from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
+from cdm_core.engine.blend import F64, FLUSH, Sources, StepResult, flush_tiny, logit_scales
+from cdm_core.engine.training_set import TrainingSet, sort_by_distance
+from cdm_core.errors import BackendError, CdmInputError
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ the actor
+class ShardWorker:
+    """One shard in one process: its rows in float64, centred on the global centre."""
+
+    def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True):
+        # a refused shard is reported by `ping` (an error raised here would only say the actor died)
+        self.error = None
+        try:
+            self._open(folder, index, device, verify)
+        except CdmInputError as e:
+            self.error = e
+
+    def _open(self, folder: str, index: int, device: str, verify: bool) -> None:
+        m = read_manifest(folder)
+        shard = m.shards[index]
+        rows = open_shard(m, shard, verify)  # memory-mapped; refused if its hash does not match
+        centre = torch.as_tensor(m.centre, dtype=F64, device=device)
+        pts = torch.as_tensor(np.asarray(rows), dtype=F64, device=device) - centre
+        self.offset, self.n = shard.offset, shard.rows
+        self.ts = TrainingSet(pts, centre, pts.to(torch.float32).cpu().numpy(), None, "exact", {})
+        self.x, self.sq = pts, self.ts.sq_norms
+        self.log_pi = torch.full((self.n,), -float(np.log(m.n)), dtype=F64, device=device)
+        self.p = None
+
+    def ping(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.n
+
+    def set_log_weights(self, log_pi: np.ndarray) -> None:
+        self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=self.x.device)
+
+    def begin(self, scaled: torch.Tensor) -> None:
+        """sigma eps_bm . x_i for this batch's draws (B, M, N_s), kept along the trajectories."""
+        b, m, d = scaled.shape
+        scaled = scaled.to(self.x.device)
+        self.p = None if not bool(scaled.any()) else (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
+
+    def _logits(self, x: torch.Tensor, t: float, m: int) -> torch.Tensor:
+        a, c, _ = logit_scales(t)
+        base = self.log_pi + a * (x.to(self.x.device) @ self.x.T) - c * self.sq  # (B, N_s)
+        return base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
+
+    def partials(self, x: torch.Tensor, t: float, m: int):
+        """(max logit (B, M), sum of exp(logit - max) (B, M), weighted sum (B, M, D))."""
+        lg = self._logits(x, t, m)
+        top = lg.amax(-1)
+        safe = torch.where(torch.isfinite(top), top, 0.0)  # a shard whose points all have pi = 0
+        e = torch.exp(lg - safe[..., None])
+        return top.cpu(), e.sum(-1).cpu(), torch.einsum("bmn,nd->bmd", e, self.x).cpu()
+
+    def _weights(self, x, t, log_z: torch.Tensor) -> torch.Tensor:
+        lg = self._logits(x, t, log_z.shape[1])
+        return flush_tiny(torch.exp(lg - log_z.to(self.x.device)[..., None]))  # (B, M, N_s)
+
+    def sources(self, x, t, log_z):
+        """This shard's part of each sample's sources: global ids and mean weights over draws."""
+        s = Sources.from_dense(flush_tiny(self._weights(x, t, log_z).mean(1)))
+        return torch.where(s.ids >= 0, s.ids + self.offset, -1).cpu(), s.weights.cpu()
+
+    def sensitivity(self, x, t, log_z, jac: torch.Tensor, cols: torch.Tensor):
+        """(X_s^T (wbar * X_s J) (B, c, D), weights of the local columns (B, M, c), their rows
+        (B, c, D)); zeros for columns held by other shards."""
+        w = self._weights(x, t, log_z)
+        jac, cols = jac.to(self.x.device), cols.to(self.x.device)
+        p = torch.einsum("nd,bcd->bnc", self.x, jac)
+        cov = torch.einsum("bnc,nd->bcd", w.mean(1)[:, :, None] * p, self.x)
+        local = (cols >= self.offset) & (cols < self.offset + self.n)
+        idx = torch.where(local, cols - self.offset, 0)
+        w_cols = torch.gather(w, 2, idx[:, None, :].expand(-1, w.shape[1], -1)) * local[:, None, :]
+        rows = self.x[idx] * local[..., None]
+        return cov.cpu(), w_cols.cpu(), rows.cpu()
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        return self.x[torch.as_tensor(ids - self.offset, device=self.x.device)].cpu()
+
+    def nearest(self, queries: np.ndarray, k: int):
+        ids, dist = self.ts.nearest(queries, min(k, self.n))
+        return ids + self.offset, dist
+
+
+# ------------------------------------------------------------------ the driver
+@contextmanager
+def ray_session(address: str = ""):
+    """Joins the cluster at `address`, or starts a local Ray instance, and leaves it as it found
+    it: a session already initialised in this process is reused and left running."""
+    try:
+        import ray
+    except ImportError:
+        raise CdmInputError("--backend ray needs the ray package (pip install ray==2.60.0)") from None
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    except Exception as e:  # ConnectionError, RuntimeError, ...: one line for the user
+        raise BackendError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def shard_folder(ds: Dataset, k: int) -> Path:
+    return settings.cache_dir() / "shards" / f"{ds.content_hash}-k{k}"
+
+
+def manifest_for(data, config: SamplerConfig) -> ShardManifest:
+    """The shard manifest to run on: given, or written once into the cache for an in-memory set."""
+    if isinstance(data, ShardManifest):
+        if config.shards not in (0, len(data.shards)):
+            raise CdmInputError(f"--shards {config.shards} does not match the manifest's {len(data.shards)} shards")
+        return data
+    if isinstance(data, (str, Path)):
+        return manifest_for(read_manifest(data), config)
+    from cdm_core.engine.training_set import as_dataset
+    ds = as_dataset(data)
+    if config.shards < 1:
+        raise CdmInputError("--backend ray needs --shards K (the number of actors) for a data set held in memory")
+    folder = shard_folder(ds, config.shards)
+    try:
+        m = read_manifest(folder)
+        if m.content_hash == ds.content_hash and len(m.shards) == config.shards:
+            return m
+    except CdmInputError:
+        pass
+    return write_shards(ds, config.shards, folder)
+
+
+class ShardedSet:
+    """The training-set seam for a sharded set: what the sampler asks of a `TrainingSet`,
+    answered by the actors (the driver never holds the points)."""
+
+    points = None  # never in the driver
+
+    def __init__(self, manifest: ShardManifest, config: SamplerConfig, ray, actors, describe: dict | None = None):
+        self.manifest, self.ray, self.actors = manifest, ray, actors
+        self.n, self.dim, self.kind = manifest.n, manifest.dim, config.index
+        self.device = torch.device("cpu")
+        self.centre = torch.as_tensor(manifest.centre, dtype=F64)
+        self.describe = (describe or manifest.describe()) | {"backend": "ray", "shards": len(actors)}
+        self.bytes_moved = 0  # numbers sent to and received from the actors, in bytes
+        self.calls = 0
+
+    @staticmethod
+    @contextmanager
+    def open(data, config: SamplerConfig):
+        manifest = manifest_for(data, config)
+        describe = data.describe() if isinstance(data, Dataset) else None  # the data set's own words
+        with ray_session(config.ray_address) as ray:
+            gpu = 1 if config.device == "cuda" else 0
+            worker = ray.remote(num_cpus=0, num_gpus=gpu)(ShardWorker)
+            device = "cuda" if gpu else "cpu"
+            actors = [worker.remote(str(manifest.folder), i, device) for i in range(len(manifest.shards))]
+            s = ShardedSet(manifest, config, ray, actors, describe)
+            try:
+                s.call("ping")  # every shard opened and verified before the run starts
+                yield s
+            finally:
+                for a in actors:
+                    ray.kill(a)
+
+    # ------------------------------------------------------------ calls to the actors
+    def call(self, method: str, *args, per_actor=None):
+        """Call `method` on every actor (or `per_actor[i]` args on actor i) and wait for all."""
+        ray = self.ray
+        refs = [getattr(a, method).remote(*(per_actor[i] if per_actor is not None else args))
+                for i, a in enumerate(self.actors)]
+        self.calls += 1
+        self.bytes_moved += len(self.actors) * _nbytes(args) if per_actor is None else _nbytes(per_actor)
+        try:
+            out = ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise BackendError(f"a shard actor died during '{method}' ({type(e).__name__}); the run stopped and "
+                               "no result was written") from None
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, CdmInputError):
+                raise cause from None
+            raise BackendError(f"shard actor failed in '{method}': {' '.join(str(cause or e).split())[:200]}") from None
+        self.bytes_moved += _nbytes(out)
+        return out
+
+    # ------------------------------------------------------------ the TrainingSet seam
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = np.asarray(ids.cpu())
+        out = torch.empty(len(ids), self.dim, dtype=F64)
+        bounds = [(s.offset, s.offset + s.rows) for s in self.manifest.shards]
+        where = [np.flatnonzero((ids >= lo) & (ids < hi)) for lo, hi in bounds]
+        parts = self.call("rows", per_actor=[(ids[w],) for w in where])
+        for w, rows in zip(where, parts):
+            out[w] = rows
+        return out
+
+    def uncentred(self, x: torch.Tensor) -> np.ndarray:
+        return (x.cpu() + self.centre).numpy()
+
+    def nearest(self, queries, k: int):
+        parts = self.call("nearest", np.asarray(queries, np.float64), k)
+        ids = torch.as_tensor(np.concatenate([p[0] for p in parts], 1))
+        dist = torch.as_tensor(np.concatenate([p[1] for p in parts], 1))
+        ids, dist = sort_by_distance(ids, dist)
+        return ids[:, :k].numpy(), dist[:, :k].numpy()
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj.nbytes if isinstance(obj, np.ndarray) else obj.element_size() * obj.nelement()
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 8
+
+
+class ShardedStrategy:
+    """Dense float64 weights over all shards, merged by log-sum-exp (index auto and exact)."""
+
+    def __init__(self, ts: ShardedSet, log_pi: np.ndarray):
+        self.ts, self.n = ts, ts.n
+        self.eligible = np.flatnonzero(np.isfinite(log_pi))
+        ts.call("set_log_weights", per_actor=[(log_pi[s.offset:s.offset + s.rows],) for s in ts.manifest.shards])
+
+    def begin(self, scaled: torch.Tensor):
+        self.ts.call("begin", scaled.cpu())
+        return scaled.shape[1]
+
+    def step(self, m: int, x, t, sources=False, draws=False):
+        parts = self.ts.call("partials", x.cpu(), t, m)
+        top = torch.stack([p[0] for p in parts])  # (K, B, M)
+        peak = top.amax(0)
+        scale = torch.exp(top - peak)  # shards with no weight: exp(-inf) = 0
+        z = (scale * torch.stack([p[1] for p in parts])).sum(0)  # (B, M)
+        weighted = (scale[..., None] * torch.stack([p[2] for p in parts])).sum(0)  # (B, M, D)
+        per_draw = weighted / z[..., None]  # D(y_m, t)
+        log_z = peak + torch.log(z)
+        smoothed = per_draw.mean(1)
+        b = len(x)
+        src = None
+        if sources:
+            got = self.ts.call("sources", x.cpu(), t, log_z)
+            src = Sources.merge(torch.cat([g[0] for g in got], 1), torch.cat([g[1] for g in got], 1))
+        full = ShardedDrawWeights(self.ts, x.cpu(), t, log_z, per_draw) if draws else None
+        bound = torch.full((b,), min(1.0, self.n * FLUSH), dtype=F64)
+        return StepResult(smoothed, bound, torch.ones(b, dtype=F64), src, full)
+
+
+class ShardedDrawWeights:
+    """Every draw's weights, held by the actors: the sensitivity step from their partial sums."""
+
+    def __init__(self, ts: ShardedSet, x, t, log_z, per_draw):
+        self.ts, self.x, self.t, self.log_z, self.per_draw = ts, x, t, log_z, per_draw
+
+    def d_smoothed(self, _points, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
+        """mean_m [a Cov_w[x] J + w_j (x_j - D_m)] from the shards' partial sums, a = t/(1-t)^2."""
+        parts = self.ts.call("sensitivity", self.x, self.t, self.log_z, jac.cpu(), cols.cpu())
+        cov = sum(p[0] for p in parts) - torch.einsum("bmd,bmc->bcd", self.per_draw,
+                                                      torch.einsum("bmd,bcd->bmc", self.per_draw, jac.cpu())) / \
+            self.per_draw.shape[1]
+        w_cols = sum(p[1] for p in parts)  # (B, M, c)
+        rows = sum(p[2] for p in parts)  # (B, c, D)
+        m = self.per_draw.shape[1]
+        direct = w_cols.mean(1)[..., None] * rows - torch.einsum("bmc,bmd->bcd", w_cols, self.per_draw) / m
+        direct = torch.where((cols.cpu() >= 0)[..., None], direct, 0.0)
+        return (logit_scales(t)[0] * cov if t > 0 else 0.0) + direct
