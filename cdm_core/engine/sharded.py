@@ -2,16 +2,18 @@
 
 The blend weights are a softmax over all N points, so they split exactly across shards. For the
 queries of a batch each actor, holding one memory-mapped shard (centred on the *global* centre),
-returns per sample b and draw m its largest logit m_s, the sum z_s = sum_i exp(l_i - m_s) and the
-weighted sum S_s = sum_i exp(l_i - m_s) x_i. The driver merges them by log-sum-exp:
-    M = max_s m_s,   Z = sum_s exp(m_s - M) z_s,   D = sum_s exp(m_s - M) S_s / Z,
-the same denoiser as one process (float64 throughout; only the order of the sums differs). With
-log Z = M + log Z known, a second round gives each shard's exact weights exp(l_i - log Z): the
-sources at the last step, and the partial sums of the sensitivity recursion
-(X_s^T (wbar * X_s J) and the weights of the requested training points).
+returns per sample b and draw m its largest logit m_s and the sum z_s = sum_i exp(l_i - m_s). The
+driver merges them by log-sum-exp into the global log-partition
+    log Z = M + log sum_s exp(m_s - M) z_s,   M = max_s m_s,
+and sends it back: each shard then knows its points' exact weights w_i = exp(l_i - log Z) and
+returns its part of D_sigma, sum_i (mean_m w_i) x_i, which the driver adds up. That is the
+denoiser of one process (float64 throughout, the same flushing; only the order of the sums
+differs). The same second round gives the sources at the last step, and for sensitivity every
+draw's denoiser and the partial sums X_s^T (wbar * X_s J) with the weights of the requested points.
 
-Each call moves O(B M D) numbers per shard, never the points. An actor that dies stops the run with
-a one-line error (no sample is ever computed from fewer shards than the manifest lists).
+Each step moves O(B M + B D) numbers per shard (O(B M D) with sensitivity), never the points. An
+actor that dies stops the run with a one-line error (no sample is ever computed from fewer shards
+than the manifest lists).
 """
 
 from __future__ import annotations
@@ -77,27 +79,34 @@ class ShardWorker:
         base = self.log_pi + a * (x.to(self.x.device) @ self.x.T) - c * self.sq  # (B, N_s)
         return base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
 
-    def partials(self, x: torch.Tensor, t: float, m: int):
-        """(max logit (B, M), sum of exp(logit - max) (B, M), weighted sum (B, M, D))."""
-        lg = self._logits(x, t, m)
-        top = lg.amax(-1)
+    def log_partition(self, x: torch.Tensor, t: float, m: int):
+        """Round 1 of a step: (max logit (B, M), sum of exp(logit - max) (B, M)); the logits are kept
+        for round 2."""
+        self.lg = self._logits(x, t, m)
+        top = self.lg.amax(-1)
         safe = torch.where(torch.isfinite(top), top, 0.0)  # a shard whose points all have pi = 0
-        e = torch.exp(lg - safe[..., None])
-        return top.cpu(), e.sum(-1).cpu(), torch.einsum("bmn,nd->bmd", e, self.x).cpu()
+        return top.cpu(), torch.exp(self.lg - safe[..., None]).sum(-1).cpu()
 
-    def _weights(self, x, t, log_z: torch.Tensor) -> torch.Tensor:
-        lg = self._logits(x, t, log_z.shape[1])
-        return flush_tiny(torch.exp(lg - log_z.to(self.x.device)[..., None]))  # (B, M, N_s)
+    def weighted_mean(self, log_z: torch.Tensor, sources: bool, per_draw: bool):
+        """Round 2, given the global log-partition (B, M): this shard's part of D_sigma,
+        sum_i (mean_m w_bmi) x_i (B, D), from the flushed weights as in one process; on request its
+        part of every draw's denoiser (B, M, D) and its sources (global ids, mean weights)."""
+        w = flush_tiny(torch.exp(self.lg - log_z.to(self.x.device)[..., None]))  # (B, M, N_s)
+        mean_w = flush_tiny(w.mean(1))
+        self.w = w if per_draw else None  # kept for the sensitivity round
+        out = [(mean_w @ self.x).cpu(), None, None]
+        if per_draw:
+            out[1] = torch.einsum("bmn,nd->bmd", w, self.x).cpu()
+        if sources:
+            s = Sources.from_dense(mean_w)
+            out[2] = (torch.where(s.ids >= 0, s.ids + self.offset, -1).cpu(), s.weights.cpu())
+        return out
 
-    def sources(self, x, t, log_z):
-        """This shard's part of each sample's sources: global ids and mean weights over draws."""
-        s = Sources.from_dense(flush_tiny(self._weights(x, t, log_z).mean(1)))
-        return torch.where(s.ids >= 0, s.ids + self.offset, -1).cpu(), s.weights.cpu()
-
-    def sensitivity(self, x, t, log_z, jac: torch.Tensor, cols: torch.Tensor):
-        """(X_s^T (wbar * X_s J) (B, c, D), weights of the local columns (B, M, c), their rows
-        (B, c, D)); zeros for columns held by other shards."""
-        w = self._weights(x, t, log_z)
+    def sensitivity(self, jac: torch.Tensor, cols: torch.Tensor):
+        """Round 3 (sensitivity), with the weights of round 2: (X_s^T (wbar * X_s J) (B, c, D),
+        weights of the local columns (B, M, c), their rows (B, c, D)); zeros for columns held by
+        other shards."""
+        w = self.w
         jac, cols = jac.to(self.x.device), cols.to(self.x.device)
         p = torch.einsum("nd,bcd->bnc", self.x, jac)
         cov = torch.einsum("bnc,nd->bcd", w.mean(1)[:, :, None] * p, self.x)
@@ -264,21 +273,19 @@ class ShardedStrategy:
         return scaled.shape[1]
 
     def step(self, m: int, x, t, sources=False, draws=False):
-        parts = self.ts.call("partials", x.cpu(), t, m)
+        x = x.cpu()
+        parts = self.ts.call("log_partition", x, t, m)
         top = torch.stack([p[0] for p in parts])  # (K, B, M)
         peak = top.amax(0)
-        scale = torch.exp(top - peak)  # shards with no weight: exp(-inf) = 0
-        z = (scale * torch.stack([p[1] for p in parts])).sum(0)  # (B, M)
-        weighted = (scale[..., None] * torch.stack([p[2] for p in parts])).sum(0)  # (B, M, D)
-        per_draw = weighted / z[..., None]  # D(y_m, t)
+        z = (torch.exp(top - peak) * torch.stack([p[1] for p in parts])).sum(0)  # (B, M)
         log_z = peak + torch.log(z)
-        smoothed = per_draw.mean(1)
+        got = self.ts.call("weighted_mean", log_z, sources, draws)
+        smoothed = sum(g[0] for g in got)  # D_sigma: the shards' parts of (mean_m w_m) X
         b = len(x)
         src = None
         if sources:
-            got = self.ts.call("sources", x.cpu(), t, log_z)
-            src = Sources.merge(torch.cat([g[0] for g in got], 1), torch.cat([g[1] for g in got], 1))
-        full = ShardedDrawWeights(self.ts, x.cpu(), t, log_z, per_draw) if draws else None
+            src = Sources.merge(torch.cat([g[2][0] for g in got], 1), torch.cat([g[2][1] for g in got], 1))
+        full = ShardedDrawWeights(self.ts, sum(g[1] for g in got)) if draws else None
         bound = torch.full((b,), min(1.0, self.n * FLUSH), dtype=F64)
         return StepResult(smoothed, bound, torch.ones(b, dtype=F64), src, full)
 
@@ -286,18 +293,17 @@ class ShardedStrategy:
 class ShardedDrawWeights:
     """Every draw's weights, held by the actors: the sensitivity step from their partial sums."""
 
-    def __init__(self, ts: ShardedSet, x, t, log_z, per_draw):
-        self.ts, self.x, self.t, self.log_z, self.per_draw = ts, x, t, log_z, per_draw
+    def __init__(self, ts: ShardedSet, per_draw: torch.Tensor):
+        self.ts, self.per_draw = ts, per_draw  # per_draw: D(y_m, t), (B, M, D)
 
     def d_smoothed(self, _points, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
         """mean_m [a Cov_w[x] J + w_j (x_j - D_m)] from the shards' partial sums, a = t/(1-t)^2."""
-        parts = self.ts.call("sensitivity", self.x, self.t, self.log_z, jac.cpu(), cols.cpu())
-        cov = sum(p[0] for p in parts) - torch.einsum("bmd,bmc->bcd", self.per_draw,
-                                                      torch.einsum("bmd,bcd->bmc", self.per_draw, jac.cpu())) / \
-            self.per_draw.shape[1]
+        parts = self.ts.call("sensitivity", jac.cpu(), cols.cpu())
+        m = self.per_draw.shape[1]
+        d_dot_j = torch.einsum("bmd,bcd->bmc", self.per_draw, jac.cpu())
+        cov = sum(p[0] for p in parts) - torch.einsum("bmd,bmc->bcd", self.per_draw, d_dot_j) / m
         w_cols = sum(p[1] for p in parts)  # (B, M, c)
         rows = sum(p[2] for p in parts)  # (B, c, D)
-        m = self.per_draw.shape[1]
         direct = w_cols.mean(1)[..., None] * rows - torch.einsum("bmc,bmd->bcd", w_cols, self.per_draw) / m
         direct = torch.where((cols.cpu() >= 0)[..., None], direct, 0.0)
         return (logit_scales(t)[0] * cov if t > 0 else 0.0) + direct
