@@ -139,3 +139,13 @@ def test_jacobian_is_exact_beyond_four_thousand_points():
     for c, j in enumerate(ids):
         fd = finite_difference(ds.points, cfg, j)
         assert np.abs(fd - jac[:, c]).max() <= 1e-4 * max(np.abs(fd).max(), 1e-8) + 1e-9
+
+
+@pytest.mark.parametrize("index", ["exact", "auto", "flat"])
+def test_memorised_samples_are_at_distance_zero(index):
+    """sigma = 0: every sample is a training point, and its reported nearest distance is 0 to float64
+    rounding (not the ~1e-8 of a |q|^2 - 2 q.x + |x|^2 distance), on data far from the origin too."""
+    pts = np.repeat(make_points(4, 75, 16, 1e3, 1.0, False, False), 40, axis=0)  # ties the search cannot settle
+    res = run(pts, SamplerConfig(n_samples=8, sigma=0.0, steps=12), index)
+    assert res.nn_dist[:, 0].max() <= 1e-12 * spread(pts)
+    np.testing.assert_allclose(pts[res.nn_ids[:, 0]], res.samples, rtol=0, atol=1e-9)

@@ -30,15 +30,20 @@ from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
 from cdm_core.engine.blend import F64, FLUSH, Sources, StepResult, flush_tiny, logit_scales
-from cdm_core.engine.training_set import TrainingSet, sort_by_distance
+from cdm_core.engine.training_set import sort_by_distance
 from cdm_core.errors import BackendError, CdmInputError
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ the actor
+CHUNK_ROWS = 1 << 15  # rows of a shard turned into centred float64 at a time
+
+
 class ShardWorker:
-    """One shard in one process: its rows in float64, centred on the global centre."""
+    """One shard in one process. Its rows stay memory-mapped (float32, as written); each pass
+    over them converts chunks to float64 centred on the global centre, so an actor holds only
+    per-batch arrays of size B x M x N_s, never a float64 copy of its points."""
 
     def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True):
         # a refused shard is reported by `ping` (an error raised here would only say the actor died)
@@ -51,14 +56,34 @@ class ShardWorker:
     def _open(self, folder: str, index: int, device: str, verify: bool) -> None:
         m = read_manifest(folder)
         shard = m.shards[index]
-        rows = open_shard(m, shard, verify)  # memory-mapped; refused if its hash does not match
-        centre = torch.as_tensor(m.centre, dtype=F64, device=device)
-        pts = torch.as_tensor(np.asarray(rows), dtype=F64, device=device) - centre
+        self.rows32 = open_shard(m, shard, verify)  # memory-mapped; refused if its hash does not match
+        self.device = torch.device(device)
+        self.centre = torch.as_tensor(m.centre, dtype=F64, device=self.device)
         self.offset, self.n = shard.offset, shard.rows
-        self.ts = TrainingSet(pts, centre, pts.to(torch.float32).cpu().numpy(), None, "exact", {})
-        self.x, self.sq = pts, self.ts.sq_norms
-        self.log_pi = torch.full((self.n,), -float(np.log(m.n)), dtype=F64, device=device)
-        self.p = None
+        self.sq = torch.cat([(c * c).sum(1) for _, _, c in self._chunks()])  # |x_i - c|^2
+        self.log_pi = torch.full((self.n,), -float(np.log(m.n)), dtype=F64, device=self.device)
+        self.p = self.lg = self.w = None
+
+    def _chunks(self):
+        """(lo, hi, centred float64 rows) over the shard."""
+        for lo in range(0, self.n, CHUNK_ROWS):
+            hi = min(lo + CHUNK_ROWS, self.n)
+            rows = torch.from_numpy(np.asarray(self.rows32[lo:hi], np.float64)).to(self.device)
+            yield lo, hi, rows - self.centre
+
+    def _times_points(self, w: torch.Tensor) -> torch.Tensor:
+        """w (..., N_s) @ X_s (N_s, D), in chunks."""
+        out = torch.zeros(w.shape[:-1] + (self.centre.shape[0],), dtype=F64, device=self.device)
+        for lo, hi, x in self._chunks():
+            out += w[..., lo:hi] @ x
+        return out
+
+    def _dots(self, q: torch.Tensor) -> torch.Tensor:
+        """q (R, D) . X_s^T, (R, N_s)."""
+        out = torch.empty(len(q), self.n, dtype=F64, device=self.device)
+        for lo, hi, x in self._chunks():
+            out[:, lo:hi] = q @ x.T
+        return out
 
     def ping(self) -> int:
         if self.error is not None:
@@ -66,17 +91,17 @@ class ShardWorker:
         return self.n
 
     def set_log_weights(self, log_pi: np.ndarray) -> None:
-        self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=self.x.device)
+        self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=self.device)
 
     def begin(self, scaled: torch.Tensor) -> None:
         """sigma eps_bm . x_i for this batch's draws (B, M, N_s), kept along the trajectories."""
         b, m, d = scaled.shape
-        scaled = scaled.to(self.x.device)
-        self.p = None if not bool(scaled.any()) else (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
+        scaled = scaled.to(self.device)
+        self.p = None if not bool(scaled.any()) else self._dots(scaled.reshape(b * m, d)).reshape(b, m, self.n)
 
     def _logits(self, x: torch.Tensor, t: float, m: int) -> torch.Tensor:
         a, c, _ = logit_scales(t)
-        base = self.log_pi + a * (x.to(self.x.device) @ self.x.T) - c * self.sq  # (B, N_s)
+        base = self.log_pi + a * self._dots(x.to(self.device)) - c * self.sq  # (B, N_s)
         return base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
 
     def log_partition(self, x: torch.Tensor, t: float, m: int):
@@ -91,12 +116,13 @@ class ShardWorker:
         """Round 2, given the global log-partition (B, M): this shard's part of D_sigma,
         sum_i (mean_m w_bmi) x_i (B, D), from the flushed weights as in one process; on request its
         part of every draw's denoiser (B, M, D) and its sources (global ids, mean weights)."""
-        w = flush_tiny(torch.exp(self.lg - log_z.to(self.x.device)[..., None]))  # (B, M, N_s)
+        w = flush_tiny(torch.exp(self.lg - log_z.to(self.device)[..., None]))  # (B, M, N_s)
+        self.lg = None
         mean_w = flush_tiny(w.mean(1))
         self.w = w if per_draw else None  # kept for the sensitivity round
-        out = [(mean_w @ self.x).cpu(), None, None]
+        out = [self._times_points(mean_w).cpu(), None, None]
         if per_draw:
-            out[1] = torch.einsum("bmn,nd->bmd", w, self.x).cpu()
+            out[1] = self._times_points(w).cpu()
         if sources:
             s = Sources.from_dense(mean_w)
             out[2] = (torch.where(s.ids >= 0, s.ids + self.offset, -1).cpu(), s.weights.cpu())
@@ -107,21 +133,36 @@ class ShardWorker:
         weights of the local columns (B, M, c), their rows (B, c, D)); zeros for columns held by
         other shards."""
         w = self.w
-        jac, cols = jac.to(self.x.device), cols.to(self.x.device)
-        p = torch.einsum("nd,bcd->bnc", self.x, jac)
-        cov = torch.einsum("bnc,nd->bcd", w.mean(1)[:, :, None] * p, self.x)
+        jac, cols = jac.to(self.device), cols.to(self.device)
+        b, c, d = jac.shape
+        wbar = w.mean(1)
+        cov = torch.zeros(b, c, d, dtype=F64, device=self.device)
+        for lo, hi, x in self._chunks():
+            p = torch.einsum("nd,bcd->bnc", x, jac)
+            cov += torch.einsum("bnc,nd->bcd", wbar[:, lo:hi, None] * p, x)
         local = (cols >= self.offset) & (cols < self.offset + self.n)
         idx = torch.where(local, cols - self.offset, 0)
         w_cols = torch.gather(w, 2, idx[:, None, :].expand(-1, w.shape[1], -1)) * local[:, None, :]
-        rows = self.x[idx] * local[..., None]
-        return cov.cpu(), w_cols.cpu(), rows.cpu()
+        rows = self.rows(idx.reshape(-1).cpu().numpy() + self.offset).reshape(b, c, d) * local[..., None].cpu()
+        return cov.cpu(), w_cols.cpu(), rows
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        return self.x[torch.as_tensor(ids - self.offset, device=self.x.device)].cpu()
+        """Centred float64 rows of global ids held by this shard."""
+        local = np.asarray(ids, np.int64) - self.offset
+        return torch.from_numpy(np.asarray(self.rows32[local], np.float64)) - self.centre.cpu()
 
     def nearest(self, queries: np.ndarray, k: int):
-        ids, dist = self.ts.nearest(queries, min(k, self.n))
-        return ids + self.offset, dist
+        """Exact k nearest points of this shard (float64 distances; ties by id): global ids, distances."""
+        q = torch.as_tensor(np.asarray(queries, np.float64), device=self.device) - self.centre
+        k = min(k, self.n)
+        best_i = torch.empty(len(q), 0, dtype=torch.int64, device=self.device)
+        best_d = torch.empty(len(q), 0, dtype=F64, device=self.device)
+        for lo, hi, x in self._chunks():
+            d = torch.cdist(q, x, compute_mode="donot_use_mm_for_euclid_dist")  # exact, not |q|^2 - 2 q.x + |x|^2
+            ids = torch.arange(lo, hi, device=self.device).expand(len(q), -1)
+            cat_i, cat_d = sort_by_distance(torch.cat([best_i, ids], 1), torch.cat([best_d, d], 1))
+            best_i, best_d = cat_i[:, :k], cat_d[:, :k]
+        return (best_i + self.offset).cpu().numpy(), best_d.cpu().numpy()
 
 
 # ------------------------------------------------------------------ the driver
@@ -227,6 +268,9 @@ class ShardedSet:
             if isinstance(cause, CdmInputError):
                 raise cause from None
             raise BackendError(f"shard actor failed in '{method}': {' '.join(str(cause or e).split())[:200]}") from None
+        except ray.exceptions.RayError as e:  # out of memory, lost objects, ...
+            raise BackendError(f"Ray could not finish '{method}' ({type(e).__name__}): "
+                               f"{' '.join(str(e).split())[:160]}; no result was written") from None
         self.bytes_moved += _nbytes(out)
         return out
 

@@ -131,7 +131,7 @@ class TrainingSet:
         out_i, out_d = [], []
         rows = max(1, (1 << 22) // self.n)
         for lo in range(0, len(q), rows):
-            d = torch.cdist(q[lo:lo + rows], self.points)
+            d = torch.cdist(q[lo:lo + rows], self.points, compute_mode="donot_use_mm_for_euclid_dist")  # exact
             ids = torch.arange(self.n, device=self.device).expand_as(d)
             i, dd = sort_by_distance(ids, d)
             out_i.append(i[:, :k])
