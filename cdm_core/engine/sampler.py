@@ -35,10 +35,11 @@ from cdm_core.errors import CdmInputError
 log = logging.getLogger(__name__)
 
 
-def check_request(config: SamplerConfig, n_train: int, dim: int) -> int:
+def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_process: int | None = None) -> int:
     """Refuse requests over the work limit, before allocating; return a batch size whose draw
-    buffers (eps and their projections, float64) fit the per-batch memory limit. Batching never
-    changes results (per-sample seeding), so shrinking it is safe."""
+    buffers (eps and their projections, float64) fit the per-batch memory limit of one process,
+    which holds `rows_per_process` training points (all N, or the largest shard on Ray). Batching
+    never changes results (per-sample seeding), so shrinking it is safe."""
     lim = settings.limits()
     work = config.work(n_train, dim)
     if work > lim.max_work:
@@ -47,7 +48,8 @@ def check_request(config: SamplerConfig, n_train: int, dim: int) -> int:
                             "draws or steps")
     # sigma eps (float64, M x D), its projections on X (float64 and a float32 copy, M x N) and
     # the mean weights over N (float64)
-    per_sample = 8 * config.draws * dim + 12 * config.draws * n_train + 8 * n_train
+    rows = n_train if rows_per_process is None else rows_per_process
+    per_sample = 8 * config.draws * dim + 12 * config.draws * rows + 8 * rows
     if per_sample > lim.max_batch_bytes:
         raise CdmInputError(f"one sample's {config.draws} smoothing draws need {per_sample / 2**20:.0f} MiB, over "
                             f"the limit of {lim.max_batch_bytes / 2**20:.0f} MiB (CDM_MAX_BATCH_MB)")
@@ -183,7 +185,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
 
 def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> SampleResult:
     n_train, dim = ts_set.n, ts_set.dim
-    bs = check_request(config, n_train, dim)
+    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train))
     log_pi = normalise_log_weights(weights, n_train)
     strategy = make_strategy(ts_set, log_pi, config.neighbours, config.truncation_tol)
     grid = time_grid(config.start, config.steps)

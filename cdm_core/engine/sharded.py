@@ -37,17 +37,23 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ the actor
-CHUNK_ROWS = 1 << 15  # rows of a shard turned into centred float64 at a time
+CHUNK_ROWS = 1 << 16  # rows of a shard turned into centred float64 at a time
+# A shard whose centred float64 copy fits this is converted once and kept (every pass over the
+# points then reads it directly); a larger one is streamed from its memory map in chunks.
+KEEP_FLOAT64_BYTES = 512 * 2**20
 
 
 class ShardWorker:
-    """One shard in one process. Its rows stay memory-mapped (float32, as written); each pass
-    over them converts chunks to float64 centred on the global centre, so an actor holds only
-    per-batch arrays of size B x M x N_s, never a float64 copy of its points."""
+    """One shard in one process. Its rows stay memory-mapped (float32, as written) and are used in
+    float64 centred on the global centre: converted once when that copy is small
+    (KEEP_FLOAT64_BYTES), otherwise chunk by chunk on each pass, so a large shard costs the actor
+    only its per-batch arrays (B x M x N_s)."""
 
-    def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True):
+    def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True,
+                 keep_bytes: int = KEEP_FLOAT64_BYTES, chunk_rows: int = CHUNK_ROWS):
         # a refused shard is reported by `ping` (an error raised here would only say the actor died)
         self.error = None
+        self.keep_bytes, self.chunk_rows = keep_bytes, chunk_rows
         try:
             self._open(folder, index, device, verify)
         except CdmInputError as e:
@@ -60,16 +66,22 @@ class ShardWorker:
         self.device = torch.device(device)
         self.centre = torch.as_tensor(m.centre, dtype=F64, device=self.device)
         self.offset, self.n = shard.offset, shard.rows
+        self.kept = None
+        if self.n * m.dim * 8 <= self.keep_bytes:
+            self.kept = torch.cat([x for _, _, x in self._chunks()])
         self.sq = torch.cat([(c * c).sum(1) for _, _, c in self._chunks()])  # |x_i - c|^2
         self.log_pi = torch.full((self.n,), -float(np.log(m.n)), dtype=F64, device=self.device)
         self.p = self.lg = self.w = None
 
     def _chunks(self):
         """(lo, hi, centred float64 rows) over the shard."""
-        for lo in range(0, self.n, CHUNK_ROWS):
-            hi = min(lo + CHUNK_ROWS, self.n)
-            rows = torch.from_numpy(np.asarray(self.rows32[lo:hi], np.float64)).to(self.device)
-            yield lo, hi, rows - self.centre
+        if self.kept is not None:
+            yield 0, self.n, self.kept
+            return
+        for lo in range(0, self.n, self.chunk_rows):
+            hi = min(lo + self.chunk_rows, self.n)
+            rows = torch.from_numpy(self.rows32[lo:hi].astype(np.float64)).to(self.device)  # one converting copy
+            yield lo, hi, rows.sub_(self.centre)
 
     def _times_points(self, w: torch.Tensor) -> torch.Tensor:
         """w (..., N_s) @ X_s (N_s, D), in chunks."""
@@ -229,6 +241,7 @@ class ShardedSet:
         self.device = torch.device("cpu")
         self.centre = torch.as_tensor(manifest.centre, dtype=F64)
         self.describe = (describe or manifest.describe()) | {"backend": "ray", "shards": len(actors)}
+        self.rows_per_process = max(s.rows for s in manifest.shards)  # what one actor's batch buffers span
         self.bytes_moved = 0  # numbers sent to and received from the actors, in bytes
         self.calls = 0
 
@@ -241,7 +254,8 @@ class ShardedSet:
             gpu = 1 if config.device == "cuda" else 0
             worker = ray.remote(num_cpus=0, num_gpus=gpu)(ShardWorker)
             device = "cuda" if gpu else "cpu"
-            actors = [worker.remote(str(manifest.folder), i, device) for i in range(len(manifest.shards))]
+            actors = [worker.remote(str(manifest.folder), i, device, True, KEEP_FLOAT64_BYTES, CHUNK_ROWS)
+                      for i in range(len(manifest.shards))]
             s = ShardedSet(manifest, config, ray, actors, describe)
             try:
                 s.call("ping")  # every shard opened and verified before the run starts
