@@ -68,7 +68,7 @@ def body() -> None:
             st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance": res.nn_dist[i]}), hide_index=True,
                          width="stretch", height=200)
     st.caption(f"The sample equals Σ w·x over these sources exactly (max truncation bound "
-               f"{res.truncation_bound[i]:.1e}{'' if res.bound_certified else ', approximate for IVF'}).")
+               f"{res.truncation_bound[i]:.1e}).")
 
     st.subheader("Which samples use a training item?")
     options = [int(j) for j in ids[shown]] or [int(res.nn_ids[i, 0])]

@@ -149,3 +149,55 @@ def test_memorised_samples_are_at_distance_zero(index):
     res = run(pts, SamplerConfig(n_samples=8, sigma=0.0, steps=12), index)
     assert res.nn_dist[:, 0].max() <= 1e-12 * spread(pts)
     np.testing.assert_allclose(pts[res.nn_ids[:, 0]], res.samples, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("index", ["exact", "auto", "flat"])
+def test_trajectories_translate_with_the_data(index):
+    """The state at time t moves by t o when the data move by o (x_t = t x_1 + (1 - t) x_0): the whole
+    trajectory, not only its end, is returned in the data's own coordinates."""
+    pts = np.round(make_points(2, 200, 3, 0.0, 1.0, False, False) * 256) / 256
+    cfg = SamplerConfig(n_samples=4, sigma=0.3, draws=2, steps=6, start=0.0, trajectory=True, neighbours=16)
+    shift = np.array([100.0, -50.0, 25.0])
+    here, there = run(pts, cfg, index), run(pts + shift, cfg, index)
+    times = np.linspace(0.0, 1.0, cfg.steps + 1)
+    expected = np.broadcast_to(times[:, None, None] * shift, here.trajectory.shape)
+    np.testing.assert_allclose(there.trajectory - here.trajectory, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(here.trajectory[0], run(pts, cfg.replace(steps=1), index).trajectory[0], atol=0)
+
+
+def test_preparing_float64_data_leaves_them_unchanged():
+    from cdm_core.data.dataset import Dataset
+    pts = make_points(1, 100, 3, 1e3, 1.0, False, False)
+    ds = Dataset(name="f64", points=pts.copy())
+    sample(ds, SamplerConfig(n_samples=2, steps=3, index="exact"))
+    np.testing.assert_array_equal(ds.points, pts)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), index=st.sampled_from(["flat", "torch", "ivf"]), k=st.integers(1, 30),
+       n_excluded=st.integers(0, 60), offset=st.sampled_from([0.0, 1e3]))
+def test_certified_search_lower_bound_holds_with_exclusions(seed, index, k, n_excluded, offset):
+    """Every eligible point a search did not return is at least `lower` away (squared), for every index,
+    with excluded (zero-weight) points and data far from the origin."""
+    from cdm_core.engine.neighbours import build_index
+    rng = np.random.default_rng(seed)
+    pts = (rng.standard_normal((300, 4)) + offset).astype(np.float32)
+    pts64 = pts.astype(np.float64) - pts.astype(np.float64).mean(0)
+    idx = build_index(pts64.astype(np.float32), index, nlist=12, nprobe=3)
+    q = rng.standard_normal((10, 4)) * 2
+    excluded = rng.choice(300, n_excluded, replace=False) if n_excluded else None
+    ids, lower = idx.certified_search(q, k, exclude=excluded)
+    true = ((q[:, None, :] - pts64[None]) ** 2).sum(-1)
+    for r in range(len(q)):
+        omitted = np.setdiff1d(np.arange(300), ids[r][ids[r] >= 0])
+        if excluded is not None:
+            omitted = np.setdiff1d(omitted, excluded)
+        if len(omitted):
+            assert true[r, omitted].min() >= lower[r] - 1e-9, (r, true[r, omitted].min(), lower[r])
+
+
+def test_ivf_refuses_magnitudes_its_clustering_cannot_hold():
+    from cdm_core.errors import CdmInputError
+    pts = make_points(0, 300, 3, 0.0, 1e20, False, False)
+    with pytest.raises(CdmInputError, match="too large"):
+        sample(pts, SamplerConfig(n_samples=2, steps=3, index="ivf"))

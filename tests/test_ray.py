@@ -192,3 +192,11 @@ def test_cli_joins_a_running_cluster_by_address(tmp_path):
     col = far[0].split(",").index("near_copy_fraction")
     assert [r.split(",")[col] for r in far[1:]] == [r.split(",")[col] for r in near[1:]]
     assert ray.is_initialized() and len(ray.nodes()) >= 1
+
+
+def test_a_missing_shard_file_is_named_in_one_line(tmp_path):
+    write_shards(load("moons:n=120"), 2, tmp_path / "s")
+    (tmp_path / "s" / "shard-0001.npy").unlink()
+    with pytest.raises(CdmInputError, match="shard-0001.npy: cannot read shard") as e:
+        sample(read_manifest(tmp_path / "s"), SamplerConfig(n_samples=2, steps=3, backend="ray"))
+    assert "\n" not in str(e.value)

@@ -82,7 +82,7 @@ def test_screened_steps_equal_dense_reference(fast_path, monkeypatch, name, sigm
     fast, exact = sample(ds, cfg.replace(index="auto")), sample(ds, cfg.replace(index="exact"))
     np.testing.assert_allclose(fast.samples, exact.samples, rtol=0, atol=1e-10)
     np.testing.assert_allclose(source_matrix(fast, ds.n), source_matrix(exact, ds.n), rtol=0, atol=1e-10)
-    assert fast.truncation_bound.max() <= ds.n * 1e-30  # the dropped mass, reported
+    assert fast.truncation_bound.max() <= 2 * ds.n * 1e-30  # the dropped mass, reported
 
 
 def test_late_steps_gather_few_survivors(fast_path, monkeypatch):

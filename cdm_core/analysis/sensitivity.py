@@ -71,7 +71,7 @@ def _jacobian(config: SamplerConfig, ids, weights, callback, ts_set):
     grid = time_grid(config.start, config.steps)
     out = np.zeros((config.n_samples, ids.shape[1], dim))
     samples = np.zeros((config.n_samples, dim))
-    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train))
+    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw)
     for lo in range(0, config.n_samples, bs):
         rows = np.arange(lo, min(lo + bs, config.n_samples))
         x, scaled, _ = start_state(ts_set, log_pi, config, rows)

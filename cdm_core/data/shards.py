@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cdm_core.config import MAX_SHARDS
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.store import atomic_write_bytes
 from cdm_core.errors import CdmInputError
 
 MANIFEST_KIND = "cfdm-explorer shards"
-MAX_SHARDS = 1024
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,12 @@ class ShardManifest:
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    except OSError as e:
+        raise CdmInputError(f"{path}: cannot read shard ({e.strerror})") from None
     return h.hexdigest()
 
 
@@ -83,7 +86,7 @@ def write_shard_blocks(blocks, rows_of, out_dir, name: str, dim: int, image_shap
                        callback=None) -> ShardManifest:
     """Write one shard per block of global ids, `rows_of(block)` giving its float32 rows (so a set
     larger than memory can be written block by block)."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # actors on other machines open the shards by this path
     out.mkdir(parents=True, exist_ok=True)
     shards, offset = [], 0
     for i, block in enumerate(blocks):
@@ -119,7 +122,7 @@ def read_manifest(path) -> ShardManifest:
     try:
         shards = tuple(Shard(str(s["file"]), int(s["rows"]), int(s["offset"]), str(s["sha256"]),
                              tuple(float(v) for v in s["total"])) for s in doc["shards"])
-        m = ShardManifest(p.parent, str(doc["name"]), int(doc["n"]), int(doc["dim"]),
+        m = ShardManifest(p.parent.resolve(), str(doc["name"]), int(doc["n"]), int(doc["dim"]),
                           tuple(doc["image_shape"]) if doc.get("image_shape") else None, str(doc["content_hash"]),
                           shards)
     except (KeyError, TypeError, ValueError) as e:

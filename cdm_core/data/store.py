@@ -39,5 +39,5 @@ def npz_bytes(arrays: dict, config_json: str | None = None) -> bytes:
 def save_result(path, result) -> None:
     """Write a SampleResult as `.npz` with the documented keys plus `config` (JSON)."""
     cfg = {"sampler": result.config.to_dict(), "dataset": result.dataset,
-           "weights_given": result.weights_given, "bound_certified": result.bound_certified}
+           "weights_given": result.weights_given}
     atomic_write_bytes(path, npz_bytes(result.arrays(), json.dumps(cfg, sort_keys=True, default=str)))

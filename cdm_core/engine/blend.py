@@ -101,6 +101,12 @@ def flush_tiny(w: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= FLUSH, w, 0.0)
 
 
+def flushed_mass_bound(n: int) -> float:
+    """Upper bound on the weight mass the flushes leave out of a sample: each of the n points
+    loses below 1e-30 in a draw's flush and below 1e-30 more when the mean over draws is flushed."""
+    return min(1.0, 2 * n * FLUSH)
+
+
 def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """w @ x in float64 for flushed weight rows (B, N). Late in sampling most columns are zero
     in every row: only the columns some row uses enter the product."""

@@ -119,10 +119,18 @@ class TorchIndex(NeighbourIndex):
         self.x = torch.as_tensor(np.ascontiguousarray(points, np.float32), device=self.device)
         self.sq = (self.x * self.x).sum(1)
         self.block = block
-        if self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-            self.rounding = float32_rounding(self.dim, U_TF32)
-        elif torch.get_float32_matmul_precision() != "highest":
-            self.rounding = float32_rounding(self.dim, U_TF32)
+
+    @property
+    def rounding(self) -> float:
+        """Decided at search time: torch's float32 precision settings may change after the index
+        is built (TF32 on CUDA, or `set_float32_matmul_precision` below "highest")."""
+        reduced = ((self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+                   or torch.get_float32_matmul_precision() != "highest")
+        return float32_rounding(self.dim, U_TF32 if reduced else U32)
+
+    @rounding.setter
+    def rounding(self, value) -> None:  # the base class sets the float32 default; the property decides
+        pass
 
     def _search(self, q, k, exclude):
         qt = torch.as_tensor(q, device=self.device)
@@ -184,6 +192,9 @@ class IVFIndex(NeighbourIndex):
 
     def __init__(self, points: np.ndarray, nlist: int = 0, nprobe: int = 32, seed: int = 1234):
         super().__init__(points)
+        if self.norm_max > 1e18:  # squared distances would overflow faiss's float32 k-means (it aborts)
+            raise CdmInputError(f"index ivf: point norms up to {self.norm_max:.1e} are too large for its float32 "
+                                "clustering; use index auto, exact, flat or torch")
         faiss = _faiss()
         nlist = nlist or max(1, int(4 * math.sqrt(self.n)))
         nlist = min(nlist, self.n)
@@ -234,6 +245,8 @@ class IVFIndex(NeighbourIndex):
             dist = np.where(drop, np.inf, dist).astype(np.float32)
             order = np.argsort(dist, axis=1, kind="stable")
             ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+            if ids.shape[1] > k:  # eligible points fetched but cut after the k-th are omitted too
+                last = np.minimum(last, np.where(ids[:, k] >= 0, dist[:, k].astype(np.float64), np.inf))
         return dist[:, :k], ids[:, :k], last
 
     def certified_search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):

@@ -35,7 +35,8 @@ from cdm_core.errors import CdmInputError
 log = logging.getLogger(__name__)
 
 
-def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_process: int | None = None) -> int:
+def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_process: int | None = None,
+                  arrays_per_draw: float = 1.5) -> int:
     """Refuse requests over the work limit, before allocating; return a batch size whose draw
     buffers (eps and their projections, float64) fit the per-batch memory limit of one process,
     which holds `rows_per_process` training points (all N, or the largest shard on Ray). Batching
@@ -49,7 +50,7 @@ def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_proces
     # sigma eps (float64, M x D), its projections on X (float64 and a float32 copy, M x N) and
     # the mean weights over N (float64)
     rows = n_train if rows_per_process is None else rows_per_process
-    per_sample = 8 * config.draws * dim + 12 * config.draws * rows + 8 * rows
+    per_sample = 8 * config.draws * dim + 8 * arrays_per_draw * config.draws * rows + 8 * rows
     if per_sample > lim.max_batch_bytes:
         raise CdmInputError(f"one sample's {config.draws} smoothing draws need {per_sample / 2**20:.0f} MiB, over "
                             f"the limit of {lim.max_batch_bytes / 2**20:.0f} MiB (CDM_MAX_BATCH_MB)")
@@ -157,7 +158,6 @@ class SampleResult:
     dataset: dict = field(default_factory=dict)  # Dataset.describe() of the training set
     trajectory: np.ndarray | None = None  # (S + 1, n, D) float64, data units
     dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
-    bound_certified: bool = True  # every index's bound is certified (kept for old readers)
     seconds: float = 0.0
     weights_given: bool = False
 
@@ -185,7 +185,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
 
 def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> SampleResult:
     n_train, dim = ts_set.n, ts_set.dim
-    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train))
+    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw)
     log_pi = normalise_log_weights(weights, n_train)
     strategy = make_strategy(ts_set, log_pi, config.neighbours, config.truncation_tol)
     grid = time_grid(config.start, config.steps)
@@ -200,12 +200,12 @@ def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> Samp
     for bi, ids in enumerate(batches):
         x, scaled, start_ids[ids] = start_state(ts_set, log_pi, config, ids)
         if traj is not None:
-            traj[0, ids] = ts_set.uncentred(x)
+            traj[0, ids] = ts_set.uncentred(x, float(grid[0]))
         for step in euler_steps(strategy, x, scaled, grid):
             bounds[ids] = np.maximum(bounds[ids], step.result.bound.cpu().numpy())
             dense_sum += float(step.result.dense.sum())
             if traj is not None:
-                traj[step.k + 1, ids] = ts_set.uncentred(step.x_next)
+                traj[step.k + 1, ids] = ts_set.uncentred(step.x_next, float(grid[step.k + 1]))
             if callback is not None:
                 callback({"step": step.k + 1, "steps": config.steps, "t": float(grid[step.k + 1]),
                           "batch": bi + 1, "batches": len(batches), "sample_ids": ids})

@@ -26,7 +26,17 @@ from dataclasses import dataclass
 
 import torch
 
-from cdm_core.engine.blend import F32, F64, Sources, StepResult, flush_tiny, logit_scales, pad_rows, weighted_sum
+from cdm_core.engine.blend import (
+    F32,
+    F64,
+    Sources,
+    StepResult,
+    flush_tiny,
+    flushed_mass_bound,
+    logit_scales,
+    pad_rows,
+    weighted_sum,
+)
 from cdm_core.engine.strategies import CACHE_VALUES, FactorisedStrategy
 
 U32 = 2.0 ** -24  # unit roundoff of float32
@@ -124,7 +134,7 @@ class ScreenedStrategy(FactorisedStrategy):
         batch.support[rows] = counts[rows]
         if len(rows):
             self._gathered(x, batch, keep, counts, rows, static, a, smoothed, src_ids, src_w, sources)
-        bound = torch.full((b,), min(1.0, self.n * 1e-30), dtype=F64, device=x.device)
+        bound = torch.full((b,), flushed_mass_bound(self.n), dtype=F64, device=x.device)
         dense = (~gathered).to(F64)
         src = None
         if sources:

@@ -19,6 +19,7 @@ than the manifest lists).
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cdm_core import settings
 from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
-from cdm_core.engine.blend import F64, FLUSH, Sources, StepResult, flush_tiny, logit_scales
+from cdm_core.engine.blend import F64, Sources, StepResult, flush_tiny, flushed_mass_bound, logit_scales
 from cdm_core.engine.training_set import sort_by_distance
 from cdm_core.errors import BackendError, CdmInputError
 
@@ -41,6 +42,7 @@ CHUNK_ROWS = 1 << 16  # rows of a shard turned into centred float64 at a time
 # A shard whose centred float64 copy fits this is converted once and kept (every pass over the
 # points then reads it directly); a larger one is streamed from its memory map in chunks.
 KEEP_FLOAT64_BYTES = 512 * 2**20
+START_TIMEOUT = 600.0  # seconds for every actor to open and verify its shard
 
 
 class ShardWorker:
@@ -58,6 +60,8 @@ class ShardWorker:
             self._open(folder, index, device, verify)
         except CdmInputError as e:
             self.error = e
+        except Exception as e:  # reported in one line by `ping`, naming the shard
+            self.error = BackendError(f"shard {index} of {folder}: {type(e).__name__}: {e}")
 
     def _open(self, folder: str, index: int, device: str, verify: bool) -> None:
         m = read_manifest(folder)
@@ -178,29 +182,40 @@ class ShardWorker:
 
 
 # ------------------------------------------------------------------ the driver
+_SESSION_LOCK = threading.Lock()
+_SESSION = {"users": 0, "owned": False}  # runs of this process inside `ray_session`
+
+
 @contextmanager
 def ray_session(address: str = ""):
-    """Joins the cluster at `address`, or starts a local Ray instance, and leaves it as it found
-    it: a session already initialised in this process is reused and left running."""
+    """Joins the cluster at `address`, or starts a local Ray instance, for the runs of this process
+    that need it, and stops it when the last of them ends; a Ray session the caller initialised
+    itself is reused and left running. (Concurrent runs share one session: the first run's
+    address is the one used.)"""
     try:
         import ray
     except ImportError:
         raise CdmInputError("--backend ray needs the ray package (pip install ray==2.60.0)") from None
-    if ray.is_initialized():
-        yield ray
-        return
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False)
-    except Exception as e:  # ConnectionError, RuntimeError, ...: one line for the user
-        raise BackendError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
-                           f"{' '.join(str(e).split())[:200]}") from None
+    with _SESSION_LOCK:
+        if _SESSION["users"] == 0:
+            _SESSION["owned"] = not ray.is_initialized()
+            if _SESSION["owned"]:
+                try:
+                    if address:
+                        ray.init(address=address, log_to_driver=False)
+                    else:
+                        ray.init(include_dashboard=False, log_to_driver=False)
+                except Exception as e:  # ConnectionError, RuntimeError, ...: one line for the user
+                    raise BackendError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
+                                       f"{' '.join(str(e).split())[:200]}") from None
+        _SESSION["users"] += 1
     try:
         yield ray
     finally:
-        ray.shutdown()
+        with _SESSION_LOCK:
+            _SESSION["users"] -= 1
+            if _SESSION["users"] == 0 and _SESSION["owned"]:
+                ray.shutdown()
 
 
 def shard_folder(ds: Dataset, k: int) -> Path:
@@ -242,6 +257,7 @@ class ShardedSet:
         self.centre = torch.as_tensor(manifest.centre, dtype=F64)
         self.describe = (describe or manifest.describe()) | {"backend": "ray", "shards": len(actors)}
         self.rows_per_process = max(s.rows for s in manifest.shards)  # what one actor's batch buffers span
+        self.arrays_per_draw = 4.0  # an actor's float64 (B, M, N_s) arrays: projection, logits, exp, weights
         self.bytes_moved = 0  # numbers sent to and received from the actors, in bytes
         self.calls = 0
 
@@ -252,20 +268,25 @@ class ShardedSet:
         describe = data.describe() if isinstance(data, Dataset) else None  # the data set's own words
         with ray_session(config.ray_address) as ray:
             gpu = 1 if config.device == "cuda" else 0
+            if config.device == "auto":  # a GPU for each actor when the cluster has enough of them
+                gpu = 1 if ray.cluster_resources().get("GPU", 0) >= len(manifest.shards) else 0
+            elif gpu and ray.cluster_resources().get("GPU", 0) < len(manifest.shards):
+                raise BackendError(f"device cuda needs a GPU for each of the {len(manifest.shards)} shard actors; "
+                                   f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
             worker = ray.remote(num_cpus=0, num_gpus=gpu)(ShardWorker)
             device = "cuda" if gpu else "cpu"
             actors = [worker.remote(str(manifest.folder), i, device, True, KEEP_FLOAT64_BYTES, CHUNK_ROWS)
                       for i in range(len(manifest.shards))]
             s = ShardedSet(manifest, config, ray, actors, describe)
             try:
-                s.call("ping")  # every shard opened and verified before the run starts
+                s.call("ping", timeout=START_TIMEOUT)  # every shard opened and verified before the run
                 yield s
             finally:
                 for a in actors:
                     ray.kill(a)
 
     # ------------------------------------------------------------ calls to the actors
-    def call(self, method: str, *args, per_actor=None):
+    def call(self, method: str, *args, per_actor=None, timeout: float | None = None):
         """Call `method` on every actor (or `per_actor[i]` args on actor i) and wait for all."""
         ray = self.ray
         refs = [getattr(a, method).remote(*(per_actor[i] if per_actor is not None else args))
@@ -273,7 +294,12 @@ class ShardedSet:
         self.calls += 1
         self.bytes_moved += len(self.actors) * _nbytes(args) if per_actor is None else _nbytes(per_actor)
         try:
-            out = ray.get(refs)
+            out = ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            for r in refs:
+                ray.cancel(r, force=True)
+            raise BackendError(f"the shard actors did not answer '{method}' within {timeout:g} s (not enough "
+                               "resources on the Ray cluster?); the run stopped") from None
         except ray.exceptions.RayActorError as e:
             raise BackendError(f"a shard actor died during '{method}' ({type(e).__name__}); the run stopped and "
                                "no result was written") from None
@@ -299,8 +325,8 @@ class ShardedSet:
             out[w] = rows
         return out
 
-    def uncentred(self, x: torch.Tensor) -> np.ndarray:
-        return (x.cpu() + self.centre).numpy()
+    def uncentred(self, x: torch.Tensor, t: float = 1.0) -> np.ndarray:
+        return (x.cpu() + t * self.centre).numpy()
 
     def nearest(self, queries, k: int):
         parts = self.call("nearest", np.asarray(queries, np.float64), k)
@@ -323,7 +349,6 @@ class ShardedStrategy:
 
     def __init__(self, ts: ShardedSet, log_pi: np.ndarray):
         self.ts, self.n = ts, ts.n
-        self.eligible = np.flatnonzero(np.isfinite(log_pi))
         ts.call("set_log_weights", per_actor=[(log_pi[s.offset:s.offset + s.rows],) for s in ts.manifest.shards])
 
     def begin(self, scaled: torch.Tensor):
@@ -344,7 +369,7 @@ class ShardedStrategy:
         if sources:
             src = Sources.merge(torch.cat([g[2][0] for g in got], 1), torch.cat([g[2][1] for g in got], 1))
         full = ShardedDrawWeights(self.ts, sum(g[1] for g in got)) if draws else None
-        bound = torch.full((b,), min(1.0, self.n * FLUSH), dtype=F64)
+        bound = torch.full((b,), flushed_mass_bound(self.n), dtype=F64)
         return StepResult(smoothed, bound, torch.ones(b, dtype=F64), src, full)
 
 

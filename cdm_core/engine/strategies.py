@@ -31,6 +31,7 @@ from cdm_core.engine.blend import (
     Sources,
     StepResult,
     flush_tiny,
+    flushed_mass_bound,
     logit_scales,
     weighted_sum,
 )
@@ -75,9 +76,9 @@ class Strategy:
         return self._result(smoothed, w, sources, full)
 
     def _result(self, smoothed, mean_w, sources: bool, full=None) -> StepResult:
-        """A dense result: the bound is the flushed mass (at most N x 1e-30 per draw)."""
+        """A dense result: the bound is the flushed mass (`flushed_mass_bound`)."""
         b = len(smoothed)
-        bound = torch.full((b,), min(1.0, self.n * 1e-30), dtype=F64, device=smoothed.device)
+        bound = torch.full((b,), flushed_mass_bound(self.n), dtype=F64, device=smoothed.device)
         return StepResult(smoothed, bound, torch.ones(b, dtype=F64, device=smoothed.device),
                           Sources.from_dense(mean_w) if sources else None, full)
 

@@ -59,6 +59,7 @@ class TrainingSet:
     index: NeighbourIndex | None  # top-K search over the centred points; None for dense strategies
     kind: str  # the sampler `index` option it was prepared for
     describe: dict  # Dataset.describe() plus the content hash
+    arrays_per_draw = 1.5  # float64 (B, M, N) arrays a batch holds per draw (float64 and float32 projections)
 
     @property
     def n(self) -> int:
@@ -97,9 +98,10 @@ class TrainingSet:
         """Data-unit points (n, D) as centred float64 tensors on the compute device."""
         return torch.as_tensor(np.asarray(x, np.float64), device=self.device) - self.centre
 
-    def uncentred(self, x: torch.Tensor) -> np.ndarray:
-        """Centred float64 tensors back to data units, float64 on the host."""
-        return (x + self.centre).cpu().numpy()
+    def uncentred(self, x: torch.Tensor, t: float = 1.0) -> np.ndarray:
+        """States of the centred recursion at time t back to data units (float64, host): the
+        centred state is x - t c (docs/maths.md), so t c is added; samples (t = 1) get c."""
+        return (x + t * self.centre).cpu().numpy()
 
     # ---------------------------------------------------------------- operations
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,7 @@ def _centred(ds: Dataset, device: torch.device):
             return other.points, other.centre, other.points32
     pts = torch.as_tensor(np.asarray(ds.points), dtype=F64, device=device)
     centre = pts.mean(0)
-    pts -= centre
+    pts = pts - centre  # a new tensor: float64 input arrays are shared by as_tensor, never modified
     return pts, centre, pts.to(torch.float32).cpu().numpy()
 
 

@@ -25,10 +25,12 @@ import torch
 from cdm_core.engine.blend import (
     CHUNK_VALUES,
     F64,
+    FLUSH,
     Sources,
     SparseDrawWeights,
     StepResult,
     flush_tiny,
+    flushed_mass_bound,
     logit_scales,
     pad_rows,
 )
@@ -88,14 +90,14 @@ class TruncatedStrategy(Strategy):
         n_omit = len(self.eligible) - valid.sum(1)
         log_b = torch.log(n_omit.to(F64).clamp_min(1)) + self.log_pi_max - e_next * s
         r = torch.exp((log_b - log_z).clamp(max=700))
-        bound = torch.where(n_omit > 0, r / (1 + r), 0.0) + valid.sum(1) * 1e-30
+        bound = torch.where(n_omit > 0, r / (1 + r), 0.0) + 2 * valid.sum(1) * FLUSH  # + the flushed kept weights
         certified = (n_omit == 0) | (e_next < lower)
         dense = ~certified | (bound > self.tol)
         if dense.any():
             rows_d = torch.nonzero(dense).flatten()
             d_ids, d_w, d_den = self._dense(y[rows_d], t, weights)
             denoised[rows_d] = d_den
-            bound[rows_d] = min(1.0, self.n * 1e-30)
+            bound[rows_d] = flushed_mass_bound(self.n)
             if weights:
                 width = max(self.k, d_ids.shape[1])
                 ids, w = pad_rows(ids, width, -1), pad_rows(w, width, 0.0)
