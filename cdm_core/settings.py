@@ -7,8 +7,9 @@ variable, never silently replaced by the default.
 | `CDM_MAX_FILE_MB` | 1024 | largest data or weights file read, in MiB |
 | `CDM_MAX_POINTS` | 2,000,000 | most training rows N accepted |
 | `CDM_MAX_DIM` | 65,536 | most columns D accepted |
-| `CDM_MAX_WORK` | 2e14 | samples x draws x N x D x steps allowed in one request |
-| `CDM_MAX_BATCH_MB` | 512 | memory for one batch's smoothing draws, in MiB |
+| `CDM_MAX_WORK` | 2e14 | floating-point operations allowed in one request (`SamplerConfig.work`) |
+| `CDM_MAX_BATCH_MB` | 512 | memory for one batch's smoothing draws, in MiB (per process; per actor on Ray) |
+| `CDM_SHARD_KEEP_MB` | 512 | Ray: shards whose float64 copy fits are kept converted; larger ones stream |
 | `CDM_CACHE_DIR` | `~/.cache/cfdm-explorer` | maps, rendered emoji and other cached results |
 | `CDM_FASHION_DIR` | `/usr/share/datasets/fashion-mnist` | Fashion-MNIST IDX files (Debian `dataset-fashion-mnist`) |
 | `CDM_EMOJI_FONT` | `/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf` | font the emoji data set is rendered from |
@@ -66,6 +67,10 @@ def limits() -> Limits:
         max_work=_number("CDM_MAX_WORK", 2e14, 0),
         max_batch_bytes=int(_number("CDM_MAX_BATCH_MB", 512, 0) * 2**20),
     )
+
+
+def shard_keep_bytes() -> int:
+    return int(_number("CDM_SHARD_KEEP_MB", 512, 0) * 2**20)
 
 
 def cache_dir() -> Path:

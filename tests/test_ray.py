@@ -49,7 +49,7 @@ def test_ray_samples_equal_one_process(name, sigma, index, shards, start):
 def test_ray_streams_shards_larger_than_the_float64_budget(monkeypatch):
     """Actors that stream their memory-mapped shard in chunks give the same results."""
     from cdm_core.engine import sharded
-    monkeypatch.setattr(sharded, "KEEP_FLOAT64_BYTES", 0)
+    monkeypatch.setenv("CDM_SHARD_KEEP_MB", "0")
     monkeypatch.setattr(sharded, "CHUNK_ROWS", 100)
     ds = load("digits")
     cfg = SamplerConfig(n_samples=4, sigma=0.5, draws=2, steps=6, seed=3)

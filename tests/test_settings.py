@@ -33,7 +33,17 @@ def clean_env(monkeypatch, tmp_path):
 
 def test_every_documented_variable_is_tested():
     documented = set(re.findall(r"`(CDM_[A-Z_]+)`", settings.__doc__))
-    assert documented == set(NUMBERS) | set(PATHS)
+    assert documented == set(NUMBERS) | set(PATHS) | {"CDM_SHARD_KEEP_MB"}
+
+
+def test_shard_keep_budget(monkeypatch):
+    monkeypatch.delenv("CDM_SHARD_KEEP_MB", raising=False)
+    assert settings.shard_keep_bytes() == 512 * MIB
+    monkeypatch.setenv("CDM_SHARD_KEEP_MB", "0")
+    assert settings.shard_keep_bytes() == 0
+    monkeypatch.setenv("CDM_SHARD_KEEP_MB", "lots")
+    with pytest.raises(CdmInputError, match="^CDM_SHARD_KEEP_MB='lots'"):
+        settings.shard_keep_bytes()
 
 
 def test_defaults(clean_env, tmp_path):

@@ -39,20 +39,17 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ the actor
 CHUNK_ROWS = 1 << 16  # rows of a shard turned into centred float64 at a time
-# A shard whose centred float64 copy fits this is converted once and kept (every pass over the
-# points then reads it directly); a larger one is streamed from its memory map in chunks.
-KEEP_FLOAT64_BYTES = 512 * 2**20
 START_TIMEOUT = 600.0  # seconds for every actor to open and verify its shard
 
 
 class ShardWorker:
     """One shard in one process. Its rows stay memory-mapped (float32, as written) and are used in
-    float64 centred on the global centre: converted once when that copy is small
-    (KEEP_FLOAT64_BYTES), otherwise chunk by chunk on each pass, so a large shard costs the actor
+    float64 centred on the global centre: converted once when that copy fits `keep_bytes`
+    (CDM_SHARD_KEEP_MB), otherwise chunk by chunk on each pass, so a large shard costs the actor
     only its per-batch arrays (B x M x N_s)."""
 
     def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True,
-                 keep_bytes: int = KEEP_FLOAT64_BYTES, chunk_rows: int = CHUNK_ROWS):
+                 keep_bytes: int = 512 * 2**20, chunk_rows: int = CHUNK_ROWS):
         # a refused shard is reported by `ping` (an error raised here would only say the actor died)
         self.error = None
         self.keep_bytes, self.chunk_rows = keep_bytes, chunk_rows
@@ -275,7 +272,8 @@ class ShardedSet:
                                    f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
             worker = ray.remote(num_cpus=0, num_gpus=gpu)(ShardWorker)
             device = "cuda" if gpu else "cpu"
-            actors = [worker.remote(str(manifest.folder), i, device, True, KEEP_FLOAT64_BYTES, CHUNK_ROWS)
+            keep = settings.shard_keep_bytes()
+            actors = [worker.remote(str(manifest.folder), i, device, True, keep, CHUNK_ROWS)
                       for i in range(len(manifest.shards))]
             s = ShardedSet(manifest, config, ray, actors, describe)
             try:
