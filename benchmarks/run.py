@@ -209,7 +209,7 @@ def main() -> None:
         rows.append((f"Fashion-MNIST 60k, T={start}: plain dense torch f64", plain,
                      exact["seconds"] / plain["seconds"], float(np.abs(plain["samples"] - exact["samples"]).max())))
         if start == 0.0:
-            flops = 20 * 2 * 2 * 64 * 8 * 60000 * 784  # two (q x N x D) products per step
+            flops = 20 * 2 * (64 * 8 + 64) * 60000 * 784  # per step: every draw's logits, then (mean_m w) X
             notes.append(f"exact path at T=0: {flops / exact['seconds'] / 1e9:.1f} GFLOP/s, "
                          f"{100 * flops / exact['seconds'] / 1e9 / gflops:.0f}% of this machine's float64 GEMM "
                          f"({gflops:.1f} GFLOP/s)")

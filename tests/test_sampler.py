@@ -175,3 +175,16 @@ def test_factorised_auto_equals_per_query_dense(name, sigma, draws, start):
     np.testing.assert_array_equal(auto.source_ids[:, :3], exact.source_ids[:, :3])
     np.testing.assert_allclose(auto.source_weights, exact.source_weights, atol=1e-9)
     assert auto.truncation_bound.max() <= 2 * ds.n * 1e-30
+
+
+def test_batches_shrink_to_the_memory_limit_and_results_do_not_change(monkeypatch):
+    """A batch-memory limit smaller than the requested batch gives whole-number batches of the size
+    that fits, and the same samples."""
+    ds = load("digits")
+    cfg = SamplerConfig(n_samples=10, sigma=0.5, draws=4, steps=5, batch_size=64)
+    full = sample(ds, cfg)
+    monkeypatch.setenv("CDM_MAX_BATCH_MB", "0.6")  # about 3 samples' draw buffers on digits
+    from cdm_core.engine.sampler import check_request
+    bs = check_request(cfg, ds.n, ds.dim)
+    assert isinstance(bs, int) and 1 <= bs < 10
+    np.testing.assert_allclose(sample(ds, cfg).samples, full.samples, rtol=0, atol=1e-12)

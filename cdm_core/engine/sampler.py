@@ -54,7 +54,7 @@ def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_proces
     if per_sample > lim.max_batch_bytes:
         raise CdmInputError(f"one sample's {config.draws} smoothing draws need {per_sample / 2**20:.0f} MiB, over "
                             f"the limit of {lim.max_batch_bytes / 2**20:.0f} MiB (CDM_MAX_BATCH_MB)")
-    return max(1, min(config.batch_size, lim.max_batch_bytes // per_sample))
+    return max(1, min(config.batch_size, int(lim.max_batch_bytes // per_sample)))
 
 
 def random_draws(seed: int, ids: np.ndarray, dim: int, draws: int):
