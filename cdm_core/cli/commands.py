@@ -83,7 +83,6 @@ def register_sensitivity(sub) -> None:
     s.set_defaults(func=cmd_sensitivity)
 
 
-
 def cmd_sweep(a) -> int:
     from cdm_core.analysis.sweep import parse_floats, rows_to_csv, sweep
     from cdm_core.data.store import atomic_write_bytes
@@ -110,7 +109,6 @@ def register_sweep(sub) -> None:
     s.add_argument("--starts", help="comma-separated start times T to cross with the sigmas")
     s.add_argument("--out", required=True, help="output .csv (one row per setting)")
     s.set_defaults(func=cmd_sweep)
-
 
 
 def cmd_figure(a) -> int:
