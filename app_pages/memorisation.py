@@ -43,19 +43,22 @@ def body() -> None:
         st.error(str(e))
         return
     key = (ds.content_hash, base.to_json(), tuple(sigmas))
-    cache = st.session_state.setdefault("sweep_cache", {})
-    cheap = state.is_interactive(ds, base.replace(n_samples=n * len(sigmas)))
-    if key not in cache and (cheap or st.button("Run the sweep", type="primary", key="w_sweep_go")):
+
+    def run_sweep():
         bar = st.progress(0.0, text="Sweeping σ…")
         rows, results = sweep(ds, base, sigmas, callback=state.progress_callback(bar, "Sweep"), keep_samples=True)
         bar.empty()
-        cache.clear()
-        cache[key] = (rows, [r.samples for r in results])
-    if key not in cache:
+        return rows, [r.samples for r in results]
+
+    done = state.session_cache("sweep", key)
+    cheap = state.is_interactive(ds, base.replace(n_samples=n * len(sigmas)))
+    if done is None and (cheap or st.button("Run the sweep", type="primary", key="w_sweep_go")):
+        done = state.session_cache("sweep", key, run_sweep)
+    if done is None:
         st.info("Press **Run the sweep** (this data set is large enough that it does not run on every change).")
         st.markdown(EXPLANATION)
         return
-    rows, sample_sets = cache[key]
+    rows, sample_sets = done
     st.plotly_chart(figures.sweep_figure(rows, current_sigma=p["sigma"]), width="stretch", key="sweep_fig")
     st.caption(f"Dotted line: the current σ = {p['sigma']:g} (Generate page). {n} samples per σ, M = {base.draws}, "
                f"S = {base.steps}, T = {base.start:g}, seed {base.seed}.")

@@ -155,13 +155,13 @@ def test_memorisation_page_sweeps_and_reacts():
     at = app()
     at.switch_page("app_pages/memorisation.py").run()
     assert not at.exception and not errors(at)
-    rows, _ = next(iter(at.session_state["sweep_cache"].values()))
+    rows, _ = next(iter(at.session_state["cache_sweep"].values()))
     assert rows[0]["sigma"] == 0.0 and rows[0]["near_copy_fraction"] >= rows[-1]["near_copy_fraction"]
     key = next(t.key for t in at.text_input if t.key.startswith("w_sweep_sigmas"))
     at.text_input(key=key).set_value("0, abc").run()
     assert not at.exception and any("σ values" in e for e in errors(at))
     at.text_input(key=key).set_value("0,0.2").run()
-    rows, _ = next(iter(at.session_state["sweep_cache"].values()))
+    rows, _ = next(iter(at.session_state["cache_sweep"].values()))
     assert [r["sigma"] for r in rows] == [0.0, 0.2]
 
 

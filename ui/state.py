@@ -125,11 +125,14 @@ def set_map_method(method: str) -> None:
     st.session_state.map_method = method
 
 
-def session_cache(name: str, key, compute):
+def session_cache(name: str, key, compute=None):
     """One-entry cache per `name` in this session: `compute()` when `key` changed, else the
-    stored value (heavy results are kept for one configuration at a time, bounding memory)."""
+    stored value (heavy results are kept for one configuration at a time, bounding memory).
+    Without `compute`, only a look-up: the stored value for `key`, or None."""
     cache = st.session_state.setdefault(f"cache_{name}", {})
     if key not in cache:
+        if compute is None:
+            return None
         value = compute()
         cache.clear()
         cache[key] = value

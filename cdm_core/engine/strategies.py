@@ -1,4 +1,4 @@
-"""How D_sigma(x, t) is evaluated: one strategy per way, chosen once by `make_strategy`.
+"""How D_sigma(x, t) is evaluated: one strategy per way, chosen once by `factory.make_strategy`.
 
 Every strategy takes a batch of B samples with their fixed smoothing draws and returns a
 `StepResult` (blend.py): D_sigma, a bound on the weight mass it left out, and on request the
@@ -15,6 +15,8 @@ sources (the weights D_sigma was formed with) and every draw's weights (for sens
 - `TruncatedStrategy` (flat, ivf, torch): each query's top-K neighbours from an index, with a
   certified bound on the omitted mass and a dense fallback for queries whose bound exceeds the
   tolerance (truncated.py).
+- `ShardedStrategy` (backend ray, sharded.py): the dense weights over shards held by Ray actors,
+  merged by log-sum-exp.
 
 Decisions that change a number (fallbacks, candidate sets) are made per sample, never per batch,
 so a sample does not depend on the batch it is computed in.
