@@ -16,6 +16,7 @@ from cdm_core.errors import CdmInputError
 INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("local", "ray")
+SPACES = ("data", "latent")
 
 # Upper limits that keep a single request bounded; named in the error when exceeded.
 MAX_SAMPLES = 100_000
@@ -48,6 +49,9 @@ class SamplerConfig:
     backend: str = "local"  # local (one process) | ray (the training set split across Ray actors)
     shards: int = 0  # ray: number of shards / actors (0: as many as the shard manifest lists)
     ray_address: str = ""  # ray: cluster to join ("" starts a local instance for the run)
+    space: str = "data"  # data (the data's own units) | latent (an autoencoder's latents; images only)
+    latent_dim: int = 16  # latent: K, latent coordinates per image
+    ae_weights: str = ""  # latent: a safetensors file of the built-in autoencoder ("" = train / cache)
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:
@@ -88,6 +92,15 @@ class SamplerConfig:
             raise CdmInputError(f"backend ray evaluates all points (index auto or exact), not index {self.index!r}")
         if self.backend == "local" and (self.shards or self.ray_address):
             raise CdmInputError("shards and ray_address need backend ray")
+        if self.space not in SPACES:
+            raise CdmInputError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        check_int("latent_dim", 1, 512)
+        if not isinstance(self.ae_weights, str):
+            raise CdmInputError(f"ae_weights must be a file path, got {self.ae_weights!r}")
+        if self.ae_weights and self.space != "latent":
+            raise CdmInputError("ae_weights needs space latent")
+        if self.space == "latent" and self.backend != "local":
+            raise CdmInputError("latent space runs in one process (backend local)")
         if self.device not in DEVICES:
             raise CdmInputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -154,4 +167,5 @@ OPTIONS = {
     "nearest": ("nearest", _int), "batch_size": ("batch_size", _int),
     "truncation_tol": ("truncation_tol", float), "nprobe": ("nprobe", _int), "nlist": ("nlist", _int),
     "backend": ("backend", str), "shards": ("shards", _int), "ray_address": ("ray_address", str),
+    "space": ("space", str), "latent_dim": ("latent_dim", _int), "ae_weights": ("ae_weights", str),
 }

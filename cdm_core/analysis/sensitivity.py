@@ -33,6 +33,7 @@ from cdm_core.engine.factory import make_strategy, opened
 from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
 from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.errors import CdmInputError
+from cdm_core.latent.space import latent_space
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,36 @@ log = logging.getLogger(__name__)
 class SensitivityResult:
     samples: np.ndarray  # (n, D) float64, data units
     training_ids: np.ndarray  # (n, m) int64, most influential first (-1 padded)
-    jacobian: np.ndarray  # (n, m, D) float64: d samples / d log pi for those ids
+    jacobian: np.ndarray  # (n, m, D) float64: d samples / d log pi for those ids, data units
     influence: np.ndarray  # (n, m) float64: Euclidean norms of the jacobian rows
     config: SamplerConfig
     dataset: dict
+    latents: np.ndarray | None = None  # latent space: (n, K) samples before decoding
+    latent_jacobian: np.ndarray | None = None  # latent space: (n, m, K) d latents / d log pi
 
     def arrays(self) -> dict:
-        return {k: getattr(self, k) for k in ("samples", "training_ids", "jacobian", "influence")}
+        out = {k: getattr(self, k) for k in ("samples", "training_ids", "jacobian", "influence")}
+        return out | {k: getattr(self, k) for k in ("latents", "latent_jacobian") if getattr(self, k) is not None}
 
 
 def jacobian(data, config: SamplerConfig, ids, weights=None, callback=None,
              prepared: TrainingSet | None = None):
     """J (n, c, D) = d x_i(1) / d log pi_j for training ids `ids` ((c,) shared, or (n, c) per
     sample, -1 for none), plus the samples (n, D) float64 from the same pass. Every strategy hands
-    over every draw's weights (all N points for the dense ones), so J is exact for any N."""
+    over every draw's weights (all N points for the dense ones), so J is exact for any N. In latent
+    space both are in data units: J = Dec'(z) dz/dlog pi (the chain rule through the decoder)."""
+    return _jacobian_in_space(data, config, ids, weights, callback, prepared)[:2]
+
+
+def _jacobian_in_space(data, config, ids, weights, callback, prepared):
+    """(J, samples) in data units, plus (latent J, latents) in latent space (else None, None)."""
+    space = latent_space(data, config, callback) if config.space == "latent" else None
     with opened(data, config, prepared) as ts_set:
-        return _jacobian(config, ids, weights, callback, ts_set)
+        jac, samples = _jacobian(config, ids, weights, callback, ts_set)
+    if space is None:
+        return jac, samples, None, None
+    dec = space.decoder_jacobian(samples)  # (n, D, K)
+    return np.einsum("ndk,nck->ncd", dec, jac), space.decode(samples), jac, samples
 
 
 def _jacobian(config: SamplerConfig, ids, weights, callback, ts_set):
@@ -123,7 +138,7 @@ def _sensitivity(data, config, ids, top, weights, callback, prep) -> Sensitivity
         cols = np.asarray(ids, dtype=np.int64)
         if cols.ndim != 1 or len(cols) == 0:
             raise CdmInputError("ids must be a non-empty list of training ids")
-    jac, samples = jacobian(data, config, cols, weights=weights, callback=callback, prepared=prep)
+    jac, samples, jac_latent, latents = _jacobian_in_space(data, config, cols, weights, callback, prep)
     cols = np.broadcast_to(cols, jac.shape[:2]).copy()
     infl = np.linalg.norm(jac, axis=2)
     infl = np.where(cols >= 0, infl, -1.0)
@@ -133,7 +148,10 @@ def _sensitivity(data, config, ids, top, weights, callback, prep) -> Sensitivity
     cols = np.take_along_axis(cols, order, 1)
     jac = np.take_along_axis(jac, order[..., None], 1)
     infl = np.maximum(np.take_along_axis(infl, order, 1), 0.0)
-    return SensitivityResult(samples, cols, jac, infl, config, prep.describe)
+    if jac_latent is not None:
+        jac_latent = np.take_along_axis(jac_latent, order[..., None], 1)
+    desc = prep.describe if config.space != "latent" else latent_space(data, config).data.describe()
+    return SensitivityResult(samples, cols, jac, infl, config, desc, latents, jac_latent)
 
 
 @dataclass
@@ -202,13 +220,25 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
     like J; the start state x_T = T x_i + (1-T) z moves by T v when it was drawn around j."""
     if config.backend != "local":
         raise CdmInputError("position derivatives run in one process (backend local)")
+    space = latent_space(data, config) if config.space == "latent" else None
     prep = prepared or prepare(data, config)
-    n_train, dim = prep.points.shape
+    n_train = prep.points.shape[0]
+    dim = prep.points.shape[1] if space is None else space.data.dim
     if not (isinstance(j, (int, np.integer)) and 0 <= j < n_train):
         raise CdmInputError(f"training id must be in [0, {n_train}), got {j!r}")
     v = np.asarray(direction, dtype=np.float64).reshape(-1)
     if v.shape != (dim,) or not np.all(np.isfinite(v)):
         raise CdmInputError(f"direction must be {dim} finite numbers, got shape {v.shape}")
+    if space is None:
+        return _position_derivative(prep, config, j, v, weights)[0]
+    # latent space: the image moves along v, so its latent moves along E'(x_j) v; samples move
+    # in data units by Dec'(z_i) times their latent derivative
+    u, latents = _position_derivative(prep, config, j, space.encoder_jvp(space.data.points[j], v), weights)
+    return np.einsum("ndk,nk->nd", space.decoder_jacobian(latents), u)
+
+
+def _position_derivative(prep, config, j, v, weights):
+    n_train, dim = prep.points.shape
     log_pi = normalise_log_weights(weights, n_train)
     strategy = make_strategy(prep, log_pi, config.neighbours, config.truncation_tol)
     grid = time_grid(config.start, config.steps)
@@ -216,6 +246,7 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
     vt = torch.as_tensor(v, dtype=F64, device=dev)
     xj = prep.points[j]  # centred: every difference below is unchanged by the centre
     out = np.zeros((config.n_samples, dim))
+    samples = np.zeros((config.n_samples, dim))
     bs = check_request(config, n_train, dim)
     for lo in range(0, config.n_samples, bs):
         rows = np.arange(lo, min(lo + bs, config.n_samples))
@@ -232,5 +263,7 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
             if t > 0:
                 d_smooth = d_smooth + a * draws.mean_cov_apply(prep.points, u[:, None, :])[:, 0]
             u = d_smooth if step.k == len(grid) - 2 else u + step.h * (d_smooth - u) / (1 - step.t)
+            last = step
         out[rows] = u.cpu().numpy()
-    return out
+        samples[rows] = prep.uncentred(last.x_next)
+    return out, samples

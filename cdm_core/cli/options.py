@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from cdm_core.config import BACKENDS, INDEX_KINDS, OPTIONS, SamplerConfig
+from cdm_core.config import BACKENDS, INDEX_KINDS, OPTIONS, SPACES, SamplerConfig
 from cdm_core.errors import CdmInputError
 
 
@@ -30,7 +30,8 @@ class Progress:
             return
         self.last = now
         bar = "=" * int(20 * done)
-        self.stream.write(f"\r{self.label}  [{bar:<20}] {100 * done:3.0f}%  batch {info['batch']}/"
+        label = info.get("stage", self.label)
+        self.stream.write(f"\r{label}  [{bar:<20}] {100 * done:3.0f}%  batch {info['batch']}/"
                           f"{info['batches']}  step {info['step']}/{info['steps']}  {now - self.t0:.1f} s")
         if done >= 1:
             self.stream.write("\n")
@@ -63,6 +64,12 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="local: one process; ray: the training set split across Ray actors")
     p.add_argument("--shards", type=int, default=d.shards, help="ray: number of shards (actors)")
     p.add_argument("--ray-address", default=d.ray_address, help="ray: cluster to join (default: a local instance)")
+    p.add_argument("--space", choices=SPACES, default=d.space,
+                   help="data: sample the data themselves; latent: sample an autoencoder's latents (images; "
+                   "the autoencoder is trained once per data set and cached)")
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="latent: latent coordinates K")
+    p.add_argument("--ae-weights", default=d.ae_weights,
+                   help="latent: a .safetensors file of the built-in autoencoder (default: train or use the cache)")
 
 
 def config_from_args(a, **extra) -> SamplerConfig:

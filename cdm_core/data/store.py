@@ -40,4 +40,6 @@ def save_result(path, result) -> None:
     """Write a SampleResult as `.npz` with the documented keys plus `config` (JSON)."""
     cfg = {"sampler": result.config.to_dict(), "dataset": result.dataset,
            "weights_given": result.weights_given}
+    if result.space:
+        cfg["autoencoder"] = result.space
     atomic_write_bytes(path, npz_bytes(result.arrays(), json.dumps(cfg, sort_keys=True, default=str)))

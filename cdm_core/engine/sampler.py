@@ -29,8 +29,9 @@ from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, StepResult, normalise_log_weights
 from cdm_core.engine.factory import make_strategy, opened
 from cdm_core.engine.strategies import Strategy
-from cdm_core.engine.training_set import TrainingSet
+from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.errors import CdmInputError
+from cdm_core.latent.space import latent_space
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +161,27 @@ class SampleResult:
     dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
     seconds: float = 0.0
     weights_given: bool = False
+    # latent space only (config.space == "latent"); samples and trajectory are then decoded, and
+    # source ids, nn_ids and nn_dist refer to the latents
+    latents: np.ndarray | None = None  # (n, K) float64: the sampler's output, sum_k w_k z_{id_k}
+    train_latents: np.ndarray | None = None  # (N, K) float64: encoder outputs of the training set
+    latent_trajectory: np.ndarray | None = None  # (S + 1, n, K) when a trajectory is kept
+    pixel_nn_ids: np.ndarray | None = None  # (n, nearest): nearest training items to the decoded samples
+    pixel_nn_dist: np.ndarray | None = None  # (n, nearest): their distances in data units
+    space: dict = field(default_factory=dict)  # LatentSpace.describe(): autoencoder hash, errors
+
+    OPTIONAL = ("trajectory", "latents", "train_latents", "latent_trajectory", "pixel_nn_ids", "pixel_nn_dist")
 
     def arrays(self) -> dict:
         out = {k: getattr(self, k) for k in ("samples", "source_ids", "source_weights", "nn_ids",
                                              "nn_dist", "truncation_bound", "start_ids")}
-        if self.trajectory is not None:
-            out["trajectory"] = self.trajectory
+        out |= {k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None}
         return out
+
+    @property
+    def blend_space_points(self) -> np.ndarray:
+        """The points the sources blend: latents in latent space, samples otherwise."""
+        return self.samples if self.latents is None else self.latents
 
 
 def _merge_rows(blocks, fill):
@@ -179,8 +194,28 @@ def sample(data, config: SamplerConfig, weights=None, callback=None,
            prepared: TrainingSet | None = None) -> SampleResult:
     """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array."""
     t0 = time.perf_counter()
+    space = latent_space(data, config, callback) if config.space == "latent" else None
     with opened(data, config, prepared) as ts_set:
-        return _sample(ts_set, config, weights, callback, t0)
+        res = _sample(ts_set, config, weights, callback, t0)
+    if space is not None:
+        res = _decoded(res, space, config)
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _decoded(res: SampleResult, space, config: SamplerConfig) -> SampleResult:
+    """A latent run in data units: samples (and trajectory) decoded, latents kept beside them,
+    and the nearest training items to each decoded sample measured in data units too."""
+    res.latents, res.train_latents = res.samples, space.latents.astype(np.float64)
+    res.samples = space.decode(res.latents)
+    if res.trajectory is not None:
+        res.latent_trajectory = res.trajectory
+        steps, n, k = res.trajectory.shape
+        res.trajectory = space.decode(res.trajectory.reshape(-1, k)).reshape(steps, n, -1)
+    pixels = prepare(space.data, config.replace(space="data", ae_weights="", index="exact"))
+    res.pixel_nn_ids, res.pixel_nn_dist = pixels.nearest(res.samples, config.nearest)
+    res.dataset, res.space = space.data.describe(), space.describe()
+    return res
 
 
 def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> SampleResult:

@@ -179,6 +179,9 @@ def _centred(ds: Dataset, device: torch.device):
 def prepare(data, config: SamplerConfig) -> TrainingSet:
     """The TrainingSet for `data` under `config` (device and index), from the cache when there."""
     ds = as_dataset(data)
+    if config.space == "latent":  # the engine samples the training latents (cdm_core.latent)
+        from cdm_core.latent.space import latent_space
+        ds = latent_space(ds, config).dataset
     device = resolve_device(config.device)
     backend = index_backend(config.index, device)
     key = (ds.content_hash, str(device), config.index, config.nlist if backend == "ivf" else 0,

@@ -38,6 +38,7 @@ SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
 FORMATS = ("png", "svg", "pdf")
 MANIFEST_KIND = "cfdm-explorer figure manifest"
 UPLOADED_DATA = "training.npy"  # the data spec of a bundle whose training set was uploaded (written into it)
+AUTOENCODER_FILE = "autoencoder.safetensors"  # a latent-space bundle's autoencoder weights (written into it)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ def read_manifest(path) -> dict:
     figs = m.get("figures")
     if not (isinstance(figs, list) and figs and all(f in FIGURES for f in figs)):
         raise CdmInputError(f"{path}: manifest figures must be a non-empty list among {', '.join(FIGURES)}")
+    if not isinstance(m.get("autoencoder", {}), dict):
+        raise CdmInputError(f"{path}: manifest autoencoder must be an object")
     if not isinstance(m.get("options", {}), dict) or not isinstance(m.get("style", {}), dict):
         raise CdmInputError(f"{path}: manifest options and style must be objects")
     try:
@@ -162,12 +165,24 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                                                 scale=1, pad=1)
         else:
             out["samples"] = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=nn_ratio(res.nn_dist))
+    space = None
+    if cfg.space == "latent":
+        from cdm_core.latent.space import latent_space
+        space = latent_space(ds, cfg)
+        expected = m.get("autoencoder", {}).get("autoencoder_hash")
+        if expected and expected != space.weights_hash:
+            raise CdmInputError(f"the autoencoder has weights {space.weights_hash}, but the manifest was made with "
+                                f"{expected}: regenerate with the bundled {AUTOENCODER_FILE}")
+        data |= {"latents": res.latents, "pixel_nn_ids": res.pixel_nn_ids, "pixel_nn_dist": res.pixel_nn_dist}
     if "sources" in which:
         ok = res.source_ids[i] >= 0
         ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
         if ds.is_image:
             keep = w >= 1e-3
-            tiles = np.concatenate([res.samples[i:i + 1], ds.points[ids[keep][:8]], ds.points[res.nn_ids[i][:4]]])
+            # latent space: the sources as the decoder draws them, then the nearest training images
+            srcs = ds.points[ids[keep][:8]] if space is None else space.decode(res.train_latents[ids[keep][:8]])
+            near = res.nn_ids[i] if space is None else res.pixel_nn_ids[i]
+            tiles = np.concatenate([res.samples[i:i + 1], srcs, ds.points[near[:4]]])
             out["sources"] = figures.image_grid(tiles, ds.image_shape, ncols=len(tiles), scale=1, pad=1)
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
@@ -194,7 +209,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     if "map" in which:
         from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, source_edges
         say("map")
-        emb = compute_map(ds, MapConfig(**opts.get("map", {"method": "pca"})))
+        emb = compute_map(ds if space is None else space.dataset, MapConfig(**opts.get("map", {"method": "pca"})))
         pos = place_by_sources(emb, res.source_ids, res.source_weights)
         edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
@@ -285,7 +300,7 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
     """Write figures, data and manifest into `out_dir`. Returns {"files": [...], "message": str}."""
     style = _style(m)
     ds = ds or resolve_dataset(m, base_dir)
-    figs, data = build(m, ds, callback)
+    figs, data = build(_with_paths_from(m, base_dir), ds, callback)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, message = [], ""
@@ -312,9 +327,23 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
         pts = ds.points.reshape((ds.n,) + tuple(ds.image_shape)) if ds.is_image else ds.points
         atomic_write_bytes(out_dir / UPLOADED_DATA, npy_bytes(pts))
         files.append(UPLOADED_DATA)
+    if m["sampler"].get("space") == "latent":  # the autoencoder travels with the bundle, so it regenerates identically
+        from cdm_core.latent.space import latent_space, weights_bytes
+        space = latent_space(ds, SamplerConfig.from_dict(_with_paths_from(m, base_dir)["sampler"]))
+        atomic_write_bytes(out_dir / AUTOENCODER_FILE, weights_bytes(space.model, ds))
+        files.append(AUTOENCODER_FILE)
+        m = m | {"sampler": m["sampler"] | {"ae_weights": AUTOENCODER_FILE}, "autoencoder": space.describe()}
     atomic_write_bytes(out_dir / "manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str).encode())
     files.append("manifest.json")
     return {"files": files, "message": message}
+
+
+def _with_paths_from(m: dict, base_dir: Path | None) -> dict:
+    """The manifest with a relative autoencoder weights path resolved against the bundle folder."""
+    path = m["sampler"].get("ae_weights", "")
+    if path and base_dir is not None and not Path(path).is_absolute():
+        return m | {"sampler": m["sampler"] | {"ae_weights": str(Path(base_dir) / path)}}
+    return m
 
 
 def npy_bytes(a: np.ndarray) -> bytes:

@@ -1,0 +1,1 @@
+"""Autoencoder latent spaces: the same sampler run on a trained encoder's training latents."""
