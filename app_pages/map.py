@@ -41,15 +41,18 @@ def body() -> None:
                        help="Smaller values pack clusters tighter.")
     cfg = MapConfig(method=method, n_neighbors=nn, min_dist=md)
     state.set_map_method(method)
-    emb = cached_map(ds.content_hash, cfg, ds)
+    run = state.ensure_run(ds)
+    space = None if run is None else state.latent_space_of(ds, run.result.config)
+    mapped = ds if space is None else space.dataset  # latent space: a map of the training latents
+    emb = cached_map(mapped.content_hash, cfg, mapped)
     note = f"{len(emb.ids):,} of {ds.n:,} training items mapped" + (
         " (fixed random subset)" if len(emb.ids) < ds.n else "")
     if len(emb.ids) > MAX_DRAWN:
         note += f"; the first {MAX_DRAWN:,} are drawn"
-    st.caption(f"{method.upper()} map, cached on disk by content hash and settings "
+    st.caption(f"{method.upper()} map{' of the autoencoder latents' if space is not None else ''}, cached on disk "
+               "by content hash and settings "
                f"({'from cache' if emb.from_cache else 'computed now'}). {note}.")
 
-    run = state.ensure_run(ds)
     if run is None:
         sample_pos = np.zeros((0, 2), np.float32)
         res = None
@@ -59,7 +62,7 @@ def body() -> None:
         how = st.radio("Place samples at", options, horizontal=True, key="w_map_place",
                        help="Blend sources: the weight-averaged map position of each sample's exact sources. "
                             "UMAP transform: embed the sample itself (small sets only).")
-        sample_pos = place_by_transform(emb, res.samples) if how == "UMAP transform" else \
+        sample_pos = place_by_transform(emb, res.blend_space_points) if how == "UMAP transform" else \
             place_by_sources(emb, res.source_ids, res.source_weights)
         placed_at = ('UMAP transform of the samples' if how == 'UMAP transform'
                      else 'the weighted position of their blend sources')

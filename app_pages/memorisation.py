@@ -59,6 +59,9 @@ def body() -> None:
         st.markdown(EXPLANATION)
         return
     rows, sample_sets = done
+    if base.space == "latent":
+        st.caption("Latent space: nearest-neighbour ratios and distances are measured between latents "
+                   "(the space the sampler blends in); the strips show the decoded samples.")
     st.plotly_chart(figures.sweep_figure(rows, current_sigma=p["sigma"]), width="stretch", key="sweep_fig")
     st.caption(f"Dotted line: the current σ = {p['sigma']:g} (Generate page). {n} samples per σ, M = {base.draws}, "
                f"S = {base.steps}, T = {base.start:g}, seed {base.seed}.")

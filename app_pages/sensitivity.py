@@ -13,7 +13,9 @@ MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical
 
 def prepared(ds, cfg):
     """The cached local training set; None on Ray (each run opens its actors)."""
-    return state.cached_prepared(ds.content_hash, cfg.index, ds) if cfg.backend == "local" else None
+    if cfg.backend != "local" or cfg.space != "data":  # latent space: the sampler opens the latent set itself
+        return None
+    return state.cached_prepared(ds.content_hash, cfg.index, ds)
 
 
 def compute(ds, run, top: int):
@@ -41,7 +43,9 @@ def sample_view(ds, sens, i: int) -> None:
         st.plotly_chart(figures.sensitivity_maps_figure(jac[ok], ds.image_shape, [f"#{j}" for j in ids[ok]]),
                         width="stretch", key="sens_maps")
         st.caption("Red: the pixel brightens when that training item is up-weighted; blue: it darkens. "
-                   "One colour scale, centred at zero, for the whole row.")
+                   "One colour scale, centred at zero, for the whole row."
+                   + (" Latent space: maps are in pixel space, through the decoder (Dec′(z) · dz/dlog π, a "
+                      "Jacobian-vector product per latent direction)." if sens.latents is not None else ""))
     else:
         j = st.selectbox("Up-weight training item", [int(v) for v in ids[ok]], format_func=lambda v: f"#{v}",
                          key=f"w_arrow_{i}")

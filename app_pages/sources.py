@@ -13,17 +13,39 @@ def verdict(res, i: int) -> str:
     ratio = float(metrics.nn_ratio(res.nn_dist[i:i + 1])[0])
     eff = float(metrics.effective_sources(res.source_weights[i:i + 1])[0])
     nn, d = int(res.nn_ids[i, 0]), float(res.nn_dist[i, 0])
+    where = " in latent space" if res.latents is not None else ""
     if ratio < metrics.COPY_RATIO:
-        return (f"**Near-copy** of training item #{nn}: distance {d:.3g}, {ratio:.2f}× the distance to the "
+        return (f"**Near-copy** of training item #{nn}{where}: distance {d:.3g}, {ratio:.2f}× the distance to the "
                 f"second-nearest item (below {metrics.COPY_RATIO:.2f}).")
     return (f"**New blend** of about {eff:.1f} training items (effective number of sources); its nearest "
-            f"training item #{nn} is {d:.3g} away, {ratio:.2f}× the second-nearest distance.")
+            f"training item #{nn}{where} is {d:.3g} away, {ratio:.2f}× the second-nearest distance.")
 
 
-def image_row(ds, ids, captions, scale) -> None:
-    cols = st.columns(min(8, max(1, len(ids))))
-    for k, (j, cap) in enumerate(zip(ids, captions)):
-        cols[k % len(cols)].image(figures.to_image(ds.points[j], ds.image_shape, scale), caption=cap, width=84)
+def image_row(ds, rows, captions, scale) -> None:
+    """Images in a row (wrapping after 8): `rows` are flattened images in data units."""
+    cols = st.columns(min(8, max(1, len(rows))))
+    for k, (row, cap) in enumerate(zip(rows, captions)):
+        cols[k % len(cols)].image(figures.to_image(row, ds.image_shape, scale), caption=cap, width=96)
+
+
+def latent_rows(ds, res, i: int, ids, w, scale) -> None:
+    """Latent space: the decoded sources (what the sample blends), then the nearest training images
+    by latent and by pixel distance, each with both distances."""
+    from cdm_core.latent.space import latent_space
+    space = latent_space(ds, res.config)
+    st.markdown(f"**Blend sources, decoded** ({len(ids)} with weight ≥ 0.001; the sample is the decoder's image "
+                "of Σ w·z over their latents)")
+    image_row(ds, space.decode(res.train_latents[ids[:16]]), [f"#{j} · w={wt:.3f}" for j, wt in zip(ids, w)], scale)
+    z, x = res.latents[i], res.samples[i]
+
+    def captions(near):
+        return [f"#{j} · latent d={np.linalg.norm(res.train_latents[j] - z):.3g} · pixel d="
+                f"{np.linalg.norm(ds.points[j] - x):.3g}" for j in near]
+
+    st.markdown("**Nearest training images in latent space** (distances in latent units and in data units)")
+    image_row(ds, ds.points[res.nn_ids[i][:8]], captions(res.nn_ids[i][:8]), scale)
+    st.markdown("**Nearest training images in pixel space** (to the decoded sample)")
+    image_row(ds, ds.points[res.pixel_nn_ids[i][:8]], captions(res.pixel_nn_ids[i][:8]), scale)
 
 
 def users_of(res, j: int) -> pd.DataFrame:
@@ -51,13 +73,18 @@ def body() -> None:
     scale = 4 if ds.is_image and ds.image_shape[0] <= 16 else 3
     if ds.is_image:
         left, right = st.columns([1, 4])
-        left.image(figures.to_image(res.samples[i], ds.image_shape, scale + 1), caption=f"sample #{i}")
+        kind = "decoded blend" if res.latents is not None else "blend"
+        left.image(figures.to_image(res.samples[i], ds.image_shape, scale + 1), caption=f"sample #{i} ({kind})")
         with right:
-            st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
-            image_row(ds, ids[shown][:16], [f"#{j} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
-            st.markdown("**Nearest training items** (Euclidean distance)")
-            image_row(ds, res.nn_ids[i][:8], [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])],
-                      scale)
+            if res.latents is not None:
+                latent_rows(ds, res, i, ids[shown], w[shown], scale)
+            else:
+                st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
+                image_row(ds, ds.points[ids[shown][:16]],
+                          [f"#{j} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
+                st.markdown("**Nearest training items** (Euclidean distance, data units)")
+                image_row(ds, ds.points[res.nn_ids[i][:8]],
+                          [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
     else:
         left, right = st.columns([3, 2])
         left.plotly_chart(figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i]),
@@ -67,8 +94,9 @@ def body() -> None:
                             width="stretch", key="src_bar")
             st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance": res.nn_dist[i]}), hide_index=True,
                          width="stretch", height=200)
-    st.caption(f"The sample equals Σ w·x over these sources exactly (max truncation bound "
-               f"{res.truncation_bound[i]:.1e}).")
+    blended = "its latent equals Σ w·z over these sources' latents" if res.latents is not None else \
+        "the sample equals Σ w·x over these sources"
+    st.caption(f"Exact: {blended} (max truncation bound {res.truncation_bound[i]:.1e}).")
 
     st.subheader("Which samples use a training item?")
     options = [int(j) for j in ids[shown]] or [int(res.nn_ids[i, 0])]

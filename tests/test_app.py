@@ -174,3 +174,30 @@ def test_export_page_builds_a_bundle():
     blob, names, message = at.session_state["export_zip"]
     assert "manifest.json" in names and "data.npz" in names
     assert message or "samples.svg" in names
+
+
+def test_latent_space_across_pages():
+    """digits in latent space from a link: Generate trains (or reuses) the autoencoder on the press of
+    Generate, and every page then works on the latents and labels what it shows."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    for k, v in {"data": "digits", "space": "latent", "latent_dim": "8", "n": "8", "sigma": "0.5"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/generate.py").run()
+    assert not at.exception and not errors(at)
+    run = at.session_state["result"]
+    if run is None or run.result.latents is None:  # a fresh cache: the first latent run waits for the button
+        next(b for b in at.button if b.label == "Generate").click().run()
+    res = at.session_state["result"].result
+    assert res.config.space == "latent" and res.latents.shape == (8, 8) and res.samples.shape == (8, 64)
+    assert any("Autoencoder" in c.value for c in at.caption)
+    pages = {"app_pages/sources.py": "decoded", "app_pages/sensitivity.py": "through the decoder",
+             "app_pages/map.py": "autoencoder latents", "app_pages/memorisation.py": "Latent space",
+             "app_pages/export.py": "Preview"}
+    for page, words in pages.items():
+        at.switch_page(page).run()
+        assert not at.exception and not errors(at), page
+        texts = [m.value for m in list(at.markdown) + list(at.caption) + list(at.subheader)]
+        assert any(words in t for t in texts), (page, words)
+    assert at.session_state["result"].result is res
+    assert at.query_params["space"] == ["latent"] or at.query_params["space"] == "latent"

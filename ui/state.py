@@ -27,14 +27,17 @@ from cdm_core.errors import CdmInputError
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards")
+URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
+              "space", "latent_dim")
+LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordinate, so one value suits every set
 
 
-def defaults_for(name: str) -> dict:
+def defaults_for(name: str, space: str = "data") -> dict:
     entry = REGISTRY.get(name)
-    sigma = entry.default_sigma if entry else 0.1
+    sigma = LATENT_SIGMA if space == "latent" else entry.default_sigma if entry else 0.1
     return {"sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
-            "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0}
+            "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0,
+            "space": space, "latent_dim": 16}
 
 
 @st.cache_resource(show_spinner="Loading data set…", max_entries=8)
@@ -64,6 +67,8 @@ def init() -> None:
                 params[key] = OPTIONS[key][1](qp[key])
             except (ValueError, OverflowError):
                 pass  # a hand-edited URL with a bad value keeps the default
+    if REGISTRY[name].kind == "toy":
+        params["space"] = "data"  # point data have no latent space
     try:
         config_from(params)
     except CdmInputError:
@@ -146,13 +151,27 @@ def current_dataset() -> Dataset:
     return cached_dataset(name)
 
 
+PARAM_WIDGETS = ("w_sigma", "w_draws", "w_steps", "w_start", "w_n", "w_seed", "w_neighbours", "w_index",
+                 "w_backend", "w_shards", "w_space", "w_latent_dim")  # the Generate page's widgets for `params`
+
+
+def forget_param_widgets() -> None:
+    """Drop the Generate page's widget states, so its widgets show `params` after a programmatic change
+    (a keyed widget otherwise keeps its own value)."""
+    for key in PARAM_WIDGETS:
+        st.session_state.pop(key, None)
+
+
 def set_dataset(name: str) -> None:
     ss = st.session_state
     if name == ss.dataset_name:
         return
+    forget_param_widgets()
     ss.dataset_name = name
     keep = {k: ss.params[k] for k in ("n", "seed", "index")}
-    ss.params = defaults_for(name) | keep
+    ds = current_dataset()
+    space = ss.params.get("space", "data") if ds.is_image else "data"  # point data have no latent space
+    ss.params = defaults_for(name, space) | keep
     ss.result = None
     ss.selected_sample = 0
 
@@ -181,6 +200,9 @@ def label_for(name: str) -> str:
 def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
     """Small enough (well under a second here) that moving a slider regenerates at once (never
     on Ray, whose actors take seconds to start)."""
+    if cfg.space == "latent":  # only once the autoencoder exists: training takes seconds to minutes
+        from cdm_core.latent.space import is_ready
+        return ds.is_image and is_ready(ds, cfg) and cfg.work(ds.n, cfg.latent_dim) <= 2e10
     return cfg.backend == "local" and cfg.work(ds.n, ds.dim) <= 2e10
 
 
@@ -202,6 +224,9 @@ def current_run() -> Run | None:
 def progress_callback(bar, label: str):
     """A sampler callback that drives a Streamlit progress bar."""
     def callback(info):
+        if "stage" in info:  # e.g. training the autoencoder before a first latent run
+            bar.progress(fraction_done(info), text=f"{info['stage'].capitalize()}: step {info['step']}/{info['steps']}")
+            return
         bar.progress(fraction_done(info), text=f"{label}: step {info['step']}/{info['steps']}, "
                                                f"batch {info['batch']}/{info['batches']}")
     return callback
@@ -216,13 +241,22 @@ def require_run(ds: Dataset) -> Run | None:
     return run
 
 
+def latent_space_of(ds: Dataset, cfg: SamplerConfig):
+    """The run's latent space (from memory: a latent run has opened it), or None in data space."""
+    if cfg.space != "latent":
+        return None
+    from cdm_core.latent.space import latent_space
+    return latent_space(ds, cfg)
+
+
 def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
     """Sample with a progress bar; errors become one inline message and keep the old result."""
     bar = st.progress(0.0, text="Sampling…")
     callback = progress_callback(bar, "Sampling")
 
     try:
-        prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.backend == "local" else None
+        prep = cached_prepared(ds.content_hash, cfg.index, ds) if cfg.backend == "local" and cfg.space == "data" \
+            else None
         res = sample(ds, cfg, callback=callback, prepared=prep)
     except CdmInputError as e:
         bar.empty()

@@ -205,6 +205,17 @@ def check_image_data(data) -> Dataset:
     return data
 
 
+def is_ready(data, config) -> bool:
+    """Whether `latent_space` would answer without training (weights in memory, on disk or given)."""
+    if config.ae_weights:
+        return True
+    spec = AutoencoderSpec(latent_dim=config.latent_dim)
+    with _LOCK:
+        if any(k[:2] == (data.content_hash, spec.key) for k in _CACHE):
+            return True
+    return cache_path(data, spec).exists()
+
+
 def latent_space(data, config, callback=None) -> LatentSpace:
     """The latent space for `data` under `config` (latent_dim, ae_weights). `callback(info)` gets
     training progress as {"stage", "step", "steps", "batch", "batches"}."""
