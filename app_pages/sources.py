@@ -25,7 +25,7 @@ def image_row(ds, rows, captions, scale) -> None:
     """Images in a row (wrapping after 8): `rows` are flattened images in data units."""
     cols = st.columns(min(8, max(1, len(rows))))
     for k, (row, cap) in enumerate(zip(rows, captions)):
-        cols[k % len(cols)].image(figures.to_image(row, ds.image_shape, scale), caption=cap, width=96)
+        cols[k % len(cols)].image(figures.to_image(row, ds.image_shape, scale), caption=cap, width="stretch")
 
 
 def latent_rows(ds, res, i: int, ids, w, scale) -> None:
@@ -39,10 +39,11 @@ def latent_rows(ds, res, i: int, ids, w, scale) -> None:
     z, x = res.latents[i], res.samples[i]
 
     def captions(near):
-        return [f"#{j} · latent d={np.linalg.norm(res.train_latents[j] - z):.3g} · pixel d="
+        return [f"#{j}: latent {np.linalg.norm(res.train_latents[j] - z):.3g}, pixel "
                 f"{np.linalg.norm(ds.points[j] - x):.3g}" for j in near]
 
-    st.markdown("**Nearest training images in latent space** (distances in latent units and in data units)")
+    st.markdown("**Nearest training images in latent space** (Euclidean distance to the sample: latent units, "
+                "then data units)")
     image_row(ds, ds.points[res.nn_ids[i][:8]], captions(res.nn_ids[i][:8]), scale)
     st.markdown("**Nearest training images in pixel space** (to the decoded sample)")
     image_row(ds, ds.points[res.pixel_nn_ids[i][:8]], captions(res.pixel_nn_ids[i][:8]), scale)

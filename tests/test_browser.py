@@ -275,3 +275,37 @@ def test_map_hover_shows_thumbnail_for_images(server, page, artifacts):
     assert tip.evaluate("e => e.dataset.slot").isdigit()  # a sprite tile was picked for the hovered item
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-map-hover.png"))
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)  # the first latent run may train the digits autoencoder
+def test_pixel_latent_toggle(server, page, artifacts):
+    """The Space toggle on Generate: pixel samples, then latent samples decoded into images, with the
+    autoencoder's hash and error shown; the Sources page then shows decoded sources."""
+    open_page(page, f"{server}/generate?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    no_exception(page)
+    page.get_by_text("Latent space", exact=True).click()
+    untrained = page.get_by_text("trained on the first run")
+    ready = page.get_by_text(re.compile(r"Autoencoder .* reconstruction RMSE"))
+    untrained.or_(ready).first.wait_for()
+    wait_idle(page)
+    if untrained.count():  # no cached autoencoder yet: train it now
+        page.get_by_role("button", name="Generate").click()
+        wait_idle(page, timeout=HEAVY_TIMEOUT)
+    page.get_by_text(re.compile(r"Autoencoder .* reconstruction RMSE")).first.wait_for()
+    no_exception(page)
+    assert "space=latent" in page.url
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "latent-generate.png"), full_page=True)
+    page.get_by_role("link", name=re.compile("Sources of sample")).click()
+    wait_idle(page)
+    page.get_by_text("Blend sources, decoded").wait_for()
+    page.get_by_text("Nearest training images in pixel space").wait_for()
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "latent-sources.png"), full_page=True)
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Generate").click()
+    wait_idle(page)
+    page.get_by_text("Pixel space", exact=True).click()
+    wait_idle(page)
+    assert "space=data" in page.url
+    no_exception(page)
