@@ -48,15 +48,19 @@ with st.sidebar:
         st.caption(f"**{ds.n:,}** training items · {kind}")
     except Exception as e:  # a data set that fails to load must not take the app down
         st.error(f"Could not load the data set: {e}")
-    p = st.session_state.params
-    st.caption(f"σ = {p['sigma']:g} · M = {p['draws']} · S = {p['steps']} · T = {p['start']:g} · "
-               f"n = {p['n']} · seed {p['seed']}")
-    run = state.current_run()
-    if run is not None:
-        st.caption(f"Last run: {run.result.samples.shape[0]} samples in {run.result.seconds:.2f} s")
+    summary = st.empty()  # filled after the page has run, so it shows this run's settings and result
     missing = [n for n in REGISTRY if not availability(n)[0]]
     if missing:
         st.caption("Unavailable here: " + ", ".join(missing) + " (see the Data page).")
 
 nav.run()
 state.sync_url()
+
+with summary.container():
+    p = st.session_state.params
+    space = " · latent space" if p.get("space") == "latent" else ""
+    st.caption(f"σ = {p['sigma']:g} · M = {p['draws']} · S = {p['steps']} · T = {p['start']:g} · "
+               f"n = {p['n']} · seed {p['seed']}{space}")
+    run = state.current_run()
+    if run is not None:
+        st.caption(f"Last run: {run.result.samples.shape[0]} samples in {run.result.seconds:.2f} s")

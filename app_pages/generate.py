@@ -8,6 +8,7 @@ from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
+from ui.click_select import click_select
 from ui.selection import selected_points
 
 HELP = {
@@ -124,12 +125,12 @@ def results(run, ds) -> None:
     ratio = metrics.nn_ratio(res.nn_dist)
     sel = state.selected_sample()
     if ds.is_image:
-        fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=16 if ds.image_shape[0] <= 16 else 12,
-                                        values=ratio, value_name="NN ratio",
-                                        scale=3 if ds.image_shape[0] < 20 else 2)
+        fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=12, values=ratio, value_name="NN ratio",
+                                        scale=figures.grid_scale(ds.image_shape), selected=sel)
         event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
                                 key="gen_grid", config={"displayModeBar": False})
         pick_from(event, curve=len(fig.data) - 1)  # the invisible per-tile markers come last
+        click_select("gen_grid", [len(fig.data) - 1], lambda curve, i: state.select_sample(i))
     else:
         tabs = st.tabs(["Samples", "Trajectories"])
         with tabs[0]:
@@ -138,6 +139,7 @@ def results(run, ds) -> None:
             event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
                                     key="gen_scatter")
             pick_from(event, curve=1)
+            click_select("gen_scatter", [1], lambda curve, i: state.select_sample(i))
         with tabs[1]:
             if res.trajectory is not None:
                 st.plotly_chart(figures.trajectories_figure(ds.points[:, :2], res.trajectory[..., :2],
@@ -146,8 +148,9 @@ def results(run, ds) -> None:
                 st.caption("Press Play or drag the time slider: samples flow from noise (t = T) to data (t = 1).")
     sel = state.selected_sample()
     c1, c2 = st.columns([3, 1])
-    c1.caption(f"Colour: nearest/second-nearest distance ratio (dark = near-copy). Selected sample: **#{sel}**. "
-               "Click a sample to select it.")
+    cue = "Border colour" if ds.is_image else "Colour"
+    c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = near-copy, "
+               f"yellow = far from any single item). Selected sample: **#{sel}** (outlined). Click a sample to select it.")
     c2.page_link("app_pages/sources.py", label=f"Sources of sample #{sel} →", icon=":material/account_tree:")
 
 

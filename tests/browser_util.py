@@ -127,3 +127,16 @@ def stable_box(locator, timeout: float = STEP_TIMEOUT) -> dict:
             return box
         time.sleep(0.1)
     raise AssertionError(f"the layout of {locator} did not settle in {timeout / 1000:.0f} s (last boxes {boxes})")
+
+
+def point_position(page, chart_key: str, index: int) -> dict:
+    """Page coordinates of point `index` of the first trace with per-point ids (customdata) in the
+    plotly chart with Streamlit key `chart_key` (training-data traces excluded)."""
+    page.locator(f".st-key-{chart_key} .js-plotly-plot").first.scroll_into_view_if_needed()
+    wait_rendered(page)
+    return page.evaluate("""([key, i]) => {
+        const g = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+        const tr = g._fullData.find(t => t.customdata && t.name !== 'training data');
+        const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
+        return {x: r.left + xa._offset + xa.l2p(tr.x[i]), y: r.top + ya._offset + ya.l2p(tr.y[i])};
+    }""", [chart_key, index])

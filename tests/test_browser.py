@@ -17,6 +17,7 @@ from tests.browser_util import (
     browser,
     have_chromium,
     new_context,
+    point_position,
     stable_box,
     streamlit_server,
     wait_idle,
@@ -309,3 +310,21 @@ def test_pixel_latent_toggle(server, page, artifacts):
     wait_idle(page)
     assert "space=data" in page.url
     no_exception(page)
+
+
+@pytest.mark.parametrize("query,chart", [("data=moons&n=32&sigma=0.1&draws=4", "gen_scatter"),
+                                         ("data=digits&n=32&sigma=0.5&draws=4", "gen_grid")])
+def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
+    """A plain click on a sample (2-D scatter or image tile) selects it at once: the caption, the
+    outline and the link to its sources follow in the same rerun."""
+    open_page(page, f"{server}/generate?{query}")
+    page.get_by_text("Selected sample: #0").wait_for()
+    pos = point_position(page, chart, 5)
+    page.mouse.click(pos["x"], pos["y"])
+    page.get_by_text("Selected sample: #5").wait_for()
+    wait_idle(page)
+    assert page.get_by_role("link", name=re.compile("Sources of sample #5")).count() == 1
+    assert "sample=5" in page.url
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / f"click-select-{chart}.png"), full_page=True)

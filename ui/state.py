@@ -221,9 +221,17 @@ def current_run() -> Run | None:
     return st.session_state.get("result")
 
 
-def progress_callback(bar, label: str):
-    """A sampler callback that drives a Streamlit progress bar."""
+def progress_callback(bar, label: str, every_s: float = 0.2):
+    """A sampler callback that drives a Streamlit progress bar, at most once per `every_s` seconds
+    (each update is a message to the browser: a 100-step toy run would otherwise send 100)."""
+    import time
+    last = [time.perf_counter()]
+
     def callback(info):
+        now = time.perf_counter()
+        if now - last[0] < every_s and fraction_done(info) < 1:
+            return
+        last[0] = now
         if "stage" in info:  # e.g. training the autoencoder before a first latent run
             bar.progress(fraction_done(info), text=f"{info['stage'].capitalize()}: step {info['step']}/{info['steps']}")
             return

@@ -81,13 +81,29 @@ def image_grid(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, scale: i
     return grid
 
 
+def fixed_scale_colours(values, lo: float = 0.0, hi: float = 1.0, colorscale: str = SEQUENTIAL) -> list[str]:
+    """Colours of `values` on a fixed [lo, hi] scale (not stretched to the data), as hex strings."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+    t = np.clip((np.asarray(values, np.float64) - lo) / (hi - lo), 0, 1)
+    rgb = sample_colorscale(colorscale, list(t))
+    return ["#%02x%02x%02x" % tuple(int(round(c)) for c in unlabel_rgb(col)) for col in rgb]
+
+
+def grid_scale(image_shape: tuple, target_px: int = 72) -> int:
+    """Upscaling factor that draws an image about `target_px` tall (at least 2x)."""
+    return max(2, int(round(target_px / image_shape[0])))
+
+
 def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, values=None,
                       value_name: str = "", scale: int = 3, title: str | None = None,
-                      labels=None) -> go.Figure:
+                      labels=None, selected: int | None = None, value_range=(0.0, 1.0)) -> go.Figure:
     """A clickable grid: the tiled image plus one (nearly invisible) marker per tile, so that
-    clicking or box-selecting a tile selects that item (`customdata` holds its position)."""
-    pad = 2
-    grid = image_grid(vectors, image_shape, ncols, scale, pad)
+    clicking or box-selecting a tile selects that item (`customdata` holds its position).
+    `values` colour each tile's border on the fixed scale `value_range` (a colour bar says
+    which); `selected` is outlined in the sample colour."""
+    pad = max(3, scale)  # room for a border that reads at a glance
+    borders = None if values is None else fixed_scale_colours(values, *value_range)
+    grid = image_grid(vectors, image_shape, ncols, scale, pad, borders=borders)
     n = len(vectors)
     ncols = max(1, min(ncols, n))
     h, w = image_shape[0] * scale, image_shape[1] * scale
@@ -98,12 +114,16 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
     hover = [f"#{i}" + (f"<br>{value_name} {values[i]:.3g}" if values is not None else "")
              + (f"<br>label {labels[i]}" if labels is not None else "") for i in idx]
     marker = dict(size=max(8, min(w, 40)), opacity=0.01, color="black", symbol="square")
-    if values is not None:  # a visible colour cue under each tile: a thin bar below it
-        fig.add_trace(go.Scatter(x=cx, y=cy + h / 2 - 1, mode="markers", hoverinfo="skip",
-                                 marker=dict(size=6, symbol="line-ew", line=dict(width=3),
-                                             color=values, colorscale=SEQUENTIAL, showscale=True,
-                                             colorbar=dict(title=value_name, thickness=12)),
-                                 showlegend=False))
+    if values is not None:  # the colour bar of the borders (one invisible point carries it)
+        lo, hi = value_range
+        fig.add_trace(go.Scatter(x=[cx[0]], y=[cy[0]], mode="markers", hoverinfo="skip", showlegend=False,
+                                 marker=dict(size=0.1, opacity=0, color=[lo], cmin=lo, cmax=hi, colorscale=SEQUENTIAL,
+                                             showscale=True, colorbar=dict(title=dict(text=value_name, side="right"),
+                                                                           thickness=12, len=0.9))))
+    if selected is not None and 0 <= selected < n:
+        x0, y0 = cx[selected] - w / 2 - pad, cy[selected] - h / 2 - pad
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x0 + w + 2 * pad, y1=y0 + h + 2 * pad,
+                      line=dict(color=SAMPLE_COLOUR, width=3))
     fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers", marker=marker, customdata=idx, text=hover,
                              hovertemplate="%{text}<extra></extra>", showlegend=False, name="items"))
     fig.update_xaxes(visible=False, range=[0, grid.width])

@@ -1,0 +1,59 @@
+"""Click-to-select for plotly charts.
+
+Streamlit's `on_select` turns plotly's click mode into "event" and reports box and lasso
+selections only: a plain click on a point fires an empty selection. A small
+`st.components.v2` component (its JavaScript runs in the app page) finds the chart by its key,
+listens to plotly's click events and sends the clicked point's id back as a trigger value. The
+Python callback runs before the next script run, so the page draws the new selection at once.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+JS = """
+export default function(component) {
+  const { data, setTriggerValue } = component;
+  let attached = null;
+  const attach = () => {
+    const gd = document.querySelector(`.st-key-${data.chart_key} .js-plotly-plot`);
+    if (!gd || gd === attached || typeof gd.on !== 'function') return;
+    attached = gd;
+    gd.on('plotly_click', (ev) => {
+      const p = ev && ev.points && ev.points[0];
+      if (!p || !data.curves.includes(p.curveNumber)) return;
+      const cd = Array.isArray(p.customdata) ? p.customdata[0] : p.customdata;
+      if (cd === undefined || cd === null) return;
+      setTriggerValue('clicked', {curve: p.curveNumber, id: Number(cd), t: Date.now()});
+    });
+  };
+  attach();
+  const timer = setInterval(attach, 300);
+  return () => clearInterval(timer);
+}
+"""
+
+_component = st.components.v2.component("cfdm_click_select", js=JS)
+
+
+def clicked_point(state_key: str) -> tuple[int, int] | None:
+    """(curve, id) of the click that triggered this run, read from the component's session state."""
+    value = st.session_state.get(state_key)
+    clicked = value.get("clicked") if isinstance(value, dict) else getattr(value, "clicked", None)
+    if not clicked:
+        return None
+    return int(clicked["curve"]), int(clicked["id"])
+
+
+def click_select(chart_key: str, curves: list[int], on_click) -> None:
+    """Call `on_click(curve, id)` when a point of one of `curves` in the chart `chart_key` is
+    clicked (before the rerun the click causes). Points carry their id as (first) customdata."""
+    state_key = f"{chart_key}_click"
+
+    def handle():
+        hit = clicked_point(state_key)
+        if hit is not None:
+            on_click(*hit)
+
+    _component(data={"chart_key": chart_key, "curves": [int(c) for c in curves]}, key=state_key,
+               on_clicked_change=handle)
