@@ -132,15 +132,18 @@ def results(run, ds) -> None:
         pick_from(event, curve=len(fig.data) - 1)  # the invisible per-tile markers come last
         click_select("gen_grid", [len(fig.data) - 1], lambda curve, i: state.select_sample(i))
     else:
-        tabs = st.tabs(["Samples", "Trajectories"])
-        with tabs[0]:
+        # one view at a time: the animated trajectories (a frame per step) are costly to draw, so
+        # they are sent to the browser only when asked for, keeping the slider loop fast
+        view = st.segmented_control("View", ["Samples", "Trajectories"], default="Samples", key="w_gen_view",
+                                    label_visibility="collapsed") or "Samples"
+        if view == "Samples":
             fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio",
                                           highlight=sel if sel < len(res.samples) else None)
             event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
                                     key="gen_scatter")
             pick_from(event, curve=1)
             click_select("gen_scatter", [1], lambda curve, i: state.select_sample(i))
-        with tabs[1]:
+        else:
             if res.trajectory is not None:
                 st.plotly_chart(figures.trajectories_figure(ds.points[:, :2], res.trajectory[..., :2],
                                                             time_grid(res.config.start, res.config.steps)),

@@ -328,3 +328,18 @@ def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
     no_exception(page)
     wait_rendered(page)
     page.screenshot(path=str(artifacts / f"click-select-{chart}.png"), full_page=True)
+
+
+def test_slider_updates_sidebar_in_the_same_run(server, page, artifacts):
+    """Moving σ on a toy set regenerates at once and the sidebar shows the new σ and this run's
+    time (not the previous interaction's)."""
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.get_by_text("σ = 0.105 ·").first.wait_for()
+    wait_idle(page)
+    sidebar = " ".join(page.locator("[data-testid='stSidebar'] [data-testid='stCaptionContainer']").all_inner_texts())
+    assert "σ = 0.105" in sidebar and "Last run: 64 samples" in sidebar
+    assert "sigma=0.105" in page.url
+    no_exception(page)
