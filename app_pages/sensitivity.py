@@ -3,7 +3,13 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.analysis.sensitivity import counterfactual, jacobian, position_derivative, sensitivity
+from cdm_core.analysis.sensitivity import (
+    counterfactual,
+    jacobian,
+    numerical_zero,
+    position_derivative,
+    sensitivity,
+)
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
@@ -36,14 +42,23 @@ def sample_view(ds, sens, i: int) -> None:
     ok = ids >= 0
     st.markdown(f"**Most influential training items for sample #{i}** (ranked by ‖J‖ = ‖dx/dlog π‖)")
     if ds.is_image:
-        cols = st.columns([1] + [1] * int(ok.sum()))
-        cols[0].image(figures.to_image(sens.samples[i], ds.image_shape, 4), caption=f"sample #{i}", width=84)
-        for k, (j, v) in enumerate(zip(ids[ok], infl[ok])):
-            cols[k + 1].image(figures.to_image(ds.points[j], ds.image_shape, 4), caption=f"#{j} · {v:.3g}", width=84)
-        st.plotly_chart(figures.sensitivity_maps_figure(jac[ok], ds.image_shape, [f"#{j}" for j in ids[ok]]),
+        floor = numerical_zero(ds.points)
+        c1, c2 = st.columns([1, 5])
+        c1.image(figures.to_image(sens.samples[i], ds.image_shape, 4), caption=f"sample #{i}", width="stretch")
+        per_map = c2.toggle("One colour scale per map", key="w_sens_per_map",
+                            help="Off: one scale for the row, so maps compare. On: each map uses its own range.")
+        names = ds.label_names
+        titles = [f"#{j}" + (f" {names[ds.labels[j]]}" if names is not None and ds.labels is not None
+                             and 0 <= ds.labels[j] < len(names) else "") for j in ids[ok]]
+        c2.plotly_chart(figures.sensitivity_maps_figure(jac[ok], ds.image_shape, titles, zero_floor=floor,
+                                                        per_map_scale=per_map, images=ds.points[ids[ok]],
+                                                        colorbar_title="∂x/∂log π (data units)"),
                         width="stretch", key="sens_maps")
-        st.caption("Red: the pixel brightens when that training item is up-weighted; blue: it darkens. "
-                   "One colour scale, centred at zero, for the whole row."
+        quiet = int((infl[ok] <= floor).sum())
+        st.caption("Each training item above its map of ∂ sample / ∂ log-weight (data units per unit of log-weight). "
+                   "Red: the pixel brightens when that item is up-weighted; blue: it darkens; centred at zero. "
+                   + (f"{quiet} map(s) are numerically zero (‖J‖ ≤ {floor:.0e}, 1e-9 of the data scale, below what "
+                      "the float64 recursion resolves): left blank. " if quiet else "")
                    + (" Latent space: maps are in pixel space, through the decoder (Dec′(z) · dz/dlog π, a "
                       "Jacobian-vector product per latent direction)." if sens.latents is not None else ""))
     else:
@@ -79,8 +94,10 @@ def brighter_panel(ds, sens, i: int) -> None:
     left, right = st.columns([1, 3])
     left.image(figures.outlined_patch(ds.points[j], ds.image_shape, r, c, rad), caption=f"#{j}, brightened patch",
                width=96)
-    right.plotly_chart(figures.sensitivity_maps_figure(deriv[None], ds.image_shape, [f"d sample #{i} / d brightness"]),
-                       width="stretch", key="bright_map")
+    right.plotly_chart(figures.sensitivity_maps_figure(deriv[None], ds.image_shape, [f"sample #{i}"],
+                                                       zero_floor=numerical_zero(ds.points),
+                                                       colorbar_title="∂x/∂brightness"),
+                       width="content", key="bright_map")
     st.caption("Exact derivative of the sample with respect to the patch's brightness in that training image "
                "(unit-norm direction), all random numbers held fixed.")
 

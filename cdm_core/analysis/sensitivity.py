@@ -38,6 +38,19 @@ from cdm_core.latent.space import latent_space
 log = logging.getLogger(__name__)
 
 
+# Derivatives below this fraction of the data's scale are drawn and reported as numerically zero:
+# the float64 recursion multiplies rounding errors (about 1e-16 of the data scale per term) by up
+# to t/(1-t)^2 ~ S^2 in the last steps and sums N terms, so smaller values are not resolved from
+# rounding for the sizes the dashboard runs (S ~ 20-200, N up to 6e4); they are not signal.
+NUMERICAL_ZERO_REL = 1e-9
+
+
+def numerical_zero(points: np.ndarray) -> float:
+    """|J| at or below which a derivative is numerically zero, in data units."""
+    scale = float(np.abs(points).max()) if np.size(points) else 1.0
+    return NUMERICAL_ZERO_REL * (scale if scale > 0 else 1.0)
+
+
 @dataclass
 class SensitivityResult:
     samples: np.ndarray  # (n, D) float64, data units

@@ -197,8 +197,11 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
             ok = sens.training_ids[k] >= 0
             data["jacobian"] = sens.jacobian[k]
             if ds.is_image:
-                out["sensitivity"] = figures.sensitivity_maps_figure(sens.jacobian[k][ok], ds.image_shape,
-                                                                     [f"#{j}" for j in sens.training_ids[k][ok]])
+                from cdm_core.analysis.sensitivity import numerical_zero
+                ids = sens.training_ids[k][ok]
+                out["sensitivity"] = figures.sensitivity_maps_figure(
+                    sens.jacobian[k][ok], ds.image_shape, [f"#{j}" for j in ids], zero_floor=numerical_zero(ds.points),
+                    images=ds.points[ids], colorbar_title="∂x/∂log π")
             else:
                 from cdm_core.analysis.sensitivity import jacobian
                 j = int(sens.training_ids[k][0])

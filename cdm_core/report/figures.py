@@ -255,20 +255,48 @@ def _signed(vec: np.ndarray, image_shape: tuple) -> np.ndarray:
 
 
 def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: list[str],
-                            title: str | None = None) -> go.Figure:
-    """Signed per-pixel maps of J rows, one shared colour scale centred at zero."""
+                            title: str | None = None, zero_floor: float = 0.0, per_map_scale: bool = False,
+                            images: np.ndarray | None = None, colorbar_title: str = "∂x/∂log π") -> go.Figure:
+    """Signed per-pixel maps of J rows, centred at zero: one colour scale shared by the row, or one
+    per map (`per_map_scale`, each title then gives its own maximum). Maps whose largest |value| is
+    at or below `zero_floor` are left blank and labelled numerically zero, never stretched into
+    colour. `images` (optional, one per map) are drawn above their maps, so each map sits under
+    the item it belongs to."""
     from plotly.subplots import make_subplots
     n = len(jac_rows)
     maps = [_signed(r, image_shape) for r in jac_rows]
-    zmax = max(float(np.abs(m).max()) for m in maps) or 1.0
-    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.01)
+    peaks = [float(np.abs(m).max()) for m in maps]
+    live = [p > zero_floor for p in peaks]
+    shared = max([p for p, ok in zip(peaks, live) if ok], default=1.0)
+    labels = [f"{t}<br>{'max ' + format(p, '.2g') if ok else '≈ 0'}" for t, p, ok in zip(titles, peaks, live)]
+    rows = 2 if images is not None else 1
+    fig = make_subplots(rows=rows, cols=n, subplot_titles=labels + [""] * (n * (rows - 1)),
+                        horizontal_spacing=0.02, vertical_spacing=0.03)
     for k, m in enumerate(maps):
-        fig.add_trace(go.Heatmap(z=m, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING, showscale=k == n - 1,
-                                 colorbar=dict(title="dx/dlog π", thickness=12, exponentformat="e"),
-                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"), 1, k + 1)
+        if images is not None:
+            fig.add_trace(go.Image(z=np.asarray(to_image(images[k], image_shape).convert("RGB")), hoverinfo="skip"),
+                          1, k + 1)
+        zmax = (peaks[k] if per_map_scale else shared) if live[k] else 1.0
+        z = m if live[k] else np.zeros_like(m)
+        fig.add_trace(go.Heatmap(z=z, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING,
+                                 showscale=not per_map_scale and k == n - 1 and any(live),
+                                 colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=10,
+                                               exponentformat="e"),
+                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"), rows, k + 1)
+        if not live[k]:
+            axis = (rows - 1) * n + k + 1  # make_subplots numbers axes row by row
+            suffix = "" if axis == 1 else str(axis)
+            fig.add_annotation(text="numerically<br>zero", showarrow=False, font=dict(size=10, color="#555"),
+                               xref=f"x{suffix} domain", yref=f"y{suffix} domain", x=0.5, y=0.5)
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    return base_layout(fig, title, height=220)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    for k in range(1, rows * n + 1):  # every panel square: images and maps share a size
+        fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // n + 1, col=(k - 1) % n + 1)
+    fig.update_annotations(font_size=11)
+    panel = max(80, min(170, 760 // max(n, 1)))  # about square panels in a page-wide chart
+    base_layout(fig, title, height=panel * rows + 70)
+    fig.update_layout(margin=dict(l=10, r=10, t=60 if title else 45, b=10))
+    return fig
 
 
 def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, title: str | None = None) -> go.Figure:
@@ -288,10 +316,10 @@ def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, tit
     logm = np.log10(np.maximum(mat, floor))
     fig = go.Figure(go.Heatmap(z=logm, x=[f"#{c}" for c in cols], y=[f"sample {i}" for i in range(len(mat))],
                                customdata=mat, colorscale=SEQUENTIAL,
-                               colorbar=dict(title="log10 |J|", thickness=12),
+                               colorbar=dict(title="log10 ‖∂x/∂log π‖", thickness=12),
                                hovertemplate="%{y}, training %{x}<br>|J| = %{customdata:.3g}<extra></extra>"))
-    fig.update_xaxes(showticklabels=len(cols) <= 60)
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(showticklabels=len(cols) <= 60, title_text="training item", tickangle=-60)
+    fig.update_yaxes(autorange="reversed", title_text="sample")
     return base_layout(fig, title, height=max(260, 14 * len(mat) + 80))
 
 
