@@ -153,7 +153,8 @@ def results(run, ds) -> None:
     c1, c2 = st.columns([3, 1])
     cue = "Border colour" if ds.is_image else "Colour"
     c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = near-copy, "
-               f"yellow = far from any single item). Selected sample: **#{sel}** (outlined). Click a sample to select it.")
+               f"yellow = far from any single item). Selected sample: **#{sel}** (outlined). "
+               "Click a sample to select it.")
     c2.page_link("app_pages/sources.py", label=f"Sources of sample #{sel} →", icon=":material/account_tree:")
 
 
