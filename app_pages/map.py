@@ -7,6 +7,7 @@ import streamlit as st
 from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform, source_edges
 from cdm_core.report import figures
 from ui import state
+from ui.click_select import click_select
 from ui.hover_thumbnails import hover_thumbnails
 from ui.selection import selected_points
 
@@ -74,6 +75,8 @@ def body() -> None:
     fig = figures.map_figure(emb.positions, emb.ids, ds.labels, sample_pos, edges, MAX_DRAWN, ds.label_names)
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
+    if res is not None:  # a plain click on a sample selects it (its source edges follow)
+        click_select("map_chart", [len(fig.data) - 1], lambda curve, i: state.select_sample(i))
     if ds.is_image:
         shown = emb.ids[:MAX_DRAWN]
         n_thumbs = hover_thumbnails("map_chart", shown, ds.points[shown],
@@ -82,7 +85,7 @@ def body() -> None:
         st.caption(f"Hover a point to see its image ({n_thumbs:,} items have a thumbnail).")
     samples, train = selection(event, sample_curve=len(fig.data) - 1)
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
-               "Lasso or box-select points to list them below.")
+               "Click a sample to select it; lasso or box-select points to list them below.")
     linked(ds, res, samples, train)
 
 

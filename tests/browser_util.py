@@ -130,13 +130,14 @@ def stable_box(locator, timeout: float = STEP_TIMEOUT) -> dict:
 
 
 def point_position(page, chart_key: str, index: int) -> dict:
-    """Page coordinates of point `index` of the first trace with per-point ids (customdata) in the
-    plotly chart with Streamlit key `chart_key` (training-data traces excluded)."""
+    """Page coordinates of point `index` of the samples (the trace named "samples", else the first
+    trace with per-point ids other than the training data) in the chart with key `chart_key`."""
     page.locator(f".st-key-{chart_key} .js-plotly-plot").first.scroll_into_view_if_needed()
     wait_rendered(page)
     return page.evaluate("""([key, i]) => {
         const g = document.querySelector(`.st-key-${key} .js-plotly-plot`);
-        const tr = g._fullData.find(t => t.customdata && t.name !== 'training data');
+        const tr = g._fullData.find(t => t.name === 'samples')
+            || g._fullData.find(t => t.customdata && t.name !== 'training data');
         const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
         return {x: r.left + xa._offset + xa.l2p(tr.x[i]), y: r.top + ya._offset + ya.l2p(tr.y[i])};
     }""", [chart_key, index])

@@ -343,3 +343,17 @@ def test_slider_updates_sidebar_in_the_same_run(server, page, artifacts):
     assert "σ = 0.105" in sidebar and "Last run: 64 samples" in sidebar
     assert "sigma=0.105" in page.url
     no_exception(page)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
+def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
+    open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4")
+    page.get_by_text("Edges join sample #0").wait_for()
+    pos = point_position(page, "map_chart", 7)
+    page.mouse.click(pos["x"], pos["y"])
+    page.get_by_text("Edges join sample #7").wait_for()
+    wait_idle(page)
+    assert "sample=7" in page.url
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "click-select-map.png"), full_page=True)
