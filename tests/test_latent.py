@@ -264,3 +264,15 @@ def test_export_records_the_space_and_regenerates_identically(digits, digits_spa
     wrong = saved | {"autoencoder": saved["autoencoder"] | {"autoencoder_hash": "0" * 16}}
     with pytest.raises(CdmInputError, match="manifest was made with"):
         export_bundle(wrong, tmp_path / "c", base_dir=tmp_path / "a")
+
+
+def test_cli_sensitivity_in_latent_space_records_the_autoencoder(tmp_path, digits_space):
+    out = tmp_path / "sens.npz"
+    p = subprocess.run([sys.executable, "-m", "cdm_core", "sensitivity", "--data", "digits", "--space", "latent",
+                        "--latent-dim", "8", "--n", "3", "--sigma", "0.5", "--draws", "2", "--steps", "6", "--top", "2",
+                        "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert p.returncode == 0, p.stderr
+    z = np.load(out, allow_pickle=False)
+    assert z["jacobian"].shape == (3, 2, 64) and z["latent_jacobian"].shape == (3, 2, 8)
+    meta = json.loads(str(z["config"]))
+    assert meta["autoencoder"]["autoencoder_hash"] == digits_space.weights_hash

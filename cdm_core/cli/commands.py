@@ -73,6 +73,9 @@ def cmd_sensitivity(a) -> int:
     res = sensitivity(ds, cfg, ids=ids, top=a.top, weights=weights, callback=Progress("sensitivity"))
     meta = {"sampler": cfg.to_dict(), "dataset": res.dataset, "top": a.top, "ids": ids,
             "weights_given": weights is not None}
+    if cfg.space == "latent":  # the autoencoder the maps went through (hash, reconstruction error)
+        from cdm_core.latent.space import latent_space
+        meta["autoencoder"] = latent_space(ds, cfg).describe()
     atomic_write_bytes(a.out, npz_bytes(res.arrays(), json.dumps(meta, sort_keys=True, default=str)))
     print(f"wrote {a.out}: jacobian {res.jacobian.shape}", file=sys.stderr)
     return 0
