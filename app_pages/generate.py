@@ -49,7 +49,8 @@ def space_controls(ds, p: dict) -> None:
                                               key="w_latent_dim", help=HELP["latent_dim"]))
         cfg = state.config_from(p)
         from cdm_core.latent.space import is_ready
-        if is_ready(ds, cfg):
+        st.session_state["_latent_caption_ready"] = is_ready(ds, cfg)
+        if st.session_state["_latent_caption_ready"]:
             sp = state.latent_space_of(ds, cfg)
             c3.caption(f"Autoencoder `{sp.weights_hash}` ({sp.origin}): reconstruction RMSE {sp.recon_rmse:.3g} "
                        f"data units, {100 * sp.relative_error:.1f}% of the pixel variance. σ is in latent units.")
@@ -176,6 +177,9 @@ def body() -> None:
                         help="Draw samples with these settings.")
     if clicked or (not fresh and auto):
         run = state.run_sampler(ds, cfg) or run
+        if cfg.space == "latent" and not st.session_state.get("_latent_caption_ready", True) \
+                and run is not None and run.key == state.result_key(ds, cfg):
+            st.rerun()  # the autoencoder was just trained: redraw the controls with its hash and error
     elif not fresh and run is not None:
         st.info("Settings changed: press **Generate** to draw new samples (showing the previous ones).")
     if run is None:
