@@ -7,6 +7,7 @@ import streamlit as st
 from cdm_core.data.registry import REGISTRY, availability
 from cdm_core.runtime import keep_freed_memory
 from ui import state
+from ui.history import one_entry_per_page
 
 keep_freed_memory()  # steady sampler latency in this long-lived server process (cdm_core/runtime.py)
 
@@ -28,7 +29,16 @@ PAGES = [
 ]
 nav = st.navigation(PAGES)
 
+if state.link_notices():  # what the link asked for that could not be used as given, until dismissed
+    with st.container(border=True, key="link_notices"):
+        st.warning("**This link needed changes:**\n\n" + "\n".join(f"- {m}" for m in state.link_notices()),
+                   icon=":material/link_off:")
+        if st.button("Dismiss", key="w_dismiss_notices"):
+            state.dismiss_link_notices()
+            st.rerun()
+
 with st.sidebar:
+    one_entry_per_page()  # query-string updates replace the page's history entry instead of adding one
     st.logo(str(ASSETS / "logo.svg"))
     st.markdown("### cfdm-explorer")
     st.caption("Closed-form diffusion: where does every sample come from?")

@@ -35,11 +35,15 @@ def body() -> None:
     ds = state.current_dataset()
     with st.expander("Map settings", expanded=False):
         c1, c2, c3 = st.columns(3)
-        method = c1.selectbox("Method", ["umap", "pca"], key="w_map_method",
+        methods = ["umap", "pca"]
+        method = c1.selectbox("Method", methods, index=methods.index(state.map_method()), key="w_map_method",
                               help="UMAP keeps neighbourhoods; PCA is instant and linear.")
-        nn = c2.slider("UMAP neighbours", 5, 50, 15, key="w_map_nn", help="Larger values keep more global structure.")
-        md = c3.slider("UMAP min. distance", 0.0, 0.99, 0.1, key="w_map_md",
-                       help="Smaller values pack clusters tighter.")
+        nn, md = 15, 0.1
+        if method == "umap":  # PCA has no such settings
+            nn = c2.slider("UMAP neighbours", 5, 50, 15, key="w_map_nn",
+                           help="Larger values keep more global structure.")
+            md = c3.slider("UMAP min. distance", 0.0, 0.99, 0.1, key="w_map_md",
+                           help="Smaller values pack clusters tighter.")
     cfg = MapConfig(method=method, n_neighbors=nn, min_dist=md)
     state.set_map_method(method)
     run = state.ensure_run(ds)

@@ -31,8 +31,10 @@ def body() -> None:
     ds = state.current_dataset()
     p = state.params()
     c1, c2 = st.columns([3, 1])
-    text = c1.text_input("σ values", default_sigmas(p["sigma"]), key=f"w_sweep_sigmas_{ds.content_hash}",
+    text = c1.text_input("σ values", state.view("sweep") or default_sigmas(p["sigma"]),
+                         key=f"w_sweep_sigmas_{ds.content_hash}",
                          help="Comma-separated smoothing scales; the other settings come from the Generate page.")
+    state.set_view("sweep", text)
     n = int(c2.number_input("Samples per σ", 4, 256, min(32, int(p["n"])), key="w_sweep_n"))
     try:
         sigmas = sorted(set(parse_floats(text, "σ values")))

@@ -145,7 +145,8 @@ def body() -> None:
         return
     st.caption("Exact derivatives of each sample with respect to each training item's log-weight, with every "
                "random number held fixed; only items that carry weight along a sample's path have non-zero influence.")
-    top = st.slider("Influential items per sample", 1, 16, 6, key="w_top")
+    top = st.slider("Influential items per sample", 1, 16, state.view_number("top", 1, 16, integer=True), key="w_top")
+    state.set_view("top", top)
     sens, cfg = compute(ds, run, top)
     n = len(sens.samples)
     sel = state.selected_sample(n)

@@ -91,15 +91,65 @@ def test_good_upload_becomes_current_dataset():
     assert at.session_state["result"].result.samples.shape == (64, 2)
 
 
-def test_invalid_query_params_fall_back_to_defaults():
+def notices(at):
+    return " ".join(w.value for w in at.warning)
+
+
+def test_unknown_data_set_in_a_link_is_reported():
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["data"] = "no-such-set"
-    at.query_params["sigma"] = "banana"
-    at.query_params["steps"] = "-4"
+    at.query_params["sigma"] = "0.3"
     at.run()
     assert not at.exception
     assert at.session_state["dataset_name"] == "moons"
-    assert at.session_state["params"]["steps"] > 0
+    assert at.session_state["params"]["sigma"] == 0.1  # the unknown set's settings are not applied to moons
+    assert "Unknown data set 'no-such-set'" in notices(at)
+    at.button(key="w_dismiss_notices").click().run()
+    assert not at.warning
+
+
+def test_out_of_range_and_bad_link_values_are_clamped_with_a_notice():
+    """?sigma=99&n=100000 used to show 'Something went wrong' and no controls."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in {"sigma": "99", "n": "100000", "steps": "-4", "draws": "banana", "index": "magic",
+                 "sample": "x"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/generate.py").run()
+    assert not at.exception and not errors(at)
+    p = at.session_state["params"]
+    assert p["sigma"] == 99.0 and p["n"] == 1024 and p["steps"] == 1 and p["draws"] == 4 and p["index"] == "auto"
+    text = notices(at)
+    for words in ("n=100000 is outside 1–1024: clamped to 1024", "steps=-4", "draws='banana'", "index='magic'",
+                  "sample='x'"):
+        assert words in text, words
+    assert at.slider(key="w_sigma").value == 99.0 and at.number_input(key="w_n").value == 1024
+
+
+def test_a_link_to_an_upload_says_it_cannot_be_restored():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["data"] = "upload"
+    at.query_params["sigma"] = "7.5"
+    at.run()
+    assert not at.exception
+    assert at.session_state["dataset_name"] == "moons" and at.session_state["params"]["sigma"] == 0.1
+    assert "uploaded file" in notices(at)
+
+
+def test_page_settings_travel_in_the_link():
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in {"data": "moons", "map": "pca", "top": "3", "sweep": "0,0.05,0.1", "n": "8"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    assert at.slider(key="w_top").value == 3
+    at.switch_page("app_pages/map.py").run()
+    assert any("PCA map" in c.value for c in at.caption)
+    at.switch_page("app_pages/memorisation.py").run()
+    rows, _ = next(iter(at.session_state["cache_sweep"].values()))
+    assert [r["sigma"] for r in rows] == [0.0, 0.05, 0.1]
+    assert not at.exception and not errors(at)
+    assert at.query_params["map"] in ("pca", ["pca"]) and at.query_params["top"] in ("3", ["3"])
 
 
 def test_query_params_restore_configuration():

@@ -357,3 +357,33 @@ def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
     no_exception(page)
     wait_rendered(page)
     page.screenshot(path=str(artifacts / "click-select-map.png"), full_page=True)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
+def test_one_history_entry_per_page_and_back_returns(server, page, artifacts):
+    open_page(page, f"{server}/generate?data=moons&map=pca")
+    start = page.evaluate("history.length")
+    for k, name in enumerate(("Sources", "Map"), start=1):
+        page.locator("[data-testid='stSidebarNav'] a", has_text=name).click()
+        page.locator("h1", has_text=name).wait_for(timeout=HEAVY_TIMEOUT)
+        wait_idle(page)
+        assert page.evaluate("history.length") == start + k
+        assert "data=moons" in page.url and "map=pca" in page.url  # settings stay in the link
+    page.go_back()
+    page.locator("h1", has_text="Sources").wait_for()
+    wait_idle(page)
+    no_exception(page)
+
+
+def test_a_bad_link_opens_with_notices(server, page, artifacts):
+    open_page(page, f"{server}/generate?data=moons&sigma=99&n=100000&draws=banana")
+    notice = page.get_by_text("This link needed changes")
+    notice.wait_for()
+    assert page.get_by_text("clamped to 1024").count() == 1
+    assert page.get_by_role("slider").count() >= 3  # the controls are there
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "link-notices.png"), full_page=True)
+    page.get_by_role("button", name="Dismiss").click()
+    wait_idle(page)
+    assert notice.count() == 0

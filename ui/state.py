@@ -50,33 +50,113 @@ def cached_prepared(content_hash: str, index: str, _dataset: Dataset):
     return prepare(_dataset, SamplerConfig(index=index))
 
 
+# The range each setting's widget offers: a link outside it is clamped, with a notice.
+UI_LIMITS = {"sigma": (0.0, 1e6), "draws": (1, 32), "steps": (1, 200), "start": (0.0, 0.95), "n": (1, 1024),
+             "seed": (0, 2**31 - 1), "neighbours": (1, 1024), "shards": (0, 64), "latent_dim": (2, 64)}
+CHOICES = {"index": ("auto", "exact", "flat", "ivf"), "backend": ("local", "ray"), "space": ("data", "latent")}
+# Page-level settings a link carries besides the sampler's (URL key -> default, as text).
+VIEW_PARAMS = {"map": "umap", "top": "6", "sweep": "", "figs": "samples,sources", "fig_w": "3.25", "fig_h": "2.6",
+               "dpi": "300", "font": "", "fs": "8", "bg": "white", "fmt": "png,svg,pdf", "colour": "NN ratio"}
+
+
+def _link_params(qp, name: str, notices: list[str]) -> dict:
+    """The sampler settings of a link for data set `name`: each parsed, checked against its
+    widget's range (clamped) or choices, with one notice per value that was changed."""
+    params = defaults_for(name)
+    for key in URL_PARAMS:
+        if key not in qp:
+            continue
+        raw = qp[key]
+        if key in CHOICES:
+            if raw in CHOICES[key]:
+                params[key] = raw
+            else:
+                notices.append(f"{key}={raw!r} is not one of {', '.join(CHOICES[key])}: using {params[key]}.")
+            continue
+        try:
+            value = OPTIONS[key][1](raw)
+            if isinstance(value, float) and not np.isfinite(value):
+                raise ValueError(raw)
+        except (ValueError, OverflowError):
+            notices.append(f"{key}={raw!r} is not a valid number: using {params[key]}.")
+            continue
+        lo, hi = UI_LIMITS.get(key, (value, value))
+        clamped = type(value)(min(max(value, lo), hi))
+        if clamped != value:
+            notices.append(f"{key}={raw} is outside {lo:g}–{hi:g}: clamped to {clamped:g}.")
+        params[key] = clamped
+    return params
+
+
 def init() -> None:
-    """First run of a session: defaults, then whatever the URL says."""
+    """First run of a session: defaults, then whatever the URL says. Anything in the link that
+    cannot be used as given is clamped or replaced, and said so (`link_notices`)."""
     ss = st.session_state
     if "params" in ss:
         return
     qp = st.query_params
+    notices: list[str] = []
     name = qp.get("data", DEFAULT_DATASET)
-    if name not in REGISTRY or not availability(name)[0]:
-        name = DEFAULT_DATASET
+    usable = True
+    if name == "upload":
+        notices.append("This link was made with an uploaded file, which a link cannot carry: upload it again on "
+                       f"the Data page. Showing {DEFAULT_DATASET} with its default settings.")
+        name, usable = DEFAULT_DATASET, False
+    elif name not in REGISTRY:
+        notices.append(f"Unknown data set {name!r} in the link: showing {DEFAULT_DATASET} with its default settings "
+                       f"(known: {', '.join(REGISTRY)}).")
+        name, usable = DEFAULT_DATASET, False
+    elif not availability(name)[0]:
+        notices.append(f"Data set {name!r} is not available here ({availability(name)[1]}): showing "
+                       f"{DEFAULT_DATASET} with its default settings.")
+        name, usable = DEFAULT_DATASET, False
     ss.dataset_name = name
-    params = defaults_for(name)
-    for key in URL_PARAMS:
-        if key in qp:
-            try:
-                params[key] = OPTIONS[key][1](qp[key])
-            except (ValueError, OverflowError):
-                pass  # a hand-edited URL with a bad value keeps the default
-    if REGISTRY[name].kind == "toy":
-        params["space"] = "data"  # point data have no latent space
+    params = _link_params(qp, name, notices) if usable else defaults_for(name)
+    if REGISTRY[name].kind == "toy" and params.get("space") == "latent":
+        notices.append(f"{name} is point data, which has no latent space: using the data space.")
+        params["space"] = "data"
     try:
         config_from(params)
-    except CdmInputError:
+    except CdmInputError as e:
+        notices.append(f"The link's settings do not combine ({e}): using the defaults.")
         params = defaults_for(name)
     ss.params = params
     ss.result = None
-    ss.selected_sample = int(qp.get("sample", 0)) if str(qp.get("sample", "0")).isdigit() else 0
+    raw_sample = str(qp.get("sample", "0"))
+    ss.selected_sample = int(raw_sample) if raw_sample.isdigit() else 0
+    if not raw_sample.isdigit():
+        notices.append(f"sample={raw_sample!r} is not a sample number: selecting #0.")
+    ss.view = {k: qp[k] for k in VIEW_PARAMS if usable and k in qp}
     ss.uploads = {}
+    ss.link_notices = notices
+
+
+def link_notices() -> list[str]:
+    return st.session_state.get("link_notices", [])
+
+
+def dismiss_link_notices() -> None:
+    st.session_state.link_notices = []
+
+
+def view(key: str) -> str:
+    """A page-level setting as the link gives it (text), or its default."""
+    return st.session_state.get("view", {}).get(key, VIEW_PARAMS[key])
+
+
+def view_number(key: str, lo: float, hi: float, integer: bool = False) -> float:
+    """A numeric page setting from the link, clamped to [lo, hi] (the default when unreadable)."""
+    try:
+        value = float(view(key))
+    except ValueError:
+        value = float(VIEW_PARAMS[key])
+    value = min(max(value, lo), hi) if np.isfinite(value) else float(VIEW_PARAMS[key])
+    return int(value) if integer else value
+
+
+def set_view(key: str, value) -> None:
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    st.session_state.setdefault("view", {})[key] = text
 
 
 def sync_url() -> None:
@@ -84,6 +164,7 @@ def sync_url() -> None:
     wanted = {"data": ss.dataset_name if not ss.dataset_name.startswith(UPLOAD_PREFIX) else "upload"}
     wanted |= {k: str(v) for k, v in ss.params.items()}
     wanted["sample"] = str(ss.get("selected_sample", 0))
+    wanted |= {k: v for k, v in ss.get("view", {}).items() if v != VIEW_PARAMS[k]}
     if {k: st.query_params.get(k) for k in wanted} != wanted:
         st.query_params.update(wanted)
 
@@ -123,11 +204,12 @@ def select_sample(i: int) -> None:
 
 def map_method() -> str:
     """The Map page's method ("umap" or "pca"); other pages (Export) read it from here."""
-    return st.session_state.get("map_method", "pca")
+    method = view("map")
+    return method if method in ("umap", "pca") else "umap"
 
 
 def set_map_method(method: str) -> None:
-    st.session_state.map_method = method
+    set_view("map", method)
 
 
 def session_cache(name: str, key, compute=None):
