@@ -23,19 +23,21 @@ EXPLANATION = (
 
 def default_sigmas(sigma: float) -> str:
     top = max(sigma * 2.5, 0.1)
-    return ",".join(f"{v:.3g}" for v in np.linspace(0, top, 6))
+    return ",".join(f"{v:.3g}" for v in np.linspace(0, top, 11))
 
 
 def body() -> None:
     st.title("Memorisation")
     ds = state.current_dataset()
     p = state.params()
-    c1, c2 = st.columns([3, 1])
+    c1, c2, c3 = st.columns([3, 1, 1])
     text = c1.text_input("σ values", state.view("sweep") or default_sigmas(p["sigma"]),
                          key=f"w_sweep_sigmas_{ds.content_hash}",
                          help="Comma-separated smoothing scales; the other settings come from the Generate page.")
     state.set_view("sweep", text)
     n = int(c2.number_input("Samples per σ", 4, 256, min(32, int(p["n"])), key="w_sweep_n"))
+    seeds = int(c3.number_input("Seeds", 1, 8, 3, key="w_sweep_seeds",
+                                help="Independent sample sets per σ (seed, seed + 1, …): error bars show ±1 s.d."))
     try:
         sigmas = sorted(set(parse_floats(text, "σ values")))
         base = state.config_from(p).replace(n_samples=n)
@@ -44,16 +46,17 @@ def body() -> None:
     except CdmInputError as e:
         st.error(str(e))
         return
-    key = (ds.content_hash, base.to_json(), tuple(sigmas))
+    key = (ds.content_hash, base.to_json(), tuple(sigmas), seeds)
 
     def run_sweep():
         bar = st.progress(0.0, text="Sweeping σ…")
-        rows, results = sweep(ds, base, sigmas, callback=state.progress_callback(bar, "Sweep"), keep_samples=True)
+        rows, results = sweep(ds, base, sigmas, callback=state.progress_callback(bar, "Sweep"), keep_samples=True,
+                              seeds=seeds)
         bar.empty()
         return rows, [r.samples for r in results]
 
     done = state.session_cache("sweep", key)
-    cheap = state.is_interactive(ds, base.replace(n_samples=n * len(sigmas)))
+    cheap = state.is_interactive(ds, base.replace(n_samples=min(n * len(sigmas) * seeds, 100_000)))
     if done is None and (cheap or st.button("Run the sweep", type="primary", key="w_sweep_go")):
         done = state.session_cache("sweep", key, run_sweep)
     if done is None:
@@ -66,16 +69,18 @@ def body() -> None:
                    "(the space the sampler blends in); the strips show the decoded samples.")
     st.plotly_chart(figures.sweep_figure(rows, current_sigma=p["sigma"]), width="stretch", key="sweep_fig")
     st.caption(f"Dotted line: the current σ = {p['sigma']:g} (Generate page). {n} samples per σ, M = {base.draws}, "
-               f"S = {base.steps}, T = {base.start:g}, seed {base.seed}.")
+               f"S = {base.steps}, T = {base.start:g}, seeds {base.seed}–{base.seed + seeds - 1}"
+               + (" (error bars: ±1 standard deviation over seeds)." if seeds > 1 else "."))
     st.subheader("The same seeds at each σ")
+    shown = np.unique(np.linspace(0, len(sigmas) - 1, min(6, len(sigmas))).round().astype(int))
     if ds.is_image:
         k = min(12, n)
-        for s, pts in zip(sigmas, sample_sets):
-            st.image(figures.image_grid(pts[:k], ds.image_shape, ncols=k, scale=3 if ds.image_shape[0] < 20 else 2),
-                     caption=f"σ = {s:g}")
+        for j in shown:
+            st.image(figures.image_grid(sample_sets[j][:k], ds.image_shape, ncols=k,
+                                        scale=figures.grid_scale(ds.image_shape, 56)), caption=f"σ = {sigmas[j]:g}")
     else:
-        st.plotly_chart(figures.strip_scatter(ds.points[:, :2], [s[:, :2] for s in sample_sets], sigmas),
-                        width="stretch", key="sweep_strip")
+        st.plotly_chart(figures.strip_scatter(ds.points[:, :2], [sample_sets[j][:, :2] for j in shown],
+                                              [sigmas[j] for j in shown]), width="stretch", key="sweep_strip")
     st.markdown(EXPLANATION)
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the project uses: chromium (browser tests, figure export), Fashion-MNIST and
+# Debian packages the project uses: chromium (browser tests, figure export), Liberation fonts
+# (metric-compatible Helvetica/Arial and Times for exported figures), Fashion-MNIST and
 # the emoji font (data sets). Installed when run as root with apt-get; otherwise we say what is
 # missing and carry on (the app hides data sets whose files are missing).
 set -u
-pkgs=(chromium dataset-fashion-mnist fonts-noto-color-emoji)
+pkgs=(chromium dataset-fashion-mnist fonts-noto-color-emoji fonts-liberation fontconfig)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

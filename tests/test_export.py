@@ -45,13 +45,45 @@ def test_style_and_manifest_validation():
 
 
 def test_image_grid_exports_are_nearest_neighbour_and_sized():
+    """An image figure fills a page of exactly the requested width and height (centred, whole-factor
+    nearest-neighbour upscaling), and the PNG records its dpi."""
+    import re
     img = Image.fromarray((np.arange(16).reshape(4, 4) * 16).astype(np.uint8)).convert("RGB")
-    files = export.image_files(img, FigureStyle(width_in=2.0, dpi=100))
+    files = export.image_files(img, FigureStyle(width_in=2.0, height_in=2.6, dpi=100))
     png = Image.open(io.BytesIO(files["png"]))
-    assert png.width == 200 and png.info["dpi"][0] == pytest.approx(100, abs=1)
-    arr = np.asarray(png)
-    assert len(np.unique(arr[..., 0])) == 16  # no interpolated (blurred) values
-    assert b"image-rendering" in files["svg"] and files["pdf"].startswith(b"%PDF")
+    assert png.size == (200, 260) and png.info["dpi"][0] == pytest.approx(100, abs=1)
+    arr = np.asarray(png)[..., 0]
+    inner = arr[30:230, :]  # 4 px x 50 = 200 px square, centred vertically in 260
+    assert len(np.unique(inner)) == 16  # no interpolated (blurred) values
+    assert (arr[:30] == 255).all() and (arr[230:] == 255).all()
+    box = [float(v) for v in re.search(rb"/MediaBox\s*\[([^\]]*)\]", files["pdf"]).group(1).split()]
+    assert box[2:] == pytest.approx([144.0, 187.2], abs=0.5)  # 2 x 2.6 in, in points
+    assert b'width="2.0in" height="2.6in"' in files["svg"] and b"image-rendering" in files["svg"]
+
+
+@needs_chromium
+def test_plotly_exports_honour_size_dpi_and_font(tmp_path):
+    import re
+    ds = load("digits")
+    style = FigureStyle(width_in=3.25, height_in=2.6, dpi=200, font_family="Helvetica, Arial, sans-serif")
+    m = make_manifest("digits", ds, CFG.replace(n_samples=8, sigma=0.5, draws=4), ["sources", "memorisation"],
+                      {"sample": 1, "sigmas": [0.0, 0.5], "seeds": 2}, style)
+    res = export_bundle(m, tmp_path)
+    assert res["font"].startswith("Helvetica -> Liberation Sans") or res["font"] == "Helvetica"
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["font_used"] == res["font"]
+    for name in ("sources", "memorisation"):
+        png = Image.open(tmp_path / f"{name}.png")
+        assert png.size == (650, 520) and png.info["dpi"][0] == pytest.approx(200, abs=1)
+        pdf = (tmp_path / f"{name}.pdf").read_bytes()
+        box = [float(v) for v in re.search(rb"/MediaBox\s*\[([^\]]*)\]", pdf).group(1).split()]
+        assert box[2:] == pytest.approx([234.0, 187.2], abs=1.0)
+        if "Liberation" in res["font"]:
+            assert b"LiberationSans" in pdf  # the metric-compatible font is embedded, not a fallback
+    svg = (tmp_path / "sources.svg").read_text()
+    assert "w = " in svg and "d = " in svg and "sample #1" in svg  # a labelled sources figure
+    csv = (tmp_path / "memorisation.csv").read_text().splitlines()
+    assert "near_copy_fraction_sd" in csv[0] and len(csv) == 3
 
 
 @needs_chromium

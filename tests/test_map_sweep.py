@@ -78,3 +78,19 @@ def test_sweep_cli(tmp_path, capsys):
     assert main(["sweep", "--data", "moons", "--sigmas", "0,abc", "--out", str(out)]) == 2
     assert main(["sweep", "--data", "moons", "--sigmas", "0,-1", "--out", str(out)]) == 2
     assert "sigma" in capsys.readouterr().err
+
+
+def test_sweep_over_seeds_gives_means_and_standard_deviations():
+    ds = load("moons:n=300")
+    base = SamplerConfig(n_samples=16, draws=4, steps=30, seed=5)
+    rows = sweep(ds, base, [0.05, 0.2], seeds=3)
+    singles = [sweep(ds, base.replace(seed=5 + r), [0.05, 0.2]) for r in range(3)]
+    for k, row in enumerate(rows):
+        vals = [s[k]["mean_effective_sources"] for s in singles]
+        assert row["seeds"] == 3
+        assert row["mean_effective_sources"] == pytest.approx(np.mean(vals), rel=1e-12)
+        assert row["mean_effective_sources_sd"] == pytest.approx(np.std(vals, ddof=1), rel=1e-9)
+    assert rows[1]["diversity_sd"] > 0
+    assert sweep(ds, base, [0.1])[0]["diversity_sd"] == 0.0
+    with pytest.raises(CdmInputError, match="seeds"):
+        sweep(ds, base, [0.1], seeds=0)

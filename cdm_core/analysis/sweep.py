@@ -16,33 +16,48 @@ from cdm_core.engine.factory import opened
 from cdm_core.engine.sampler import sample
 from cdm_core.errors import CdmInputError
 
-COLUMNS = ("sigma", "draws", "start", "near_copy_fraction", "mean_nn_ratio", "mean_nn_distance",
-           "mean_effective_sources", "diversity", "unique_nn_fraction", "seconds")
+METRICS = ("near_copy_fraction", "mean_nn_ratio", "mean_nn_distance", "mean_effective_sources", "diversity",
+           "unique_nn_fraction")
+COLUMNS = ("sigma", "draws", "start", *METRICS, "seconds", "seeds", *(f"{m}_sd" for m in METRICS))
+MAX_SEEDS = 32
 
 
 def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=None, callback=None,
-          keep_samples: bool = False):
-    """Rows (dicts with COLUMNS) for every setting; the same seeds across settings. With
-    `keep_samples`, also the SampleResult of each setting, in the same order."""
+          keep_samples: bool = False, seeds: int = 1):
+    """Rows (dicts with COLUMNS) for every setting; the same seeds across settings. With `seeds`
+    > 1, each setting is sampled with base seeds seed, seed + 1, ... (independent sample sets, by
+    per-sample seeding) and a row holds the mean of each metric and its standard deviation over
+    seeds (`<metric>_sd`; 0 for one seed). With `keep_samples`, also the SampleResult of each
+    setting (first seed), in the same order."""
     sigmas = [float(s) for s in sigmas]
     if not sigmas:
         raise CdmInputError("give at least one sigma")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or not 1 <= seeds <= MAX_SEEDS:
+        raise CdmInputError(f"seeds must be an integer between 1 and {MAX_SEEDS}, got {seeds!r}")
     draws = [int(m) for m in (draws or [base.draws])]
     starts = [float(t) for t in (starts or [base.start])]
     settings = list(itertools.product(sigmas, draws, starts))
     configs = [base.replace(sigma=s, draws=m, start=t) for s, m, t in settings]  # validates all up front
+    for cfg in configs:
+        cfg.replace(seed=cfg.seed + seeds - 1)
     rows, results = [], []
+    total = len(configs) * seeds
     with opened(data, base) as prep:  # one training set (or one set of Ray actors) for every setting
         spread = training_spread(prep)
         for k, cfg in enumerate(configs):
-            res = sample(data, cfg, weights=weights, prepared=prep)
-            m = set_metrics(res, train_spread=spread)
-            rows.append({"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start} | m.as_dict()
-                        | {"seconds": res.seconds})
-            if keep_samples:
-                results.append(res)
-            if callback is not None:
-                callback({"step": k + 1, "steps": len(configs), "batch": 1, "batches": 1, "setting": rows[-1]})
+            per_seed, seconds = [], 0.0
+            for r in range(seeds):
+                res = sample(data, cfg.replace(seed=cfg.seed + r), weights=weights, prepared=prep)
+                per_seed.append(set_metrics(res, train_spread=spread).as_dict())
+                seconds += res.seconds
+                if keep_samples and r == 0:
+                    results.append(res)
+                if callback is not None:
+                    callback({"step": k * seeds + r + 1, "steps": total, "batch": 1, "batches": 1})
+            row = {"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start, "seconds": seconds, "seeds": seeds}
+            row |= per_seed[0] | {m: float(np.mean([d[m] for d in per_seed])) for m in METRICS}
+            row |= {f"{m}_sd": float(np.std([d[m] for d in per_seed], ddof=1)) if seeds > 1 else 0.0 for m in METRICS}
+            rows.append(row)
     return (rows, results) if keep_samples else rows
 
 
@@ -56,7 +71,7 @@ def training_spread(ts, max_points: int = 2000, seed: int = 0) -> float:
 def rows_to_csv(rows) -> str:
     lines = [",".join(COLUMNS)]
     for r in rows:
-        lines.append(",".join(repr(float(r[c])) if c not in ("draws",) else str(int(r[c])) for c in COLUMNS))
+        lines.append(",".join(repr(float(r[c])) if c not in ("draws", "seeds") else str(int(r[c])) for c in COLUMNS))
     return "\n".join(lines) + "\n"
 
 

@@ -102,7 +102,7 @@ def cmd_sweep(a) -> int:
     cfg = config_from_args(a)
     ds, weights = load_inputs(a)
     progress = Progress("sweep")
-    rows = sweep(ds, cfg, sigmas, draws=draws, starts=starts, weights=weights, callback=progress)
+    rows = sweep(ds, cfg, sigmas, draws=draws, starts=starts, weights=weights, callback=progress, seeds=a.seeds)
     atomic_write_bytes(a.out, rows_to_csv(rows).encode())
     print(f"wrote {a.out}: {len(rows)} settings", file=sys.stderr)
     return 0
@@ -114,6 +114,8 @@ def register_sweep(sub) -> None:
     s.add_argument("--sigmas", required=True, help="comma-separated smoothing scales, e.g. 0,0.1,0.2")
     s.add_argument("--draws-list", help="comma-separated draws M to cross with the sigmas")
     s.add_argument("--starts", help="comma-separated start times T to cross with the sigmas")
+    s.add_argument("--seeds", type=int, default=1,
+                   help="independent sample sets per setting (seed, seed+1, ...): rows give means and *_sd columns")
     s.add_argument("--out", required=True, help="output .csv (one row per setting)")
     s.set_defaults(func=cmd_sweep)
 

@@ -178,12 +178,15 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         ok = res.source_ids[i] >= 0
         ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
         if ds.is_image:
-            keep = w >= 1e-3
+            keep = (w >= 1e-3)
+            ids, w = ids[keep][:6], w[keep][:6]
             # latent space: the sources as the decoder draws them, then the nearest training images
-            srcs = ds.points[ids[keep][:8]] if space is None else space.decode(res.train_latents[ids[keep][:8]])
-            near = res.nn_ids[i] if space is None else res.pixel_nn_ids[i]
-            tiles = np.concatenate([res.samples[i:i + 1], srcs, ds.points[near[:4]]])
-            out["sources"] = figures.image_grid(tiles, ds.image_shape, ncols=len(tiles), scale=1, pad=1)
+            srcs = ds.points[ids] if space is None else space.decode(res.train_latents[ids])
+            near = (res.nn_ids[i] if space is None else res.pixel_nn_ids[i])[:6]
+            dist = (res.nn_dist[i] if space is None else res.pixel_nn_dist[i])[:6]
+            out["sources"] = figures.sources_images_figure(
+                res.samples[i], f"sample #{i}", srcs, [f"#{j}{label_of(ds, j)}<br>w = {v:.2f}" for j, v in zip(ids, w)],
+                ds.points[near], [f"#{j}{label_of(ds, j)}<br>d = {d:.3g}" for j, d in zip(near, dist)], ds.image_shape)
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
     if "sensitivity" in which or "influence" in which:
@@ -201,7 +204,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                 ids = sens.training_ids[k][ok]
                 out["sensitivity"] = figures.sensitivity_maps_figure(
                     sens.jacobian[k][ok], ds.image_shape, [f"#{j}" for j in ids], zero_floor=numerical_zero(ds.points),
-                    images=ds.points[ids], colorbar_title="∂x/∂log π")
+                    images=ds.points[ids], colorbar_title="∂x/∂log π", aspect=_style(m).height_in / _style(m).width_in)
             else:
                 from cdm_core.analysis.sensitivity import jacobian
                 j = int(sens.training_ids[k][0])
@@ -220,11 +223,18 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     if "memorisation" in which:
         from cdm_core.analysis.sweep import sweep
         say("memorisation sweep")
-        sigmas = [float(s) for s in opts.get("sigmas", [0.0, cfg.sigma / 2, cfg.sigma, 2 * cfg.sigma])]
-        rows = sweep(ds, cfg.replace(n_samples=min(cfg.n_samples, 32)), sigmas)
+        sigmas = [float(s) for s in opts.get("sigmas", np.linspace(0.0, 2 * cfg.sigma or 1.0, 9).tolist())]
+        rows = sweep(ds, cfg.replace(n_samples=min(cfg.n_samples, 32)), sigmas, seeds=int(opts.get("seeds", 3)))
         out["memorisation"] = figures.sweep_figure(rows, current_sigma=cfg.sigma)
         data["sweep_rows"] = rows
     return out, data
+
+
+def label_of(ds, j: int) -> str:
+    """ " (label)" for training item j when the data set names its labels, else ""."""
+    if ds.labels is None or ds.label_names is None or not 0 <= int(ds.labels[j]) < len(ds.label_names):
+        return ""
+    return f" ({ds.label_names[int(ds.labels[j])]})"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -245,37 +255,74 @@ def style_figure(fig: go.Figure, style: FigureStyle) -> go.Figure:
     fig = go.Figure(data=traces, layout=fig.layout, frames=fig.frames)
     w, h = style.px
     bg = "rgba(0,0,0,0)" if style.background == "transparent" else "white"
-    fig.update_layout(width=w, height=h, font=dict(family=style.font_family, size=style.font_size * 96 / 72),
+    px = style.font_size * 96 / 72
+    fig.update_layout(width=w, height=h, font=dict(family=style.font_family, size=px),
                       paper_bgcolor=bg, plot_bgcolor=bg, margin=dict(l=30, r=10, t=30, b=30),
                       updatemenus=[], sliders=[])
+    fig.update_annotations(font_size=px, font_family=style.font_family)  # panel titles in the chosen size
     return fig
 
 
 def image_files(img: Image.Image, style: FigureStyle) -> dict:
-    """PNG/SVG/PDF bytes of an image grid: width style.width_in, nearest-neighbour upscaling only."""
-    target_px = style.width_in * style.dpi
-    factor = max(1, int(target_px // img.width))
-    big = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
-    height_in = style.width_in * img.height / img.width
+    """PNG/SVG/PDF bytes of an image figure on a page of exactly style.width_in x style.height_in:
+    the image is upscaled by a whole factor (nearest neighbour, never blurred; shrunk by Lanczos
+    only when it is larger than the page) and centred; the PNG records its dpi."""
+    page_w, page_h = round(style.width_in * style.dpi), round(style.height_in * style.dpi)
+    fit = min(page_w / img.width, page_h / img.height)
+    if fit >= 1:
+        factor = int(fit)
+        big = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    else:
+        big = img.resize((max(1, int(img.width * fit)), max(1, int(img.height * fit))), Image.LANCZOS)
+    transparent = style.background == "transparent"
+    page = Image.new("RGBA" if transparent else "RGB", (page_w, page_h), (255, 255, 255, 0) if transparent else "white")
+    offset = ((page_w - big.width) // 2, (page_h - big.height) // 2)
+    page.paste(big.convert(page.mode), offset)
     out = {}
     if "png" in style.formats:
         b = io.BytesIO()
-        big.save(b, format="PNG", dpi=(style.dpi, style.dpi))
+        page.save(b, format="PNG", dpi=(style.dpi, style.dpi))
         out["png"] = b.getvalue()
     if "pdf" in style.formats:
         b = io.BytesIO()
-        big.convert("RGB").save(b, format="PDF", resolution=big.width / style.width_in)
+        page.convert("RGB").save(b, format="PDF", resolution=float(style.dpi))
         out["pdf"] = b.getvalue()
     if "svg" in style.formats:
         b = io.BytesIO()
         img.save(b, format="PNG")  # native resolution; the viewer upscales without smoothing
         href = base64.b64encode(b.getvalue()).decode()
+        scale = big.width / img.width  # page pixels per image pixel
         out["svg"] = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-                      f'width="{style.width_in}in" height="{height_in:.4f}in" viewBox="0 0 {img.width} {img.height}">'
-                      f'<image width="{img.width}" height="{img.height}" image-rendering="pixelated" '
+                      f'width="{style.width_in}in" height="{style.height_in}in" viewBox="0 0 {page_w} {page_h}">'
+                      f'<image x="{offset[0]}" y="{offset[1]}" width="{img.width * scale:.4f}" '
+                      f'height="{img.height * scale:.4f}" image-rendering="pixelated" '
                       f'style="image-rendering:pixelated;image-rendering:crisp-edges" '
                       f'xlink:href="data:image/png;base64,{href}"/></svg>\n').encode()
     return out
+
+
+def resolve_font(family: str) -> str:
+    """The font the renderer will really use for a CSS font-family list, as fontconfig resolves
+    its first entry (e.g. "Helvetica -> Liberation Sans, metric-compatible"); "unknown" without
+    fontconfig."""
+    first = family.split(",")[0].strip().strip("'\"")
+    if first.lower() in ("sans-serif", "serif", "monospace", ""):
+        first = first or "sans-serif"
+    fc = shutil.which("fc-match")
+    if fc is None:
+        return "unknown (fontconfig is not installed)"
+    import subprocess
+    try:
+        used = subprocess.run([fc, "-f", "%{family[0]}", first], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    used = used.strip() or "unknown"
+    if used.lower() == first.lower():
+        return used
+    compatible = {"helvetica": "liberation sans", "arial": "liberation sans", "times new roman": "liberation serif",
+                  "times": "liberation serif", "courier new": "liberation mono"}
+    note = "metric-compatible" if compatible.get(first.lower()) == used.lower() else "substitute"
+    return f"{first} -> {used} ({note})"
 
 
 def chromium_path() -> str | None:
@@ -336,9 +383,11 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
         atomic_write_bytes(out_dir / AUTOENCODER_FILE, weights_bytes(space.model, ds))
         files.append(AUTOENCODER_FILE)
         m = m | {"sampler": m["sampler"] | {"ae_weights": AUTOENCODER_FILE}, "autoencoder": space.describe()}
+    font = resolve_font(style.font_family)
+    m = m | {"font_used": font}
     atomic_write_bytes(out_dir / "manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str).encode())
     files.append("manifest.json")
-    return {"files": files, "message": message}
+    return {"files": files, "message": message, "font": font}
 
 
 def _with_paths_from(m: dict, base_dir: Path | None) -> dict:
@@ -374,11 +423,20 @@ def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) 
                 blob = kaleido.calc_fig_sync(styled, opts=opts)
                 if fmt == "svg":
                     blob = deterministic_svg(blob)
+                elif fmt == "png":
+                    blob = png_with_dpi(blob, style.dpi)
                 atomic_write_bytes(out_dir / f"{name}.{fmt}", blob)
                 written.append(f"{name}.{fmt}")
     finally:
         kaleido.stop_sync_server(silence_warnings=True)
     return written
+
+
+def png_with_dpi(blob: bytes, dpi: int) -> bytes:
+    """The PNG with its resolution recorded (pHYs), so a layout program sizes it as exported."""
+    b = io.BytesIO()
+    Image.open(io.BytesIO(blob)).save(b, format="PNG", dpi=(dpi, dpi))
+    return b.getvalue()
 
 
 def deterministic_svg(blob: bytes) -> bytes:

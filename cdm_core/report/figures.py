@@ -197,6 +197,31 @@ def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.nda
     return fig
 
 
+def sources_images_figure(sample: np.ndarray, sample_title: str, sources: np.ndarray, source_titles: list[str],
+                          nearest: np.ndarray, nearest_titles: list[str], image_shape: tuple,
+                          title: str | None = None) -> go.Figure:
+    """A labelled sources figure for images: row 1 the sample and its blend sources (titles give
+    ids and weights), row 2 its nearest training items (titles give ids and distances)."""
+    from plotly.subplots import make_subplots
+    ncols = max(1 + len(sources), len(nearest), 2)
+    tiles = [[sample, *sources], list(nearest)]
+    titles = [[sample_title, *source_titles], list(nearest_titles)]
+    fig = make_subplots(rows=2, cols=ncols, horizontal_spacing=0.015, vertical_spacing=0.16,
+                        subplot_titles=[t for row in titles for t in row + [""] * (ncols - len(row))])
+    for r, row in enumerate(tiles):
+        for c, vec in enumerate(row):
+            fig.add_trace(go.Image(z=np.asarray(to_image(vec, image_shape).convert("RGB")), hoverinfo="skip"),
+                          r + 1, c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    for k in range(1, 2 * ncols + 1):  # square panels, so tiles keep the images' aspect
+        fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // ncols + 1, col=(k - 1) % ncols + 1)
+    fig.update_annotations(font_size=10)
+    base_layout(fig, title, height=360)
+    fig.update_layout(margin=dict(l=5, r=5, t=40, b=5))
+    return fig
+
+
 def sources_scatter(train: np.ndarray, sample: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
                     nn_ids: np.ndarray, title: str | None = None) -> go.Figure:
     """One 2-D sample, lines to its blend sources (width by weight) and its nearest points."""
@@ -254,47 +279,75 @@ def _signed(vec: np.ndarray, image_shape: tuple) -> np.ndarray:
     return arr.mean(2) if arr.ndim == 3 else arr  # colour: mean over channels
 
 
+def compact_number(v: float) -> str:
+    """2 significant digits, short exponent: 6.5e-5, 0.12, 3.4."""
+    text = f"{v:.2g}"
+    if "e" in text:
+        mant, exp = text.split("e")
+        text = f"{mant}e{int(exp)}"
+    return text
+
+
+def best_columns(n: int, aspect: float, rows_per_item: int) -> int:
+    """Columns that make n items (each `rows_per_item` square panels tall) as large as possible on
+    a page of height/width `aspect`."""
+    def size(c):
+        return min(1.0 / c, aspect / (rows_per_item * -(-n // c) + 0.3 * -(-n // c)))
+    return max(range(1, max(n, 1) + 1), key=lambda c: (size(c), -c))
+
+
 def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: list[str],
                             title: str | None = None, zero_floor: float = 0.0, per_map_scale: bool = False,
-                            images: np.ndarray | None = None, colorbar_title: str = "∂x/∂log π") -> go.Figure:
-    """Signed per-pixel maps of J rows, centred at zero: one colour scale shared by the row, or one
-    per map (`per_map_scale`, each title then gives its own maximum). Maps whose largest |value| is
-    at or below `zero_floor` are left blank and labelled numerically zero, never stretched into
-    colour. `images` (optional, one per map) are drawn above their maps, so each map sits under
-    the item it belongs to."""
+                            images: np.ndarray | None = None, colorbar_title: str = "∂x/∂log π",
+                            aspect: float | None = None) -> go.Figure:
+    """Signed per-pixel maps of J rows, centred at zero: one colour scale shared by the figure, or
+    one per map (`per_map_scale`; each title then gives its own maximum). Maps whose largest
+    |value| is at or below `zero_floor` are left blank and labelled numerically zero, never
+    stretched into colour. `images` (optional, one per map) are drawn above their maps, so each
+    map sits under the item it belongs to. `aspect` (height / width of a page) wraps the items
+    into the columns that fill it best; without it, one row."""
     from plotly.subplots import make_subplots
     n = len(jac_rows)
     maps = [_signed(r, image_shape) for r in jac_rows]
     peaks = [float(np.abs(m).max()) for m in maps]
     live = [p > zero_floor for p in peaks]
     shared = max([p for p, ok in zip(peaks, live) if ok], default=1.0)
-    labels = [f"{t}<br>{'max ' + format(p, '.2g') if ok else '≈ 0'}" for t, p, ok in zip(titles, peaks, live)]
-    rows = 2 if images is not None else 1
-    fig = make_subplots(rows=rows, cols=n, subplot_titles=labels + [""] * (n * (rows - 1)),
-                        horizontal_spacing=0.02, vertical_spacing=0.03)
+    per_item = 2 if images is not None else 1
+    ncols = n if aspect is None else best_columns(n, aspect, per_item)
+    blocks = -(-n // ncols)
+    stride = per_item + 1  # a block of items, then a thin spacer row that holds the next titles
+    rows = blocks * stride - 1
+    labels = [""] * (rows * ncols)
+    for k, (t, p, ok) in enumerate(zip(titles, peaks, live)):
+        labels[(k // ncols) * stride * ncols + k % ncols] = f"{t}<br>{compact_number(p) if ok else '≈ 0'}"
+    heights = ([1.0] * per_item + [0.45]) * blocks
+    fig = make_subplots(rows=rows, cols=ncols, subplot_titles=labels, horizontal_spacing=0.02,
+                        vertical_spacing=0.02 / max(rows, 1), row_heights=heights[:rows])
     for k, m in enumerate(maps):
+        top, col = (k // ncols) * stride + 1, k % ncols + 1
         if images is not None:
             fig.add_trace(go.Image(z=np.asarray(to_image(images[k], image_shape).convert("RGB")), hoverinfo="skip"),
-                          1, k + 1)
+                          top, col)
         zmax = (peaks[k] if per_map_scale else shared) if live[k] else 1.0
         z = m if live[k] else np.zeros_like(m)
         fig.add_trace(go.Heatmap(z=z, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING,
                                  showscale=not per_map_scale and k == n - 1 and any(live),
                                  colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=10,
                                                exponentformat="e"),
-                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"), rows, k + 1)
+                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"),
+                      top + per_item - 1, col)
         if not live[k]:
-            axis = (rows - 1) * n + k + 1  # make_subplots numbers axes row by row
+            axis = (top + per_item - 2) * ncols + col  # make_subplots numbers axes row by row
             suffix = "" if axis == 1 else str(axis)
             fig.add_annotation(text="numerically<br>zero", showarrow=False, font=dict(size=10, color="#555"),
                                xref=f"x{suffix} domain", yref=f"y{suffix} domain", x=0.5, y=0.5)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
-    for k in range(1, rows * n + 1):  # every panel square: images and maps share a size
-        fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // n + 1, col=(k - 1) % n + 1)
+    for k in range(1, rows * ncols + 1):  # every panel square: images and maps share a size
+        fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // ncols + 1, col=(k - 1) % ncols + 1)
     fig.update_annotations(font_size=11)
-    panel = max(80, min(170, 760 // max(n, 1)))  # about square panels in a page-wide chart
-    base_layout(fig, title, height=panel * rows + 70)
+    panel = max(80, min(170, 760 // max(ncols, 1)))  # about square panels in a page-wide chart
+    base_layout(fig, title, height=int(panel * sum(heights[:rows])) + 45)
     fig.update_layout(margin=dict(l=10, r=10, t=60 if title else 45, b=10))
     return fig
 
@@ -417,43 +470,59 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
     return fig
 
 
-SWEEP_METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "mean NN distance ratio"),
+SWEEP_METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "NN distance ratio"),
                  ("mean_effective_sources", "effective sources"), ("diversity", "diversity"))
 
 
 def sweep_figure(rows: list[dict], current_sigma: float | None = None, title: str | None = None) -> go.Figure:
-    """Memorisation metrics against sigma, one panel each, the current sigma marked."""
+    """Memorisation metrics against sigma in a 2 x 2 grid, the current sigma marked; error bars
+    (one standard deviation over seeds) when the rows carry them; the legend below, and only when
+    several (M, T) settings are drawn."""
     from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[lab for _, lab in SWEEP_METRICS], horizontal_spacing=0.07)
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[lab for _, lab in SWEEP_METRICS], horizontal_spacing=0.12,
+                        vertical_spacing=0.2)
     groups = sorted({(r["draws"], r["start"]) for r in rows})
+    seeds = max(int(r.get("seeds", 1)) for r in rows) if rows else 1  # error bars only when there are several
     for g, (m, t) in enumerate(groups):
         sel = sorted((r for r in rows if (r["draws"], r["start"]) == (m, t)), key=lambda r: r["sigma"])
         xs = [r["sigma"] for r in sel]
         for k, (key, lab) in enumerate(SWEEP_METRICS):
+            sd = [r.get(f"{key}_sd", 0.0) for r in sel]
             fig.add_trace(go.Scatter(x=xs, y=[r[key] for r in sel], mode="lines+markers", name=f"M={m}, T={t:g}",
-                                     legendgroup=str(g), showlegend=k == 0, line=dict(color=OKABE_ITO[(4 + g) % 8]),
-                                     hovertemplate=f"σ=%{{x:.3g}}<br>{lab} %{{y:.3g}}<extra></extra>"), 1, k + 1)
+                                     error_y=dict(type="data", array=sd, visible=seeds > 1, thickness=1, width=3),
+                                     legendgroup=str(g), showlegend=k == 0 and len(groups) > 1,
+                                     line=dict(color=OKABE_ITO[(4 + g) % 8], width=1.5), marker=dict(size=5),
+                                     hovertemplate=f"σ=%{{x:.3g}}<br>{lab} %{{y:.3g}}<extra></extra>"),
+                          k // 2 + 1, k % 2 + 1)
     for k in range(4):
-        fig.update_xaxes(title="σ", row=1, col=k + 1)
+        if k >= 2:  # σ under the bottom row only: a title under the top row would meet the panel titles
+            fig.update_xaxes(title=dict(text="σ", standoff=2), row=k // 2 + 1, col=k % 2 + 1)
         if current_sigma is not None:
-            fig.add_vline(x=current_sigma, line=dict(dash="dot", color="black", width=1), row=1, col=k + 1)
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
-    return base_layout(fig, title, height=320)
+            fig.add_vline(x=current_sigma, line=dict(dash="dot", color="black", width=1), row=k // 2 + 1,
+                          col=k % 2 + 1)
+    fig.update_yaxes(range=[-0.03, 1.05], row=1, col=1)
+    fig.update_annotations(font_size=12)
+    base_layout(fig, title, height=460)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="center", x=0.5))
+    return fig  # what the error bars are (±1 s.d. over `seeds` seeds) belongs in the caption
 
 
-def strip_scatter(train: np.ndarray, sample_sets: list[np.ndarray], sigmas: list[float]) -> go.Figure:
-    """2-D: the same seeds' samples at several sigmas, one small panel each."""
+def strip_scatter(train: np.ndarray, sample_sets: list[np.ndarray], sigmas: list[float], ncols: int = 3) -> go.Figure:
+    """2-D: the same seeds' samples at several sigmas, one panel each, `ncols` panels a row."""
     from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=len(sample_sets), subplot_titles=[f"σ = {s:g}" for s in sigmas],
-                        horizontal_spacing=0.02)
+    ncols = max(1, min(ncols, len(sample_sets)))
+    nrows = -(-len(sample_sets) // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[f"σ = {s:g}" for s in sigmas],
+                        horizontal_spacing=0.03, vertical_spacing=0.08)
     for k, s in enumerate(sample_sets):
+        r, c = k // ncols + 1, k % ncols + 1
         fig.add_trace(go.Scattergl(x=train[:, 0], y=train[:, 1], mode="markers", showlegend=False, hoverinfo="skip",
-                                   marker=dict(size=2, color=TRAIN_COLOUR, opacity=0.5)), 1, k + 1)
+                                   marker=dict(size=3, color=TRAIN_COLOUR, opacity=0.6)), r, c)
         fig.add_trace(go.Scattergl(x=s[:, 0], y=s[:, 1], mode="markers", showlegend=False,
-                                   marker=dict(size=5, color=SAMPLE_COLOUR)), 1, k + 1)
+                                   marker=dict(size=6, color=SAMPLE_COLOUR)), r, c)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    return base_layout(fig, None, height=260)
+    return base_layout(fig, None, height=300 * nrows)
 
 
 def thumbnail_sprite(vectors: np.ndarray, image_shape: tuple, cols: int = 64) -> tuple[Image.Image, int]:
