@@ -25,17 +25,32 @@ LABELS = {"samples": "Sample grid", "sources": "Sources of a sample", "sensitivi
           "influence": "Influence matrix", "map": "Map", "memorisation": "Memorisation curves"}
 
 
+FONTS = ["Helvetica, Arial, sans-serif", "Times New Roman, serif", "DejaVu Sans, sans-serif"]
+
+
 def style_controls() -> FigureStyle:
+    """Figure size, formats, dpi, font and background; every choice is kept in the link."""
     c1, c2, c3 = st.columns(3)
-    preset = c1.radio("Size", list(SIZE_PRESETS) + ["custom"], key="w_exp_size")
-    width = SIZE_PRESETS.get(preset) or c1.number_input("Width (in)", 0.5, 20.0, 5.0, key="w_exp_w")
-    height = c1.number_input("Height (in)", 0.5, 20.0, round(width * 0.8, 2), key=f"w_exp_h_{preset}")
-    formats = c2.multiselect("Formats", ["png", "svg", "pdf"], default=["png", "svg", "pdf"], key="w_exp_fmt")
-    dpi = c2.number_input("PNG dpi", 50, 1200, 300, step=50, key="w_exp_dpi")
-    font = c3.selectbox("Font", ["Helvetica, Arial, sans-serif", "Times New Roman, serif", "DejaVu Sans, sans-serif"],
-                        key="w_exp_font")
-    size = c3.number_input("Font size (pt)", 4.0, 40.0, 8.0, step=0.5, key="w_exp_fs")
-    bg = c3.radio("Background", ["white", "transparent"], horizontal=True, key="w_exp_bg")
+    presets = list(SIZE_PRESETS) + ["custom"]
+    wanted_w = state.view_number("fig_w", 0.5, 20.0)
+    preset_now = next((k for k, v in SIZE_PRESETS.items() if v == wanted_w), "custom")
+    preset = c1.radio("Size", presets, index=presets.index(preset_now), key="w_exp_size")
+    width = SIZE_PRESETS.get(preset) or c1.number_input("Width (in)", 0.5, 20.0, wanted_w, key="w_exp_w")
+    height = c1.number_input("Height (in)", 0.5, 20.0, state.view_number("fig_h", 0.5, 20.0), key=f"w_exp_h_{preset}")
+    fmt_default = [f for f in state.view("fmt").split(",") if f in ("png", "svg", "pdf")] or ["png", "svg", "pdf"]
+    formats = c2.multiselect("Formats", ["png", "svg", "pdf"], default=fmt_default, key="w_exp_fmt")
+    dpi = c2.number_input("PNG dpi", 50, 1200, state.view_number("dpi", 50, 1200, integer=True), step=50,
+                          key="w_exp_dpi")
+    font_now = state.view("font") if state.view("font") in FONTS else FONTS[0]
+    font = c3.selectbox("Font", FONTS, index=FONTS.index(font_now), key="w_exp_font",
+                        help="Helvetica/Arial and Times are drawn with the metric-compatible Liberation fonts when the "
+                             "originals are not installed; the bundle's manifest says which font was used.")
+    size = c3.number_input("Font size (pt)", 4.0, 40.0, state.view_number("fs", 4.0, 40.0), step=0.5, key="w_exp_fs")
+    bg = c3.radio("Background", ["white", "transparent"], index=1 if state.view("bg") == "transparent" else 0,
+                  horizontal=True, key="w_exp_bg")
+    for key, value in (("fig_w", width), ("fig_h", height), ("fmt", formats), ("dpi", dpi), ("font", font),
+                       ("fs", size), ("bg", bg)):
+        state.set_view(key, value)
     return FigureStyle(width_in=float(width), height_in=float(height), dpi=int(dpi), font_family=font,
                        font_size=float(size), background=bg, formats=tuple(formats))
 
@@ -52,8 +67,9 @@ def body() -> None:
     if run is None:
         return
     cfg = run.result.config.replace(trajectory=False)
-    which = st.multiselect("Figures", list(FIGURES), default=["samples", "sources"], format_func=LABELS.get,
-                           key="w_exp_figs")
+    wanted = [f for f in state.view("figs").split(",") if f in FIGURES]
+    which = st.multiselect("Figures", list(FIGURES), default=wanted, format_func=LABELS.get, key="w_exp_figs")
+    state.set_view("figs", which)
     try:
         style = style_controls()
     except CdmInputError as e:
@@ -68,7 +84,7 @@ def body() -> None:
     except CdmInputError as e:
         st.error(str(e))
         return
-    preview(ds, manifest, style, which[0])
+    preview(ds, manifest, style, which)
     if st.button("Build bundle", type="primary", key="w_exp_go"):
         bar = st.progress(0.0, text="Export: starting…")
         stages = ["sampling", "sensitivity", "map", "memorisation sweep"]
@@ -97,20 +113,26 @@ def body() -> None:
                "regenerates the same figures from it.")
 
 
-def preview(ds, manifest, style, first: str) -> None:
-    st.subheader(f"Preview: {LABELS[first]} at {style.width_in:g} × {style.height_in:g} in")
-    key = (manifest["dataset"]["content_hash"], str(manifest["sampler"]), first, str(manifest["options"]))
+def preview(ds, manifest, style, which: list[str]) -> None:
+    """Every chosen figure as it will be exported, at the chosen size (PNG previews at 96 dpi)."""
+    st.subheader(f"Preview at {style.width_in:g} × {style.height_in:g} in")
+    key = (manifest["dataset"]["content_hash"], str(manifest["sampler"]), tuple(which), str(manifest["options"]))
 
     def make():
-        with st.spinner("Building the preview…"):
-            return build(dict(manifest, figures=[first]), ds)[0][first]
+        with st.spinner("Building the previews…"):
+            return build(manifest, ds)[0]
 
-    fig = state.session_cache("export_preview", key, make)
-    if isinstance(fig, go.Figure):
-        st.plotly_chart(style_figure(fig, style), width="content", key="exp_preview")
-    else:
-        png = image_files(fig, FigureStyle(width_in=style.width_in, dpi=96, formats=("png",)))["png"]
-        st.image(png, width=int(style.width_in * 96))
+    figs = state.session_cache("export_preview", key, make)
+    tabs = st.tabs([LABELS[w] for w in which])
+    for tab, name in zip(tabs, which):
+        fig = figs[name]
+        with tab:
+            if isinstance(fig, go.Figure):
+                st.plotly_chart(style_figure(fig, style), width="content", key=f"exp_preview_{name}")
+            else:
+                png = image_files(fig, FigureStyle(width_in=style.width_in, height_in=style.height_in, dpi=96,
+                                                   formats=("png",)))["png"]
+                st.image(png, width=int(style.width_in * 96))
 
 
 state.guard(body)
