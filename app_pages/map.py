@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, place_by_transform, source_edges
+from cdm_core.analysis import metrics
+from cdm_core.analysis.embedding import (
+    MapConfig,
+    compute_map,
+    place_by_sources,
+    place_by_top_source,
+    place_by_transform,
+    source_edges,
+    source_spread,
+)
 from cdm_core.report import figures
 from ui import state
 from ui.click_select import click_select
@@ -12,6 +21,8 @@ from ui.hover_thumbnails import hover_thumbnails
 from ui.selection import selected_points
 
 MAX_DRAWN = 30000
+BETWEEN_CLUSTERS = 0.1  # a sample whose sources spread over more than this fraction of the map is flagged
+SAMPLE_COLOURS = ("NN ratio", "effective sources", "NN distance", "source spread on the map", "none")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -63,20 +74,46 @@ def body() -> None:
         res = None
     else:
         res = run.result
-        options = ["blend sources"] + (["UMAP transform"] if emb.model is not None else [])
-        how = st.radio("Place samples at", options, horizontal=True, key="w_map_place",
-                       help="Blend sources: the weight-averaged map position of each sample's exact sources. "
-                            "UMAP transform: embed the sample itself (small sets only).")
-        sample_pos = place_by_transform(emb, res.blend_space_points) if how == "UMAP transform" else \
-            place_by_sources(emb, res.source_ids, res.source_weights)
-        placed_at = ('UMAP transform of the samples' if how == 'UMAP transform'
-                     else 'the weighted position of their blend sources')
+        options = ["mean of blend sources", "largest source"] + (["UMAP transform"] if emb.model is not None else [])
+        c1, c2 = st.columns([3, 2])
+        how = c1.radio("Place samples at", options, horizontal=True, key="w_map_place",
+                       help="Mean of blend sources: the weight-averaged map position of a sample's exact sources "
+                            "(between clusters when its sources lie in different ones). Largest source: the map "
+                            "position of its heaviest source, always a real item's place. UMAP transform: embed the "
+                            "sample itself (small sets only).")
+        colour_by = c2.selectbox("Colour samples by", SAMPLE_COLOURS, key="w_map_colour",
+                                 index=SAMPLE_COLOURS.index(state.view("colour"))
+                                 if state.view("colour") in SAMPLE_COLOURS else 0,
+                                 help="NN ratio: nearest / second-nearest training distance (0 = copy), fixed 0–1 "
+                                      "scale. Source spread: how far apart a sample's sources lie on the map.")
+        state.set_view("colour", colour_by)
+        if how == "UMAP transform":
+            sample_pos = place_by_transform(emb, res.blend_space_points)
+        elif how == "largest source":
+            sample_pos = place_by_top_source(emb, res.source_ids, res.source_weights)
+        else:
+            sample_pos = place_by_sources(emb, res.source_ids, res.source_weights)
+        placed_at = {"UMAP transform": "the UMAP transform of the samples themselves",
+                     "largest source": "the map position of their largest blend source",
+                     "mean of blend sources": "the weighted mean position of their blend sources"}[how]
         st.caption(f"Samples (×) are placed at {placed_at}.")
+        spread = source_spread(emb, place_by_sources(emb, res.source_ids, res.source_weights), res.source_ids,
+                               res.source_weights)
+        between = np.flatnonzero(spread > BETWEEN_CLUSTERS)
+        if len(between):
+            st.warning(f"{len(between)} of {len(spread)} samples blend sources that lie far apart on this map (their "
+                       f"sources spread over more than {BETWEEN_CLUSTERS:.0%} of its extent): samples "
+                       f"{', '.join(f'#{i}' for i in between[:12])}{'…' if len(between) > 12 else ''}. "
+                       + ("Their mean position falls between clusters, which is not where any training item is."
+                          if how == "mean of blend sources" else "Their placement shows one source only.")
+                       + " Follow their edges or open their sources.", icon=":material/call_split:")
     # Edges follow the current sample only: a figure that changed with the selection would make
     # Streamlit drop that selection on the next run.
     show = [state.selected_sample()] if res is not None else []
     edges = [] if res is None else source_edges(emb, sample_pos, res.source_ids, res.source_weights, show)
-    fig = figures.map_figure(emb.positions, emb.ids, ds.labels, sample_pos, edges, MAX_DRAWN, ds.label_names)
+    values, vrange = (None, None) if res is None else sample_colours(res, colour_by, spread)
+    fig = figures.map_figure(emb.positions, emb.ids, ds.labels, sample_pos, edges, MAX_DRAWN, ds.label_names,
+                             sample_values=values, value_name=colour_by, value_range=vrange)
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
     if res is not None:  # a plain click on a sample selects it (its source edges follow)
@@ -91,6 +128,19 @@ def body() -> None:
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
                "Click a sample to select it; lasso or box-select points to list them below.")
     linked(ds, res, samples, train)
+
+
+def sample_colours(res, name: str, spread: np.ndarray):
+    """(values, fixed range or None) of the metric the samples are coloured by; (None, None) for none."""
+    if name == "NN ratio":
+        return metrics.nn_ratio(res.nn_dist), (0.0, 1.0)
+    if name == "effective sources":
+        return metrics.effective_sources(res.source_weights), None
+    if name == "NN distance":
+        return res.nn_dist[:, 0], None
+    if name == "source spread on the map":
+        return spread, (0.0, max(0.3, float(np.nanmax(spread)) if np.isfinite(spread).any() else 0.3))
+    return None, None
 
 
 def linked(ds, res, samples, train) -> None:

@@ -94,3 +94,16 @@ def test_sweep_over_seeds_gives_means_and_standard_deviations():
     assert sweep(ds, base, [0.1])[0]["diversity_sd"] == 0.0
     with pytest.raises(CdmInputError, match="seeds"):
         sweep(ds, base, [0.1], seeds=0)
+
+
+def test_placement_by_top_source_and_source_spread():
+    from cdm_core.analysis.embedding import Embedding, place_by_top_source, source_spread
+    pos = np.array([[0, 0], [10, 0], [0.1, 0]], np.float32)
+    emb = Embedding(ids=np.arange(3), positions=pos, config=MapConfig(method="pca"), content_hash="x", from_cache=False)
+    ids = np.array([[0, 1], [0, 2]])
+    w = np.array([[0.4, 0.6], [0.5, 0.5]])
+    top = place_by_top_source(emb, ids, w)
+    np.testing.assert_allclose(top, [[10, 0], [0, 0]])  # the heavier source's place (ties: the first)
+    mean = place_by_sources(emb, ids, w)
+    spread = source_spread(emb, mean, ids, w)
+    assert spread[0] > 0.4 and spread[1] < 0.01  # far-apart sources vs neighbours

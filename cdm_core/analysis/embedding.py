@@ -158,6 +158,39 @@ def place_by_sources(emb: Embedding, source_ids: np.ndarray, source_weights: np.
     return out
 
 
+def place_by_top_source(emb: Embedding, source_ids: np.ndarray, source_weights: np.ndarray) -> np.ndarray:
+    """Each sample at the map position of its largest mapped blend source (NaN if none is mapped):
+    a real training item's place, never a point between clusters."""
+    table = emb.position_of()
+    out = np.full((len(source_ids), 2), np.nan, np.float32)
+    for i, (ids, w) in enumerate(zip(source_ids, source_weights)):
+        ok = (ids >= 0) & (ids < len(table))
+        ids, w = ids[ok], w[ok]
+        has = ~np.isnan(table[ids][:, 0]) if len(ids) else np.zeros(0, bool)
+        if has.any():
+            out[i] = table[ids[has][np.argmax(w[has])]]
+    return out
+
+
+def source_spread(emb: Embedding, sample_pos: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
+                  ) -> np.ndarray:
+    """Per sample, the weighted RMS map distance of its mapped sources from its placed position,
+    as a fraction of the map's extent (bounding-box diagonal of the training points): near 0 when
+    the sources sit together, large when the sample's position averages distant clusters."""
+    table = emb.position_of()
+    pos = emb.positions
+    extent = float(np.linalg.norm(np.nanmax(pos, 0) - np.nanmin(pos, 0))) if len(pos) else 1.0
+    out = np.full(len(source_ids), np.nan)
+    for i, (ids, w) in enumerate(zip(source_ids, source_weights)):
+        ok = (ids >= 0) & (ids < len(table))
+        p, w = table[ids[ok]], w[ok]
+        has = ~np.isnan(p[:, 0]) if len(p) else np.zeros(0, bool)
+        if has.any() and w[has].sum() > 0 and not np.isnan(sample_pos[i, 0]):
+            d2 = ((p[has] - sample_pos[i]) ** 2).sum(1)
+            out[i] = np.sqrt((w[has] * d2).sum() / w[has].sum()) / max(extent, 1e-300)
+    return out
+
+
 def source_edges(emb: Embedding, sample_pos: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
                  samples) -> list:
     """Edges from the chosen samples to their mapped blend sources, for `figures.map_figure`:

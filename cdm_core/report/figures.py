@@ -429,7 +429,8 @@ def predicted_vs_actual_figure(predicted: np.ndarray, actual: np.ndarray, correl
 
 def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos: np.ndarray,
                edges: list | None = None, max_points: int = 30000, label_names=None,
-               title: str | None = None) -> go.Figure:
+               title: str | None = None, sample_values=None, value_name: str = "",
+               value_range: tuple | None = None) -> go.Figure:
     """Training points on the 2-D map coloured by label, samples on top (distinct marker), and
     thin edges from chosen samples to their blend sources (width by weight).
 
@@ -449,7 +450,7 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
             name = f"{label_names[val] if label_names is not None and val < len(label_names) else val}"
         colour = TRAIN_COLOUR if val is None else CATEGORICAL[k % len(CATEGORICAL)]
         fig.add_trace(go.Scattergl(x=train_pos[rows, 0], y=train_pos[rows, 1], mode="markers", name=name,
-                                   marker=dict(size=4, opacity=0.6, color=colour),
+                                   marker=dict(size=5, opacity=0.9, color=colour),
                                    customdata=train_ids[rows],
                                    hovertemplate="training #%{customdata}<extra>" + name + "</extra>"))
     for s_pos, src_pos, w in edges or []:
@@ -460,12 +461,22 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
                                      showlegend=False, line=dict(width=0.5 + 5 * float(wt), color="#000000"),
                                      opacity=0.6))
     ok = ~np.isnan(sample_pos[:, 0])
+    marker = dict(size=11, symbol="x", color="#000000", line=dict(width=1, color="white"))
+    hover = "sample #%{customdata}<extra></extra>"
+    if sample_values is not None:  # colour the samples by a metric (a fixed range when one is given)
+        lo, hi = value_range or (float(np.nanmin(sample_values)), float(np.nanmax(sample_values)))
+        marker |= dict(color=np.asarray(sample_values)[ok], colorscale=SEQUENTIAL, cmin=lo, cmax=hi, showscale=True,
+                       colorbar=dict(title=dict(text=value_name, side="right"), thickness=12, x=1.0, xanchor="left",
+                                     len=0.6, y=0.0, yanchor="bottom"), line=dict(width=1, color="#000000"))
+        hover = "sample #%{customdata}<br>" + value_name + " %{marker.color:.3g}<extra></extra>"
     fig.add_trace(go.Scattergl(x=sample_pos[ok, 0], y=sample_pos[ok, 1], mode="markers", name="samples",
-                               marker=dict(size=10, symbol="x", color="#000000", line=dict(width=1, color="white")),
-                               customdata=np.flatnonzero(ok), hovertemplate="sample #%{customdata}<extra></extra>"))
-    base_layout(fig, title, height=560)
+                               marker=marker, customdata=np.flatnonzero(ok), hovertemplate=hover))
+    base_layout(fig, title, height=620)
+    # the legend to the right of the plot, where the toolbar (top right, over the plot) cannot cover it
+    fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.0),
+                      margin=dict(l=10, r=10, t=40 if title else 30, b=10))
     fig.update_xaxes(showticklabels=False, title=None)
-    fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x")
+    fig.update_yaxes(showticklabels=False, title=None)
     fig.update_layout(dragmode="lasso", clickmode="event+select")
     return fig
 
