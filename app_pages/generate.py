@@ -9,6 +9,7 @@ from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
 from ui.click_select import click_select
+from ui.compare import compare_panel
 from ui.selection import selected_points
 
 HELP = {
@@ -189,6 +190,7 @@ def body() -> None:
         st.info("These results belong to another data set: press **Generate**.")
         return
     results(run, ds)
+    compare_panel(run, ds)
 
 
 state.guard(body)

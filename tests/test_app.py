@@ -251,3 +251,21 @@ def test_latent_space_across_pages():
         assert any(words in t for t in texts), (page, words)
     assert at.session_state["result"].result is res
     assert at.query_params["space"] == ["latent"] or at.query_params["space"] == "latent"
+
+
+def test_pin_a_run_and_compare_with_new_settings():
+    at = app()
+    at.switch_page("app_pages/generate.py").run()
+    first = at.session_state["result"]
+    at.button(key="w_pin").click().run()
+    assert at.session_state["pinned_run"] is first
+    at.slider(key="w_sigma").set_value(0.3).run()
+    assert not at.exception and not errors(at)
+    assert any("Pinned run and current run" in h.value for h in at.subheader)
+    df = at.dataframe[0].value
+    assert list(df.columns) == ["", "pinned", "current", "current − pinned"]
+    row = df[df[""] == "σ"].iloc[0]
+    assert row["pinned"] == "0.1" and row["current"] == "0.3" and row["current − pinned"] == "changed"
+    assert any("only σ changed" in c.value for c in at.caption)
+    at.button(key="w_unpin").click().run()
+    assert at.session_state["pinned_run"] is None and not at.exception

@@ -1,0 +1,90 @@
+"""Compare runs: pin one run and show it beside the current one (samples, settings, metrics).
+
+The pinned run is kept whole in the session (results are deterministic, so nothing is
+recomputed); both sides are drawn with the same figure builders and the same colour scales."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from cdm_core.analysis import metrics
+from cdm_core.report import figures
+
+SETTINGS = (("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
+            ("index", "index"), ("space", "space"))
+METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "mean NN ratio"),
+           ("mean_nn_distance", "mean NN distance"), ("mean_effective_sources", "effective sources"),
+           ("diversity", "diversity"))
+
+
+def pinned():
+    return st.session_state.get("pinned_run")
+
+
+def pin(run) -> None:
+    st.session_state.pinned_run = run
+
+
+def unpin() -> None:
+    st.session_state.pinned_run = None
+
+
+def table(a, b, ds) -> pd.DataFrame:
+    """Settings and memorisation metrics of two runs, side by side, with the change."""
+    rows = []
+    for key, label in SETTINGS:
+        va, vb = getattr(a.result.config, key), getattr(b.result.config, key)
+        rows.append((label, str(va), str(vb), "" if va == vb else "changed"))
+    ma = metrics.set_metrics(a.result, ds.points).as_dict()
+    mb = metrics.set_metrics(b.result, ds.points).as_dict()
+    for key, label in METRICS:
+        rows.append((label, f"{ma[key]:.3g}", f"{mb[key]:.3g}", f"{mb[key] - ma[key]:+.3g}"))
+    return pd.DataFrame(rows, columns=["", "pinned", "current", "current − pinned"])
+
+
+def samples_figure(res, ds, key: str):
+    ratio = metrics.nn_ratio(res.nn_dist)
+    if ds.is_image:
+        fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=8, values=ratio, value_name="NN ratio",
+                                        scale=figures.grid_scale(ds.image_shape, 56))
+    else:
+        fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio")
+    st.plotly_chart(fig, width="stretch", key=key, config={"displayModeBar": False})
+
+
+def compare_panel(run, ds) -> None:
+    """The Pin button, and the comparison when a pinned run of this data set differs from `run`."""
+    other = pinned()
+    c1, c2 = st.columns([1, 4])
+    if c1.button("Pin this run", icon=":material/push_pin:", key="w_pin",
+                 help="Keep these samples to compare with the next settings you try."):
+        pin(run)
+        other = run
+    if other is None:
+        c2.caption("Pin a run, change the settings, and the two are shown side by side.")
+        return
+    if other.key[0] != ds.content_hash:
+        c2.caption("The pinned run belongs to another data set.")
+        return
+    if other.key == run.key:
+        c2.caption("This run is pinned: change a setting to compare.")
+        return
+    st.subheader("Pinned run and current run")
+    if c2.button("Unpin", key="w_unpin"):
+        unpin()
+        st.rerun()
+    left, right = st.columns(2)
+    for col, r, name in ((left, other, "pinned"), (right, run, "current")):
+        cfg = r.result.config
+        with col:
+            st.markdown(f"**{name.capitalize()}**: σ = {cfg.sigma:g}, M = {cfg.draws}, S = {cfg.steps}, "
+                        f"T = {cfg.start:g}, seed {cfg.seed}" + (" · latent" if cfg.space == "latent" else ""))
+            samples_figure(r.result, ds, key=f"cmp_{name}")
+    st.dataframe(table(other, run, ds), hide_index=True, width="stretch")
+    same = other.result.config.replace(sigma=run.result.config.sigma) == run.result.config
+    if same and len(other.result.samples) == len(run.result.samples):
+        moved = np.linalg.norm(run.result.samples - other.result.samples, axis=1)
+        st.caption(f"Same seeds, only σ changed: samples moved by {np.median(moved):.3g} (median) and up to "
+                   f"{moved.max():.3g} (data units); sample #{int(np.argmax(moved))} moved most.")
