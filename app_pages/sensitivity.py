@@ -3,6 +3,7 @@
 import numpy as np
 import streamlit as st
 
+from cdm_core.analysis.additions import add_items
 from cdm_core.analysis.sensitivity import (
     counterfactual,
     jacobian,
@@ -10,6 +11,7 @@ from cdm_core.analysis.sensitivity import (
     position_derivative,
     sensitivity,
 )
+from cdm_core.data.files import load_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
@@ -137,6 +139,65 @@ def counterfactual_panel(ds, sens, i: int) -> None:
                                                            cf.correlation), width="stretch", key="cf_scatter")
 
 
+def addition_panel(ds, sens, i: int) -> None:
+    """What if we add these items: re-sample with added training items (the actual change)."""
+    st.subheader("What if we add these items?")
+    c1, c2, c3 = st.columns([3, 1, 1])
+    how = c1.radio("Items to add", ["copies of training items", "a file"], horizontal=True, key="w_add_how",
+                   help="Copies: duplicates of chosen training items (each counts once more). A file: new items in "
+                        "the data's own units and shape (.npy, .npz, .csv, or a .zip of images).")
+    items, label = None, ""
+    if how == "a file":
+        up = c1.file_uploader("Items to add", key="w_add_file", label_visibility="collapsed",
+                              type=["npy", "npz", "csv", "zip"])
+        if up is not None:
+            try:
+                items = load_bytes(up.name, up.getvalue(), resize=ds.image_shape[:2] if ds.is_image else None)
+                label = f"{items.n} items from {up.name}"
+            except CdmInputError as e:
+                st.error(str(e))
+                return
+    else:
+        ids = [int(v) for v in sens.training_ids[i] if v >= 0]
+        chosen = c1.multiselect("Training items to copy", ids, default=ids[:1], format_func=lambda v: f"#{v}",
+                                key=f"w_add_ids_{i}")
+        if chosen:
+            items, label = ds.points[chosen], f"copies of {', '.join(f'#{j}' for j in chosen)}"
+    weight = c2.number_input("Weight of each", 0.01, 1000.0, 1.0, step=0.5, key="w_add_weight",
+                             help="Relative to a typical training item (1 = as likely as one of them).")
+    go = c3.button("Re-sample with them", type="primary", key="w_add_go", disabled=items is None)
+    if go and items is not None:
+        try:
+            with st.spinner("Re-sampling with the same seeds…"):
+                st.session_state.addition = (sens.config, label, add_items(ds, sens.config, items, weight=weight))
+        except CdmInputError as e:
+            st.error(str(e))
+    done = st.session_state.get("addition")
+    if not done or done[0] != sens.config:
+        st.caption("Nothing added yet. The sampler re-runs with identical random numbers on the extended training "
+                   "set, so each sample is compared with itself.")
+        return
+    _, label, add = done
+    moved = add.moved
+    st.markdown(f"Added {label} (weight {add.weight:g} each): **{len(moved)}** of {len(add.displacement)} samples "
+                f"moved; **{int((add.added_share > 1e-3).sum())}** now blend an added item.")
+    left, right = st.columns([2, 3])
+    with left:
+        st.plotly_chart(figures.addition_figure(add.displacement, add.added_share, add.moved_tol), width="stretch",
+                        key="add_fig")
+    with right:
+        if ds.is_image and len(moved):
+            top = moved[:6]
+            st.image(figures.image_grid(np.concatenate([add.original[top], add.actual[top]]), ds.image_shape,
+                                        ncols=len(top), scale=figures.grid_scale(ds.image_shape, 56)),
+                     caption="Most moved samples: before (top row), after adding (bottom row): samples "
+                             + ", ".join(f"#{k}" for k in top))
+        st.caption("A sample can move without blending an added item: at t = 0 every training item pulls on every "
+                   "sample, so an addition changes the early drift. The share of blend weight on added items tells "
+                   "the two apart. No derivative is used: at zero weight, an item closer than a sample's sources "
+                   "takes over its blend abruptly.")
+
+
 def body() -> None:
     st.title("Sensitivity")
     ds = state.current_dataset()
@@ -163,6 +224,7 @@ def body() -> None:
     if ds.is_image:
         brighter_panel(ds, sens, i)
     counterfactual_panel(ds, sens, i)
+    addition_panel(ds, sens, i)
 
 
 state.guard(body)

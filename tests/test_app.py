@@ -269,3 +269,18 @@ def test_pin_a_run_and_compare_with_new_settings():
     assert any("only σ changed" in c.value for c in at.caption)
     at.button(key="w_unpin").click().run()
     assert at.session_state["pinned_run"] is None and not at.exception
+
+
+def test_what_if_we_add_items_on_the_sensitivity_page():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["data"] = "moons"
+    at.query_params["n"] = "8"
+    at.run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    at.number_input(key="w_add_weight").set_value(5.0).run()
+    at.button(key="w_add_go").click().run()
+    assert not at.exception and not errors(at)
+    cfg, label, add = at.session_state["addition"]
+    assert label.startswith("copies of #") and add.n_added == 1 and add.weight == 5.0
+    assert add.added_share[0] > 0  # the copied item is sample #0's most influential source
+    assert any("now blend an added item" in m.value for m in at.markdown)

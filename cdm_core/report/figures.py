@@ -352,6 +352,21 @@ def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: li
     return fig
 
 
+def addition_figure(displacement: np.ndarray, added_share: np.ndarray, tol: float, title: str | None = None):
+    """Per sample: how far it moved when items were added (log scale; numerically zero moves on
+    the floor) against the blend weight it now puts on the added items."""
+    d = np.maximum(np.asarray(displacement, np.float64), tol)
+    fig = go.Figure(go.Scatter(x=np.asarray(added_share), y=d, mode="markers", customdata=np.arange(len(d)),
+                               marker=dict(size=8, color=SAMPLE_COLOUR, line=dict(width=0.5, color="white")),
+                               hovertemplate="sample #%{customdata}<br>moved %{y:.3g}<br>share of added items "
+                                             "%{x:.3f}<extra></extra>"))
+    fig.add_hline(y=tol, line=dict(dash="dot", color="#555", width=1), annotation_text="no move",
+                  annotation_position="bottom right")
+    fig.update_xaxes(title_text="blend weight on added items", range=[-0.03, 1.03])
+    fig.update_yaxes(title_text="move (data units)", type="log")
+    return base_layout(fig, title, height=320)
+
+
 def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, title: str | None = None) -> go.Figure:
     """Samples x training items |J|, columns ordered by the sample they matter most to."""
     cols = np.unique(training_ids[training_ids >= 0])
