@@ -14,6 +14,7 @@ from cdm_core.analysis.sensitivity import (
 from cdm_core.data.files import load_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
+from cdm_core.report.export import label_of
 from ui import state
 
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
@@ -42,16 +43,15 @@ def compute(ds, run, top: int):
 def sample_view(ds, sens, i: int) -> None:
     ids, infl, jac = sens.training_ids[i], sens.influence[i], sens.jacobian[i]
     ok = ids >= 0
-    st.markdown(f"**Most influential training items for sample #{i}** (ranked by ‖J‖ = ‖dx/dlog π‖)")
+    st.markdown(f"**Most influential training items for sample #{i}** (ranked by ‖J‖ = ‖∂x/∂log π‖, in data "
+                "units per unit of log-weight)")
     if ds.is_image:
         floor = numerical_zero(ds.points)
         c1, c2 = st.columns([1, 5])
         c1.image(figures.to_image(sens.samples[i], ds.image_shape, 4), caption=f"sample #{i}", width="stretch")
         per_map = c2.toggle("One colour scale per map", key="w_sens_per_map",
                             help="Off: one scale for the row, so maps compare. On: each map uses its own range.")
-        names = ds.label_names
-        titles = [f"#{j}" + (f" {names[ds.labels[j]]}" if names is not None and ds.labels is not None
-                             and 0 <= ds.labels[j] < len(names) else "") for j in ids[ok]]
+        titles = [f"#{j}{label_of(ds, j)}" for j in ids[ok]]
         c2.plotly_chart(figures.sensitivity_maps_figure(jac[ok], ds.image_shape, titles, zero_floor=floor,
                                                         per_map_scale=per_map, images=ds.points[ids[ok]],
                                                         colorbar_title="∂x/∂log π (data units)"),

@@ -6,6 +6,7 @@ import streamlit as st
 
 from cdm_core.analysis import metrics
 from cdm_core.report import figures
+from cdm_core.report.export import label_of
 from ui import state
 
 
@@ -35,11 +36,12 @@ def latent_rows(ds, res, i: int, ids, w, scale) -> None:
     space = latent_space(ds, res.config)
     st.markdown(f"**Blend sources, decoded** ({len(ids)} with weight ≥ 0.001; the sample is the decoder's image "
                 "of Σ w·z over their latents)")
-    image_row(ds, space.decode(res.train_latents[ids[:16]]), [f"#{j} · w={wt:.3f}" for j, wt in zip(ids, w)], scale)
+    image_row(ds, space.decode(res.train_latents[ids[:16]]),
+              [f"#{j}{label_of(ds, j)} · w={wt:.3f}" for j, wt in zip(ids, w)], scale)
     z, x = res.latents[i], res.samples[i]
 
     def captions(near):
-        return [f"#{j}: latent {np.linalg.norm(res.train_latents[j] - z):.3g}, pixel "
+        return [f"#{j}{label_of(ds, j)}: latent {np.linalg.norm(res.train_latents[j] - z):.3g}, pixel "
                 f"{np.linalg.norm(ds.points[j] - x):.3g}" for j in near]
 
     st.markdown("**Nearest training images in latent space** (Euclidean distance to the sample: latent units, "
@@ -82,10 +84,10 @@ def body() -> None:
             else:
                 st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
                 image_row(ds, ds.points[ids[shown][:16]],
-                          [f"#{j} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
+                          [f"#{j}{label_of(ds, j)} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
                 st.markdown("**Nearest training items** (Euclidean distance, data units)")
                 image_row(ds, ds.points[res.nn_ids[i][:8]],
-                          [f"#{j} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
+                          [f"#{j}{label_of(ds, j)} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
     else:
         left, right = st.columns([3, 2])
         left.plotly_chart(figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i]),
@@ -93,8 +95,8 @@ def body() -> None:
         with right:
             st.plotly_chart(figures.weights_bar(ids[shown][:20], w[shown][:20], title="Blend weights"),
                             width="stretch", key="src_bar")
-            st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance": res.nn_dist[i]}), hide_index=True,
-                         width="stretch", height=200)
+            st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance (data units)": res.nn_dist[i]}),
+                         hide_index=True, width="stretch", height=200)
     blended = "its latent equals Σ w·z over these sources' latents" if res.latents is not None else \
         "the sample equals Σ w·x over these sources"
     st.caption(f"Exact: {blended} (max truncation bound {res.truncation_bound[i]:.1e}).")

@@ -256,7 +256,7 @@ def style_figure(fig: go.Figure, style: FigureStyle) -> go.Figure:
     w, h = style.px
     bg = "rgba(0,0,0,0)" if style.background == "transparent" else "white"
     px = style.font_size * 96 / 72
-    fig.update_layout(width=w, height=h, font=dict(family=style.font_family, size=px),
+    fig.update_layout(template="plotly_white", width=w, height=h, font=dict(family=style.font_family, size=px),
                       paper_bgcolor=bg, plot_bgcolor=bg, margin=dict(l=30, r=10, t=30, b=30),
                       updatemenus=[], sliders=[])
     fig.update_annotations(font_size=px, font_family=style.font_family)  # panel titles in the chosen size

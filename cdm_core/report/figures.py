@@ -24,7 +24,8 @@ FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 
 def base_layout(fig: go.Figure, title: str | None = None, height: int = 480, square: bool = False) -> go.Figure:
-    fig.update_layout(template="plotly_white", font=FONT, height=height, title=title,
+    # no template here: the dashboard themes charts to its light or dark mode, export adds a white one
+    fig.update_layout(font=FONT, height=height, title=title,
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
     fig.update_xaxes(exponentformat="e")  # "2e-15", not plotly's SI "2f"
@@ -159,7 +160,7 @@ def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_n
     if highlight is not None:
         fig.add_trace(go.Scatter(x=samples[[highlight], 0], y=samples[[highlight], 1], mode="markers",
                                  name=f"sample #{highlight}", hoverinfo="skip",
-                                 marker=dict(size=16, symbol="circle-open", color="black", line=dict(width=2))))
+                                 marker=dict(size=16, symbol="circle-open", color=SAMPLE_COLOUR, line=dict(width=3))))
     base_layout(fig, title, square=True)
     fig.update_layout(dragmode="select", clickmode="event+select")
     return fig
