@@ -116,8 +116,16 @@ def body() -> None:
                              sample_values=values, value_name=colour_by, value_range=vrange)
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
-    if res is not None:  # a plain click on a sample selects it (its source edges follow)
-        click_select("map_chart", [len(fig.data) - 1], lambda curve, i: state.select_sample(i))
+    sample_curve = len(fig.data) - 1
+    points = [k for k, t in enumerate(fig.data) if t.mode == "markers"]
+
+    def clicked(curve, i):  # a sample becomes the selected sample; a training item joins the table below
+        if curve == sample_curve:
+            state.select_sample(i)
+        else:
+            st.session_state.map_clicked_item = int(i)
+
+    click_select("map_chart", points, clicked)
     if ds.is_image:
         shown = emb.ids[:MAX_DRAWN]
         n_thumbs = hover_thumbnails("map_chart", shown, ds.points[shown],
@@ -125,8 +133,11 @@ def body() -> None:
                                     ds.image_shape, sample_curve=len(fig.data) - 1)
         st.caption(f"Hover a point to see its image ({n_thumbs:,} items have a thumbnail).")
     samples, train = selection(event, sample_curve=len(fig.data) - 1)
+    if st.session_state.get("map_clicked_item") is not None and not samples:
+        train = sorted(set(train) | {st.session_state.map_clicked_item})
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
-               "Click a sample to select it; lasso or box-select points to list them below.")
+               "Click a sample to select it, or a training item to list it; lasso or box-select points to list "
+               "them below.")
     linked(ds, res, samples, train)
 
 

@@ -16,6 +16,7 @@ from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from cdm_core.report.export import label_of
 from ui import state
+from ui.click_select import click_select
 
 MAX_SAMPLES = 32  # influence is computed for the run's first samples (identical by per-sample seeding)
 
@@ -69,8 +70,9 @@ def sample_view(ds, sens, i: int) -> None:
         cfg = sens.config
         jac_all = state.session_cache("arrows", (cfg.to_json(), ds.content_hash, j),
                                       lambda: jacobian(ds, cfg, [j], prepared=prepared(ds, cfg))[0])
-        st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j),
-                        width="stretch", key="sens_arrows")
+        st.plotly_chart(figures.arrows_figure(ds.points[:, :2], sens.samples[:, :2], jac_all[:, 0, :2], j,
+                                              selected=i), width="stretch", key="sens_arrows")
+        click_select("sens_arrows", [1], lambda curve, k: state.select_sample(k))  # curve 1: the samples
         st.caption(f"Arrows: how each sample moves when training item #{j} is up-weighted (direction of dx/dlog π).")
 
 

@@ -8,6 +8,7 @@ from cdm_core.analysis import metrics
 from cdm_core.report import figures
 from cdm_core.report.export import label_of
 from ui import state
+from ui.click_select import click_select
 
 
 def verdict(res, i: int) -> str:
@@ -90,8 +91,15 @@ def body() -> None:
                           [f"#{j}{label_of(ds, j)} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
     else:
         left, right = st.columns([3, 2])
-        left.plotly_chart(figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i]),
-                          width="stretch", key="src_scatter")
+        fig = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i],
+                                      marked=st.session_state.get(f"w_item_{i}"))
+        left.plotly_chart(fig, width="stretch", key="src_scatter")
+        items = [k for k, t in enumerate(fig.data) if t.name in ("nearest points", "blend sources")]
+
+        def pick_item(curve, j, i=i):  # a click on a source or a neighbour picks it for the table below
+            st.session_state[f"w_item_{i}"] = int(j)
+
+        click_select("src_scatter", items, pick_item)
         with right:
             st.plotly_chart(figures.weights_bar(ids[shown][:20], w[shown][:20], title="Blend weights"),
                             width="stretch", key="src_bar")
@@ -102,9 +110,12 @@ def body() -> None:
     st.caption(f"Exact: {blended} (max truncation bound {res.truncation_bound[i]:.1e}).")
 
     st.subheader("Which samples use a training item?")
-    options = [int(j) for j in ids[shown]] or [int(res.nn_ids[i, 0])]
-    j = st.selectbox("Training item", options, format_func=lambda j: f"#{j}", key=f"w_item_{i}",
-                     help="Any of this sample's sources; the table lists every sample that blends it.")
+    options = list(dict.fromkeys([int(j) for j in ids[shown]] + [int(j) for j in res.nn_ids[i]]))
+    if st.session_state.get(f"w_item_{i}") not in options:
+        st.session_state.pop(f"w_item_{i}", None)
+    j = st.selectbox("Training item", options, format_func=lambda j: f"#{j}{label_of(ds, j)}", key=f"w_item_{i}",
+                     help="This sample's sources, then its nearest items (or click one in the plot); the table lists "
+                          "every sample that blends it.")
     df = users_of(res, j)
     if df.empty:
         st.write(f"No sample uses training item #{j}.")

@@ -224,7 +224,7 @@ def sources_images_figure(sample: np.ndarray, sample_title: str, sources: np.nda
 
 
 def sources_scatter(train: np.ndarray, sample: np.ndarray, source_ids: np.ndarray, source_weights: np.ndarray,
-                    nn_ids: np.ndarray, title: str | None = None) -> go.Figure:
+                    nn_ids: np.ndarray, title: str | None = None, marked: int | None = None) -> go.Figure:
     """One 2-D sample, lines to its blend sources (width by weight) and its nearest points."""
     fig = go.Figure(train_trace(train))
     ok = source_ids >= 0
@@ -247,6 +247,10 @@ def sources_scatter(train: np.ndarray, sample: np.ndarray, source_ids: np.ndarra
     fig.add_trace(go.Scatter(x=[sample[0]], y=[sample[1]], mode="markers", name="sample",
                              marker=dict(size=16, symbol="star", color=SAMPLE_COLOUR,
                                          line=dict(width=1, color="black"))))
+    if marked is not None and 0 <= marked < len(train):  # the training item picked for the table
+        fig.add_trace(go.Scatter(x=[train[marked, 0]], y=[train[marked, 1]], mode="markers", name=f"#{marked}",
+                                 hoverinfo="skip", marker=dict(size=20, symbol="diamond-open", color=SAMPLE_COLOUR,
+                                                               line=dict(width=2))))
     base_layout(fig, title, square=True)
     return fig
 
@@ -407,7 +411,7 @@ def total_influence_figure(training_ids: np.ndarray, influence: np.ndarray, top:
 
 
 def arrows_figure(train: np.ndarray, samples: np.ndarray, jac: np.ndarray, j: int, title: str | None = None,
-                  length: float | None = None) -> go.Figure:
+                  length: float | None = None, selected: int | None = None) -> go.Figure:
     """2-D: how each sample moves when training point j is up-weighted (arrows along J)."""
     fig = go.Figure(train_trace(train))
     norms = np.linalg.norm(jac, axis=1)
@@ -418,10 +422,15 @@ def arrows_figure(train: np.ndarray, samples: np.ndarray, jac: np.ndarray, j: in
         fig.add_annotation(x=s[0] + scale * v[0], y=s[1] + scale * v[1], ax=s[0], ay=s[1], xref="x", yref="y",
                            axref="x", ayref="y", showarrow=True, arrowhead=2, arrowwidth=1.5, arrowcolor=SAMPLE_COLOUR)
     fig.add_trace(go.Scatter(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples",
-                             marker=dict(size=7, color=SAMPLE_COLOUR)))
+                             marker=dict(size=7, color=SAMPLE_COLOUR), customdata=np.arange(len(samples)),
+                             hovertemplate="sample #%{customdata}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[train[j, 0]], y=[train[j, 1]], mode="markers", name=f"up-weighted #{j}",
                              marker=dict(size=16, symbol="diamond", color=SOURCE_COLOUR,
                                          line=dict(width=1, color="black"))))
+    if selected is not None and 0 <= selected < len(samples):
+        fig.add_trace(go.Scatter(x=samples[[selected], 0], y=samples[[selected], 1], mode="markers",
+                                 name=f"sample #{selected}", hoverinfo="skip",
+                                 marker=dict(size=16, symbol="circle-open", color=SAMPLE_COLOUR, line=dict(width=3))))
     return base_layout(fig, title, square=True)
 
 
