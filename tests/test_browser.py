@@ -387,3 +387,82 @@ def test_a_bad_link_opens_with_notices(server, page, artifacts):
     page.get_by_role("button", name="Dismiss").click()
     wait_idle(page)
     assert notice.count() == 0
+
+
+def test_dark_theme_follows_the_system(server, chromium, artifacts):
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 800}, color_scheme="dark")
+    ctx.set_default_timeout(STEP_TIMEOUT)
+    page = ctx.new_page()
+    try:
+        open_page(page, f"{server}/generate?data=moons")
+        wait_rendered(page)
+        bg = page.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
+        rgb = [int(v) for v in re.findall(r"\d+", bg)[:3]]
+        assert sum(rgb) < 150, bg  # a dark background
+        no_exception(page)
+        page.screenshot(path=str(artifacts / "dark-generate.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_pin_and_compare_two_settings(server, page, artifacts):
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    page.get_by_role("button", name="Pin this run").click()
+    page.get_by_text("This run is pinned").wait_for()
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    page.get_by_text("Pinned run and current run").wait_for()
+    wait_idle(page)
+    page.get_by_text("only σ changed").wait_for()
+    no_exception(page)
+    wait_rendered(page)
+    page.get_by_text("Pinned run and current run").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "compare-runs.png"), full_page=True)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
+def test_what_if_we_add_items(server, page, artifacts):
+    open_page(page, f"{server}/sensitivity?data=moons&n=8")
+    page.get_by_role("button", name="Re-sample with them").click()
+    page.get_by_text("now blend an added item").wait_for(timeout=HEAVY_TIMEOUT)
+    wait_idle(page)
+    no_exception(page)
+    wait_rendered(page)
+    page.get_by_text("What if we add these items?").scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / "what-if-add.png"), full_page=True)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
+def test_export_previews_every_chosen_figure(server, page, artifacts):
+    open_page(page, f"{server}/export?data=digits&n=16&sigma=0.5&draws=4&figs=samples,sources,sensitivity")
+    tabs = page.get_by_role("tab")
+    assert [t.inner_text() for t in tabs.all()][-3:] == ["Sample grid", "Sources of a sample", "Sensitivity maps"]
+    for name in ("Sources of a sample", "Sensitivity maps"):
+        page.get_by_role("tab", name=name).click()
+        wait_idle(page)
+        wait_rendered(page)
+        page.screenshot(path=str(artifacts / f"export-preview-{name.split()[0].lower()}.png"), full_page=True)
+    no_exception(page)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
+def test_map_colours_samples_and_warns_about_spread_sources(server, page, artifacts):
+    open_page(page, f"{server}/map?data=digits&n=32&sigma=0.5&draws=4&map=pca")
+    page.get_by_text("blend sources that lie far apart").wait_for()
+    assert page.get_by_text("Colour samples by").count() == 1
+    page.get_by_text("largest source").click()
+    wait_idle(page)
+    page.get_by_text("placed at the map position of their largest blend source").wait_for()
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "map-colour-warning.png"), full_page=True)
+
+
+def test_sensitivity_says_numerically_zero_instead_of_drawing_noise(server, page, artifacts):
+    open_page(page, f"{server}/sensitivity?data=digits&n=8&sigma=1.5&draws=8")
+    page.get_by_text("numerically zero").first.wait_for()
+    no_exception(page)
+    wait_rendered(page)
+    page.screenshot(path=str(artifacts / "sensitivity-honest.png"), full_page=True)

@@ -365,8 +365,10 @@ def addition_figure(displacement: np.ndarray, added_share: np.ndarray, tol: floa
                                marker=dict(size=8, color=SAMPLE_COLOUR, line=dict(width=0.5, color="white")),
                                hovertemplate="sample #%{customdata}<br>moved %{y:.3g}<br>share of added items "
                                              "%{x:.3f}<extra></extra>"))
-    fig.add_hline(y=tol, line=dict(dash="dot", color="#555", width=1), annotation_text="no move",
-                  annotation_position="bottom right")
+    fig.add_hline(y=tol, line=dict(dash="dot", color="#555", width=1))
+    # on a log axis an annotation's y is the exponent (plotly's convention for log axes)
+    fig.add_annotation(x=1.0, xref="paper", y=float(np.log10(tol)), yref="y", text="numerically no move",
+                       showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=10, color="#555"))
     fig.update_xaxes(title_text="blend weight on added items", range=[-0.03, 1.03])
     fig.update_yaxes(title_text="move (data units)", type="log")
     return base_layout(fig, title, height=320)
