@@ -77,10 +77,12 @@ def body() -> None:
         options = ["mean of blend sources", "largest source"] + (["UMAP transform"] if emb.model is not None else [])
         c1, c2 = st.columns([3, 2])
         how = c1.radio("Place samples at", options, horizontal=True, key="w_map_place",
+                       index=options.index(state.view("place")) if state.view("place") in options else 0,
                        help="Mean of blend sources: the weight-averaged map position of a sample's exact sources "
                             "(between clusters when its sources lie in different ones). Largest source: the map "
                             "position of its heaviest source, always a real item's place. UMAP transform: embed the "
                             "sample itself (small sets only).")
+        state.set_view("place", how)
         colour_by = c2.selectbox("Colour samples by", SAMPLE_COLOURS, key="w_map_colour",
                                  index=SAMPLE_COLOURS.index(state.view("colour"))
                                  if state.view("colour") in SAMPLE_COLOURS else 0,

@@ -35,9 +35,12 @@ def body() -> None:
                          key=f"w_sweep_sigmas_{ds.content_hash}",
                          help="Comma-separated smoothing scales; the other settings come from the Generate page.")
     state.set_view("sweep", text)
-    n = int(c2.number_input("Samples per σ", 4, 256, min(32, int(p["n"])), key="w_sweep_n"))
-    seeds = int(c3.number_input("Seeds", 1, 8, 3, key="w_sweep_seeds",
+    n = int(c2.number_input("Samples per σ", 4, 256, state.view_number("sweep_n", 4, 256, integer=True),
+                            key="w_sweep_n"))
+    seeds = int(c3.number_input("Seeds", 1, 8, state.view_number("seeds", 1, 8, integer=True), key="w_sweep_seeds",
                                 help="Independent sample sets per σ (seed, seed + 1, …): error bars show ±1 s.d."))
+    state.set_view("sweep_n", n)
+    state.set_view("seeds", seeds)
     try:
         sigmas = sorted(set(parse_floats(text, "σ values")))
         base = state.config_from(p).replace(n_samples=n)

@@ -56,7 +56,8 @@ UI_LIMITS = {"sigma": (0.0, 1e6), "draws": (1, 32), "steps": (1, 200), "start": 
 CHOICES = {"index": ("auto", "exact", "flat", "ivf"), "backend": ("local", "ray"), "space": ("data", "latent")}
 # Page-level settings a link carries besides the sampler's (URL key -> default, as text).
 VIEW_PARAMS = {"map": "umap", "top": "6", "sweep": "", "figs": "samples,sources", "fig_w": "3.25", "fig_h": "2.6",
-               "dpi": "300", "font": "", "fs": "8", "bg": "white", "fmt": "png,svg,pdf", "colour": "NN ratio"}
+               "dpi": "300", "font": "", "fs": "8", "bg": "white", "fmt": "png,svg,pdf", "colour": "NN ratio",
+               "place": "mean of blend sources", "sweep_n": "32", "seeds": "3"}
 
 
 def _link_params(qp, name: str, notices: list[str]) -> dict:
