@@ -55,6 +55,12 @@ def style_controls() -> FigureStyle:
                        font_size=float(size), background=bg, formats=tuple(formats))
 
 
+def bundle_key(manifest: dict) -> str:
+    """What a bundle was built from (everything in its manifest but the creation time)."""
+    import json
+    return json.dumps({k: v for k, v in manifest.items() if k != "created"}, sort_keys=True, default=str)
+
+
 def data_spec() -> str:
     """How the manifest names the data: the registry name, or the bundled file for an upload."""
     return UPLOADED_DATA if state.is_upload() else state.dataset_name()
@@ -97,13 +103,14 @@ def body() -> None:
             out = Path(tempfile.mkdtemp(prefix="cfdm-export-"))
             try:
                 res = export_bundle(manifest, out, ds=ds, callback=progress)
-                st.session_state.export_zip = (zip_bundle(out), sorted(p.name for p in out.iterdir()), res["message"])
+                st.session_state.export_zip = (zip_bundle(out), sorted(p.name for p in out.iterdir()), res["message"],
+                                               bundle_key(manifest))
             except CdmInputError as e:
                 st.error(f"Export failed: {e}. Nothing was lost.")
             bar.empty()
     bundle = st.session_state.get("export_zip")
-    if bundle:
-        blob, names, message = bundle
+    if bundle and bundle[3] == bundle_key(manifest):  # a bundle of other data or settings is not offered
+        blob, names, message, _ = bundle
         if message:
             st.warning(message)
         st.download_button("Download bundle (.zip)", blob, file_name="cfdm-figures.zip", mime="application/zip",

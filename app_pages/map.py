@@ -125,7 +125,7 @@ def body() -> None:
         if curve == sample_curve:
             state.select_sample(i)
         else:
-            st.session_state.map_clicked_item = int(i)
+            st.session_state.map_clicked_item = (ds.content_hash, int(i))
 
     click_select("map_chart", points, clicked)
     if ds.is_image:
@@ -135,8 +135,11 @@ def body() -> None:
                                     ds.image_shape, sample_curve=len(fig.data) - 1)
         st.caption(f"Hover a point to see its image ({n_thumbs:,} items have a thumbnail).")
     samples, train = selection(event, sample_curve=len(fig.data) - 1)
-    if st.session_state.get("map_clicked_item") is not None and not samples:
-        train = sorted(set(train) | {st.session_state.map_clicked_item})
+    clicked_item = st.session_state.get("map_clicked_item")
+    if samples or train or (clicked_item and clicked_item[0] != ds.content_hash):
+        st.session_state.map_clicked_item = clicked_item = None  # a new selection (or data set) replaces it
+    if clicked_item:
+        train = [clicked_item[1]]
     st.caption(f"Edges join sample #{show[0] if show else '-'} to its blend sources (width by weight). "
                "Click a sample to select it, or a training item to list it; lasso or box-select points to list "
                "them below.")

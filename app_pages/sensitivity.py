@@ -117,12 +117,12 @@ def counterfactual_panel(ds, sens, i: int) -> None:
     if go and chosen:
         try:
             with st.spinner("Re-sampling with the same seeds…"):
-                st.session_state.cf = (sens.config, tuple(chosen), factor,
+                st.session_state.cf = ((ds.content_hash, sens.config), tuple(chosen), factor,
                                        counterfactual(ds, sens.config, {j: factor for j in chosen}))
         except CdmInputError as e:
             st.error(str(e))
     cf_state = st.session_state.get("cf")
-    if not cf_state or cf_state[0] != sens.config:
+    if not cf_state or cf_state[0] != (ds.content_hash, sens.config):  # results of this data set and run only
         st.caption("Pick items and press Re-sample: the sampler re-runs with identical random numbers.")
         return
     _, chosen, factor, cf = cf_state
@@ -167,15 +167,21 @@ def addition_panel(ds, sens, i: int) -> None:
             items, label = ds.points[chosen], f"copies of {', '.join(f'#{j}' for j in chosen)}"
     weight = c2.number_input("Weight of each", 0.01, 1000.0, 1.0, step=0.5, key="w_add_weight",
                              help="Relative to a typical training item (1 = as likely as one of them).")
-    go = c3.button("Re-sample with them", type="primary", key="w_add_go", disabled=items is None)
+    later_start = sens.config.start > 0
+    go = c3.button("Re-sample with them", type="primary", key="w_add_go", disabled=items is None or later_start)
+    if later_start:
+        st.caption(f"Needs start time T = 0 (now T = {sens.config.start:g}): with T > 0 the start item of each sample "
+                   "is drawn from the training weights, which an addition changes, so samples would not be compared "
+                   "with themselves.")
     if go and items is not None:
         try:
             with st.spinner("Re-sampling with the same seeds…"):
-                st.session_state.addition = (sens.config, label, add_items(ds, sens.config, items, weight=weight))
+                st.session_state.addition = ((ds.content_hash, sens.config), label,
+                                             add_items(ds, sens.config, items, weight=weight))
         except CdmInputError as e:
             st.error(str(e))
     done = st.session_state.get("addition")
-    if not done or done[0] != sens.config:
+    if not done or done[0] != (ds.content_hash, sens.config):
         st.caption("Nothing added yet. The sampler re-runs with identical random numbers on the extended training "
                    "set, so each sample is compared with itself.")
         return

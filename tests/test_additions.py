@@ -61,3 +61,8 @@ def test_additions_in_latent_space_keep_the_autoencoder():
     assert add.actual.shape == (6, 64)
     np.testing.assert_allclose(add.original, base.samples, atol=0)
     assert add.added_share[0] > 0 and 0 in add.moved
+
+
+def test_additions_need_start_time_zero(moons):
+    with pytest.raises(CdmInputError, match="T = 0"):
+        add_items(moons, CFG.replace(start=0.5), moons.points[:1])

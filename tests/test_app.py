@@ -181,7 +181,7 @@ def test_sensitivity_page_and_counterfactual(data):
     assert sens.training_ids.shape == (8, 3)
     at.button(key="w_cf_go").click().run()
     assert not at.exception and not errors(at)
-    cfg, chosen, factor, cf = at.session_state["cf"]
+    (_, cfg), chosen, factor, cf = at.session_state["cf"]
     dim = 2 if data == "moons" else 64
     assert cfg == sens.config and at.session_state["selected_sample"] == 0
     # the default edit: remove (factor 0) sample #0's most influential training item
@@ -221,7 +221,7 @@ def test_export_page_builds_a_bundle():
     assert not at.exception and not errors(at)
     at.button(key="w_exp_go").click().run()
     assert not at.exception and not errors(at)
-    blob, names, message = at.session_state["export_zip"]
+    blob, names, message, _ = at.session_state["export_zip"]
     assert "manifest.json" in names and "data.npz" in names
     assert message or "samples.svg" in names
 
@@ -280,7 +280,51 @@ def test_what_if_we_add_items_on_the_sensitivity_page():
     at.number_input(key="w_add_weight").set_value(5.0).run()
     at.button(key="w_add_go").click().run()
     assert not at.exception and not errors(at)
-    cfg, label, add = at.session_state["addition"]
+    (_, cfg), label, add = at.session_state["addition"]
     assert label.startswith("copies of #") and add.n_added == 1 and add.weight == 5.0
     assert add.added_share[0] > 0  # the copied item is sample #0's most influential source
     assert any("now blend an added item" in m.value for m in at.markdown)
+
+
+def test_odd_sample_numbers_in_a_link_do_not_crash():
+    for raw in ("²", "1" * 400, "-3"):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["sample"] = raw
+        at.run()
+        assert not at.exception and at.session_state["selected_sample"] == 0
+        assert "is not a sample number" in notices(at)
+
+
+def test_results_of_one_data_set_are_not_shown_for_another():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["data"] = "moons"
+    at.query_params["n"] = "8"
+    at.run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    at.button(key="w_add_go").click().run()
+    assert any("now blend an added item" in m.value for m in at.markdown)
+    at.sidebar.selectbox[0].set_value("circles").run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    assert not at.exception and not errors(at)
+    assert not any("now blend an added item" in m.value for m in at.markdown)
+    at.session_state["map_clicked_item"] = ("another data set", 1700)  # a click on another set's map
+    at.switch_page("app_pages/map.py").run()
+    assert not at.exception and not errors(at) and at.session_state["map_clicked_item"] is None
+
+
+def test_compare_runs_in_different_spaces_measures_both_in_data_units():
+    from ui.compare import table
+
+    class Run:
+        def __init__(self, result):
+            self.result = result
+
+    from cdm_core import SamplerConfig, sample
+    from cdm_core.data.registry import load
+    ds = load("digits")
+    pix = sample(ds, SamplerConfig(n_samples=6, sigma=0.5, draws=3))
+    lat = sample(ds, SamplerConfig(n_samples=6, sigma=0.5, draws=3, space="latent", latent_dim=8))
+    df = table(Run(pix), Run(lat), ds)
+    row = df[df[""] == "mean NN distance"].iloc[0]
+    assert float(row["current"]) == pytest.approx(float(lat.pixel_nn_dist[:, 0].mean()), rel=1e-2)
+    assert float(row["pinned"]) == pytest.approx(float(pix.nn_dist[:, 0].mean()), rel=1e-2)

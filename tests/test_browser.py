@@ -131,7 +131,7 @@ def test_sensitivity_page_and_counterfactual(server, page, artifacts):
     no_exception(page)
     page.get_by_text("Most influential training items").first.wait_for(timeout=HEAVY_TIMEOUT)
     assert page.locator(".js-plotly-plot").count() >= 3  # maps, matrix, totals
-    page.get_by_role("button", name="Re-sample").click()
+    page.get_by_role("button", name="Re-sample", exact=True).click()
     wait_idle(page)
     page.get_by_text("actual re-sampled").first.wait_for(timeout=HEAVY_TIMEOUT)
     no_exception(page)

@@ -119,6 +119,9 @@ def test_bad_weights_files_are_one_line_errors_and_change_nothing(digits, digits
         "truncated.safetensors": weights_bytes(digits_space.model, digits)[:-100],
         "nan.safetensors": save(good | {"encoder.5.bias": torch.full_like(good["encoder.5.bias"], float("nan"))}),
         "dim4.safetensors": weights_bytes(latent_space(digits, LATENT.replace(latent_dim=4)).model, digits),
+        "scalar.safetensors": save(good | {"decoder_in.0.weight": torch.zeros(())}),
+        "float8.safetensors": save(good | {"encoder.5.bias": good["encoder.5.bias"].to(torch.float8_e4m3fn)}),
+        "nested.safetensors": (lambda h: len(h).to_bytes(8, "little") + h)(b"[" * 200000 + b"]" * 200000),
     }
     faces_like = Dataset("wide", np.zeros((10, 12 * 16), np.float32), (12, 16))
     for name, blob in cases.items():
@@ -276,3 +279,22 @@ def test_cli_sensitivity_in_latent_space_records_the_autoencoder(tmp_path, digit
     assert z["jacobian"].shape == (3, 2, 64) and z["latent_jacobian"].shape == (3, 2, 8)
     meta = json.loads(str(z["config"]))
     assert meta["autoencoder"]["autoencoder_hash"] == digits_space.weights_hash
+
+
+def test_a_prepared_set_of_the_wrong_space_is_refused(digits, digits_space):
+    from cdm_core.engine.training_set import prepare
+    pixels = prepare(digits, LATENT.replace(space="data"))
+    with pytest.raises(CdmInputError, match="not this data set's latent space"):
+        sample(digits, LATENT, prepared=pixels)
+    latents = prepare(digits, LATENT)
+    np.testing.assert_array_equal(sample(digits, LATENT, prepared=latents).latents, sample(digits, LATENT).latents)
+
+
+def test_latent_sweep_diversity_matches_the_run_metrics(digits, digits_space):
+    """The sweep's diversity compares decoded samples with the training images (data units), as the
+    Generate page does for the same run."""
+    from cdm_core.analysis.metrics import set_metrics
+    cfg = LATENT.replace(n_samples=8)
+    row = sweep(digits, cfg, [0.5])[0]
+    direct = set_metrics(sample(digits, cfg.replace(sigma=0.5)), digits.points)
+    assert row["diversity"] == pytest.approx(direct.diversity, rel=1e-9)

@@ -5,6 +5,8 @@ recomputed); both sides are drawn with the same figure builders and the same col
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -31,14 +33,28 @@ def unpin() -> None:
     st.session_state.pinned_run = None
 
 
+def in_pixel_space(res):
+    """A latent run's result with its nearest neighbours measured in data units (to the decoded
+    samples), so it compares with a run in the data space."""
+    if res.pixel_nn_dist is None:
+        return res
+    out = copy.copy(res)
+    out.nn_ids, out.nn_dist = res.pixel_nn_ids, res.pixel_nn_dist
+    return out
+
+
 def table(a, b, ds) -> pd.DataFrame:
-    """Settings and memorisation metrics of two runs, side by side, with the change."""
+    """Settings and memorisation metrics of two runs, side by side, with the change. Runs in
+    different spaces are both measured in data units (latent distances are not comparable)."""
     rows = []
     for key, label in SETTINGS:
         va, vb = getattr(a.result.config, key), getattr(b.result.config, key)
         rows.append((label, str(va), str(vb), "" if va == vb else "changed"))
-    ma = metrics.set_metrics(a.result, ds.points).as_dict()
-    mb = metrics.set_metrics(b.result, ds.points).as_dict()
+    ra, rb = a.result, b.result
+    if ra.config.space != rb.config.space:
+        ra, rb = in_pixel_space(ra), in_pixel_space(rb)
+    ma = metrics.set_metrics(ra, ds.points).as_dict()
+    mb = metrics.set_metrics(rb, ds.points).as_dict()
     for key, label in METRICS:
         rows.append((label, f"{ma[key]:.3g}", f"{mb[key]:.3g}", f"{mb[key] - ma[key]:+.3g}"))
     return pd.DataFrame(rows, columns=["", "pinned", "current", "current − pinned"])
@@ -83,6 +99,9 @@ def compare_panel(run, ds) -> None:
                         f"T = {cfg.start:g}, seed {cfg.seed}" + (" · latent" if cfg.space == "latent" else ""))
             samples_figure(r.result, ds, key=f"cmp_{name}")
     st.dataframe(table(other, run, ds), hide_index=True, width="stretch")
+    if other.result.config.space != run.result.config.space:
+        st.caption("The runs are in different spaces: nearest-neighbour metrics of both are measured in data units "
+                   "(to the decoded samples).")
     same = other.result.config.replace(sigma=run.result.config.sigma) == run.result.config
     if same and len(other.result.samples) == len(run.result.samples):
         moved = np.linalg.norm(run.result.samples - other.result.samples, axis=1)

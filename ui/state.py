@@ -113,6 +113,8 @@ def init() -> None:
         name, usable = DEFAULT_DATASET, False
     ss.dataset_name = name
     params = _link_params(qp, name, notices) if usable else defaults_for(name)
+    if usable and "sigma" not in qp and params.get("space") == "latent":
+        params["sigma"] = LATENT_SIGMA  # each space has its own default smoothing
     if REGISTRY[name].kind == "toy" and params.get("space") == "latent":
         notices.append(f"{name} is point data, which has no latent space: using the data space.")
         params["space"] = "data"
@@ -124,8 +126,9 @@ def init() -> None:
     ss.params = params
     ss.result = None
     raw_sample = str(qp.get("sample", "0"))
-    ss.selected_sample = int(raw_sample) if raw_sample.isdigit() else 0
-    if not raw_sample.isdigit():
+    plain = raw_sample.isascii() and raw_sample.isdigit() and len(raw_sample) <= 9  # not '²', not 10**400
+    ss.selected_sample = int(raw_sample) if plain else 0
+    if not plain:
         notices.append(f"sample={raw_sample!r} is not a sample number: selecting #0.")
     ss.view = {k: qp[k] for k in VIEW_PARAMS if usable and k in qp}
     ss.uploads = {}

@@ -63,6 +63,9 @@ def add_items(data, config: SamplerConfig, items, weight: float = 1.0, weights=N
         raise CdmInputError(f"the added items' weight must be a positive number, got {weight!r}")
     if config.backend != "local":
         raise CdmInputError("additions run in one process (backend local)")
+    if config.start > 0:  # the start item is drawn from the training weights, which the addition changes
+        raise CdmInputError("additions compare each sample with itself from the same start, which needs start time "
+                            "T = 0 (with T > 0 the start item is drawn from the weights the addition changes)")
     base_w = np.ones(ds.n) if weights is None else np.asarray(weights, np.float64)
     normalise_log_weights(base_w, ds.n)  # validates the given weights
     new_w = np.concatenate([base_w, np.full(len(new), weight * float(base_w.mean()))])

@@ -29,7 +29,7 @@ import torch
 
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, logit_scales, normalise_log_weights
-from cdm_core.engine.factory import make_strategy, opened
+from cdm_core.engine.factory import check_prepared, make_strategy, opened
 from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
 from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.errors import CdmInputError
@@ -234,7 +234,7 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
     if config.backend != "local":
         raise CdmInputError("position derivatives run in one process (backend local)")
     space = latent_space(data, config) if config.space == "latent" else None
-    prep = prepared or prepare(data, config)
+    prep = prepare(data, config) if prepared is None else check_prepared(data, config, prepared)
     n_train = prep.points.shape[0]
     dim = prep.points.shape[1] if space is None else space.data.dim
     if not (isinstance(j, (int, np.integer)) and 0 <= j < n_train):

@@ -14,6 +14,7 @@ from cdm_core.analysis.metrics import mean_pairwise_distance, set_metrics
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.factory import opened
 from cdm_core.engine.sampler import sample
+from cdm_core.engine.training_set import as_dataset
 from cdm_core.errors import CdmInputError
 
 METRICS = ("near_copy_fraction", "mean_nn_ratio", "mean_nn_distance", "mean_effective_sources", "diversity",
@@ -43,7 +44,9 @@ def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=No
     rows, results = [], []
     total = len(configs) * seeds
     with opened(data, base) as prep:  # one training set (or one set of Ray actors) for every setting
-        spread = training_spread(prep)
+        # diversity compares the samples' spread with the training set's, in the samples' units: decoded
+        # samples (data units) in latent space, as on the Generate page
+        spread = training_spread(prep) if base.space == "data" else mean_pairwise_distance(as_dataset(data).points)
         for k, cfg in enumerate(configs):
             per_seed, seconds = [], 0.0
             for r in range(seeds):

@@ -13,6 +13,7 @@ from cdm_core.engine.sharded import ShardedSet, ShardedStrategy
 from cdm_core.engine.strategies import DenseStrategy, FactorisedStrategy, Strategy, screen_is_certified
 from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.engine.truncated import TruncatedStrategy
+from cdm_core.errors import CdmInputError
 
 
 @contextmanager
@@ -20,12 +21,24 @@ def opened(data, config: SamplerConfig, prepared=None):
     """The training set a run works on: `prepared` when given; otherwise the cached local one, or
     the Ray actors holding the shards (started for the run and stopped after it)."""
     if prepared is not None:
-        yield prepared
+        yield check_prepared(data, config, prepared)
     elif config.backend == "ray":
         with ShardedSet.open(data, config) as ts:
             yield ts
     else:
         yield prepare(data, config)
+
+
+def check_prepared(data, config: SamplerConfig, prepared):
+    """`prepared`, after checking that in latent space it holds the latents (never the data
+    themselves, whose rows would be read as latents)."""
+    if config.space == "latent":
+        from cdm_core.latent.space import latent_space
+        want = latent_space(data, config).dataset.content_hash
+        if getattr(prepared, "describe", {}).get("content_hash") != want:
+            raise CdmInputError("the prepared training set is not this data set's latent space (prepare it with "
+                                "the same space, latent_dim and ae_weights)")
+    return prepared
 
 
 def make_strategy(ts: TrainingSet, log_pi: np.ndarray, neighbours: int = 64, truncation_tol: float = 1e-6) -> Strategy:

@@ -33,6 +33,8 @@ from cdm_core.latent.autoencoder import ARCHITECTURE, AutoencoderSpec, ConvAutoe
 log = logging.getLogger(__name__)
 
 F64 = torch.float64
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_HEADER_BYTES = 100 * 2**20  # as safetensors itself allows
 _CACHE: OrderedDict = OrderedDict()  # in-process: key -> LatentSpace (a few, newest last)
 _CACHE_SIZE = 4
 _LOCK = threading.Lock()
@@ -136,9 +138,11 @@ def _header(raw: bytes, name: str) -> dict:
     size = int.from_bytes(raw[:8], "little")
     if size > len(raw) - 8:
         raise CdmInputError(f"{name}: not a safetensors file (header length {size} exceeds the file)")
+    if size > MAX_HEADER_BYTES:
+        raise CdmInputError(f"{name}: not a safetensors file (header of {size} bytes, over {MAX_HEADER_BYTES})")
     try:
         header = json.loads(raw[8:8 + size])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise CdmInputError(f"{name}: not a safetensors file (unreadable header)") from None
     if not isinstance(header, dict):
         raise CdmInputError(f"{name}: not a safetensors file (header is not a table)")
@@ -163,8 +167,13 @@ def model_from_weights(tensors: dict, data: Dataset, spec: AutoencoderSpec, name
     model = build(data.image_shape, spec)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
-    k = got.get("decoder_in.0.weight", (0, spec.latent_dim))[-1]
-    if k != spec.latent_dim and set(got) == set(want):
+    for key, v in tensors.items():  # before anything reads shapes or values
+        if v.dtype not in FLOAT_DTYPES:
+            raise CdmInputError(f"{name}: {key} is {str(v.dtype).replace('torch.', '')}, not a float16/32/64 or "
+                                "bfloat16 tensor")
+    shape_in = got.get("decoder_in.0.weight", (0, spec.latent_dim))
+    k = shape_in[-1] if len(shape_in) == 2 else None
+    if k is not None and k != spec.latent_dim and set(got) == set(want):
         raise CdmInputError(f"{name}: the weights have {k} latent dimensions, not {spec.latent_dim}: "
                             f"set latent_dim to {k}")
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
@@ -176,8 +185,8 @@ def model_from_weights(tensors: dict, data: Dataset, spec: AutoencoderSpec, name
             raise CdmInputError(f"{name}: {k} has shape {got[k]}, the built-in autoencoder for "
                                 f"{data.name} ({'x'.join(map(str, data.image_shape))}) needs {shape}")
     for k, v in tensors.items():
-        if not v.is_floating_point() or not torch.isfinite(v).all():
-            raise CdmInputError(f"{name}: {k} holds non-finite or non-float values")
+        if not torch.isfinite(v).all():
+            raise CdmInputError(f"{name}: {k} holds non-finite values")
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     if float(model.pixel_std) <= 0 or float(model.latent_scale) <= 0:
         raise CdmInputError(f"{name}: pixel_std and latent_scale must be positive")
