@@ -127,3 +127,37 @@ def test_toy_options_and_errors():
         load("moons:colour=red")
     with pytest.raises(CdmInputError):
         load("digits:n=5")
+
+
+def _idx_gz(path, arr, kind):
+    import gzip
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(gzip.compress(header + arr.astype(np.uint8).tobytes()))
+
+
+def test_fashion_is_decoded_once_then_memory_mapped_by_content_hash(tmp_path, monkeypatch):
+    """Cold start: the IDX files are decoded once into the cache; later loads map the decoded copy,
+    and a changed file (another hash) is decoded afresh."""
+    import cdm_core.data.registry as registry
+    rng = np.random.default_rng(0)
+    d = tmp_path / "fm"
+    d.mkdir()
+    imgs, labs = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 10, 30)
+    _idx_gz(d / "train-images-idx3-ubyte.gz", imgs, "images")
+    _idx_gz(d / "train-labels-idx1-ubyte.gz", labs, "labels")
+    monkeypatch.setenv("CDM_FASHION_DIR", str(d))
+    monkeypatch.setenv("CDM_CACHE_DIR", str(tmp_path / "cache"))
+    first = load("fashion-mnist")
+    np.testing.assert_array_equal(first.points, (imgs.reshape(30, -1) / np.float32(255)).astype(np.float32))
+    calls = []
+    monkeypatch.setattr(registry, "read_idx", lambda p: calls.append(p) or read_idx(p))
+    again = load("fashion-mnist")
+    assert calls == [] and isinstance(again.points, np.memmap)
+    assert again.content_hash == first.content_hash and (again.labels == labs).all()
+    _idx_gz(d / "train-labels-idx1-ubyte.gz", (labs + 1) % 10, "labels")  # a changed file
+    changed = load("fashion-mnist")
+    assert len(calls) == 2 and (changed.labels == (labs + 1) % 10).all()
+    for f in (tmp_path / "cache" / "fashion-mnist").glob("*-points.npy"):
+        f.write_bytes(b"damaged")
+    calls.clear()
+    assert load("fashion-mnist").content_hash == first.content_hash and len(calls) == 2

@@ -151,14 +151,44 @@ def _load_fashion(split: str) -> Dataset:
         raise DatasetUnavailable(
             f"Fashion-MNIST files are missing in {fashion_dir}: install the Debian package "
             "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
-    x = read_idx(img)
-    y = read_idx(lab)
+    points, labels = decoded_fashion(img, lab)
     return Dataset(name=f"fashion-mnist{'' if split == 'train' else '-test'}",
-                   points=(x.reshape(len(x), -1) / np.float32(255.0)).astype(np.float32),
-                   image_shape=(28, 28), labels=y.astype(np.int64), label_names=FASHION_NAMES,
+                   points=points, image_shape=(28, 28), labels=labels, label_names=FASHION_NAMES,
                    scaling="pixels in [0, 1] (original 0..255 divided by 255)",
                    source=f"Fashion-MNIST {split} split, Debian package dataset-fashion-mnist",
                    licence="MIT, Zalando SE (Xiao, Rasul and Vollgraf 2017)")
+
+
+def decoded_fashion(img: Path, lab: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST points (float32, /255) and labels: decoded from the IDX files once, then read
+    from a memory-mapped copy in the cache directory, named by the sha256 of the two compressed
+    files (so a changed file is decoded afresh, never served stale)."""
+    import hashlib
+
+    from cdm_core.data.store import atomic_write_bytes, npy_bytes
+    try:
+        raw_img, raw_lab = img.read_bytes(), lab.read_bytes()
+    except OSError as e:
+        raise CdmInputError(f"{img.parent}: cannot read Fashion-MNIST ({e.strerror})") from None
+    digest = hashlib.sha256(raw_img + b"\0" + raw_lab).hexdigest()[:16]
+    folder = settings.cache_dir() / "fashion-mnist"
+    pts_path, lab_path = folder / f"{img.name[:5]}-{digest}-points.npy", folder / f"{img.name[:5]}-{digest}-labels.npy"
+    try:
+        points = np.load(pts_path, mmap_mode="r", allow_pickle=False)
+        labels = np.load(lab_path, allow_pickle=False)
+        if points.dtype == np.float32 and points.ndim == 2 and points.shape == (len(labels), 784):
+            return points, labels.astype(np.int64)
+    except (OSError, ValueError):
+        pass  # not cached yet, or a damaged entry: decode again
+    x, y = read_idx(img), read_idx(lab)
+    points = (x.reshape(len(x), -1) / np.float32(255.0)).astype(np.float32)
+    labels = y.astype(np.int64)
+    try:
+        atomic_write_bytes(pts_path, npy_bytes(points))
+        atomic_write_bytes(lab_path, npy_bytes(labels))
+    except OSError as e:  # a read-only cache costs a decode next time, nothing else
+        log.warning("could not cache decoded Fashion-MNIST: %s", e)
+    return points, labels
 
 
 def load_fashion_train() -> Dataset:

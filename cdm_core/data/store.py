@@ -27,6 +27,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
+def npy_bytes(a: np.ndarray) -> bytes:
+    """A `.npy` file's bytes (never pickled)."""
+    bio = io.BytesIO()
+    np.save(bio, a, allow_pickle=False)
+    return bio.getvalue()
+
+
 def npz_bytes(arrays: dict, config_json: str | None = None) -> bytes:
     payload = dict(arrays)
     if config_json is not None:

@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from cdm_core.config import SamplerConfig
-from cdm_core.data.store import atomic_write_bytes, npz_bytes
+from cdm_core.data.store import atomic_write_bytes, npy_bytes, npz_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 
@@ -396,12 +396,6 @@ def _with_paths_from(m: dict, base_dir: Path | None) -> dict:
     if path and base_dir is not None and not Path(path).is_absolute():
         return m | {"sampler": m["sampler"] | {"ae_weights": str(Path(base_dir) / path)}}
     return m
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.save(bio, a, allow_pickle=False)
-    return bio.getvalue()
 
 
 def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) -> list[str]:
