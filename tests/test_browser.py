@@ -120,7 +120,8 @@ def test_bad_upload_in_browser_keeps_dataset(server, page, artifacts, tmp_path):
     bad.write_text("a,b\nx,y\n")
     page.locator("input[type=file]").set_input_files(str(bad))
     page.get_by_text("Could not load broken.csv").wait_for(timeout=STEP_TIMEOUT)
-    assert page.get_by_role("heading", name="moons").count() >= 1  # previous data set kept
+    wait_idle(page)
+    page.get_by_role("heading", name="moons").first.wait_for()  # previous data set kept
     no_exception(page)
     page.screenshot(path=str(artifacts / "journey-bad-upload.png"), full_page=True)
 
