@@ -84,7 +84,8 @@ def body() -> None:
     if not which:
         st.info("Choose at least one figure.")
         return
-    options = {"sample": state.selected_sample(), "top": 6, "map": {"method": state.map_method()}}
+    options = {"sample": state.selected_sample(), "top": 6, "map": {"method": state.map_method()},
+               "place": "largest source" if state.view("place") == "largest source" else "mean of blend sources"}
     try:
         manifest = make_manifest(data_spec(), ds, cfg, which, options, style)
     except CdmInputError as e:

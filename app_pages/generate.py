@@ -44,6 +44,8 @@ def space_controls(ds, p: dict) -> None:
     if picked != p.get("space", "data"):  # each space has its own sensible smoothing scale
         p["sigma"] = state.defaults_for(state.dataset_name(), picked)["sigma"]
         st.session_state["w_sigma"] = float(p["sigma"])
+        st.toast(f"σ set to {p['sigma']:g}, the default for {'latent' if picked == 'latent' else 'pixel'} space "
+                 f"({'latent units' if picked == 'latent' else 'data units'}).", icon=":material/tune:")
     p["space"] = picked
     if picked == "latent":
         p["latent_dim"] = int(c2.number_input("Latent dims K", 2, 64, int(p.get("latent_dim", 16)),
@@ -66,7 +68,7 @@ def controls(ds) -> dict:
     sig_max = float(max(1.0, 4 * state.defaults_for(state.dataset_name())["sigma"], 2 * p["sigma"]))
     c1, c2, c3, c4 = st.columns(4)
     p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, float(p["sigma"]), step=sig_max / 200, help=HELP["sigma"],
-                           key="w_sigma")
+                           key="w_sigma", format="%.4g")
     p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
     p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")

@@ -115,7 +115,8 @@ def body() -> None:
     edges = [] if res is None else source_edges(emb, sample_pos, res.source_ids, res.source_weights, show)
     values, vrange = (None, None) if res is None else sample_colours(res, colour_by, spread)
     fig = figures.map_figure(emb.positions, emb.ids, ds.labels, sample_pos, edges, MAX_DRAWN, ds.label_names,
-                             sample_values=values, value_name=colour_by, value_range=vrange)
+                             sample_values=values, value_name=colour_by, value_range=vrange,
+                             selected=show[0] if show else None)
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key="map_chart")
     sample_curve = len(fig.data) - 1

@@ -187,8 +187,8 @@ def addition_panel(ds, sens, i: int) -> None:
         return
     _, label, add = done
     moved = add.moved
-    st.markdown(f"Added {label} (weight {add.weight:g} each): **{len(moved)}** of {len(add.displacement)} samples "
-                f"moved; **{int((add.added_share > 1e-3).sum())}** now blend an added item.")
+    st.markdown(f"Added {label} (weight {add.weight:g} each): **{len(moved)}** of the first {len(add.displacement)} "
+                f"samples moved; **{int((add.added_share > 1e-3).sum())}** now blend an added item.")
     left, right = st.columns([2, 3])
     with left:
         st.plotly_chart(figures.addition_figure(add.displacement, add.added_share, add.moved_tol), width="stretch",
@@ -218,6 +218,12 @@ def body() -> None:
     state.set_view("top", top)
     sens, cfg = compute(ds, run, top)
     n = len(sens.samples)
+    total = len(run.result.samples)
+    if total > n:
+        st.info(f"Sensitivities are computed for the first {n} of the {total} samples (each sample depends only on "
+                f"its own seed, so they are the same samples as on Generate).", icon=":material/info:")
+        if state.selected_sample() >= n:
+            st.caption(f"Sample #{state.selected_sample()} is beyond them: showing #{n - 1}.")
     sel = state.selected_sample(n)
     i = int(st.number_input("Sample", 0, n - 1, sel, key=f"w_sens_sample_{sel}",
                             help=f"Sensitivities are computed for the first {n} samples."))

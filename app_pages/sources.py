@@ -25,7 +25,7 @@ def verdict(res, i: int) -> str:
 
 def image_row(ds, rows, captions, scale) -> None:
     """Images in a row (wrapping after 8): `rows` are flattened images in data units."""
-    cols = st.columns(min(8, max(1, len(rows))))
+    cols = st.columns(8)  # always 8 slots, so one source is drawn at the same size as eight
     for k, (row, cap) in enumerate(zip(rows, captions)):
         cols[k % len(cols)].image(figures.to_image(row, ds.image_shape, scale), caption=cap, width="stretch")
 

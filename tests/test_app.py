@@ -328,3 +328,19 @@ def test_compare_runs_in_different_spaces_measures_both_in_data_units():
     row = df[df[""] == "mean NN distance"].iloc[0]
     assert float(row["current"]) == pytest.approx(float(lat.pixel_nn_dist[:, 0].mean()), rel=1e-2)
     assert float(row["pinned"]) == pytest.approx(float(pix.nn_dist[:, 0].mean()), rel=1e-2)
+
+
+def test_switching_data_sets_resets_the_controls_to_the_settings_used():
+    """digits (S = 20) -> moons (S = 100): the Steps slider shows what the run uses, and moving σ
+    afterwards keeps S = 100."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["data"] = "digits"
+    at.run()
+    at.switch_page("app_pages/generate.py").run()
+    assert at.slider(key="w_steps").value == 20
+    at.sidebar.selectbox[0].set_value("moons").run()
+    at.switch_page("app_pages/generate.py").run()
+    assert at.slider(key="w_steps").value == 100 and at.session_state["params"]["steps"] == 100
+    at.slider(key="w_sigma").set_value(0.15).run()
+    assert at.session_state["result"].result.config.steps == 100
+    assert not at.exception and not errors(at)

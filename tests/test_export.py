@@ -82,6 +82,8 @@ def test_plotly_exports_honour_size_dpi_and_font(tmp_path):
             assert b"LiberationSans" in pdf  # the metric-compatible font is embedded, not a fallback
     svg = (tmp_path / "sources.svg").read_text()
     assert "w = " in svg and "d = " in svg and "sample #1" in svg  # a labelled sources figure
+    root = svg[:svg.index(">")]
+    assert 'width="3.25in"' in root and 'height="2.6in"' in root and "viewBox" in root
     csv = (tmp_path / "memorisation.csv").read_text().splitlines()
     assert "near_copy_fraction_sd" in csv[0] and len(csv) == 3
 

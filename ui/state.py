@@ -237,14 +237,23 @@ def current_dataset() -> Dataset:
     return cached_dataset(name)
 
 
-PARAM_WIDGETS = ("w_sigma", "w_draws", "w_steps", "w_start", "w_n", "w_seed", "w_neighbours", "w_index",
-                 "w_backend", "w_shards", "w_space", "w_latent_dim")  # the Generate page's widgets for `params`
+# The Generate page's widgets for `params`: those always drawn (widget key -> parameter), then the rest.
+PARAM_WIDGETS = {"w_sigma": "sigma", "w_draws": "draws", "w_steps": "steps", "w_start": "start", "w_n": "n",
+                 "w_seed": "seed", "w_neighbours": "neighbours", "w_index": "index"}
+OTHER_WIDGETS = ("w_backend", "w_shards", "w_space", "w_latent_dim")
 
 
-def forget_param_widgets() -> None:
-    """Drop the Generate page's widget states, so its widgets show `params` after a programmatic change
-    (a keyed widget otherwise keeps its own value)."""
-    for key in PARAM_WIDGETS:
+def sync_param_widgets() -> None:
+    """Set the Generate page's widgets to `params` after a programmatic change (a data set or
+    space switch): a keyed widget otherwise keeps the value the browser last sent, and would show
+    one setting while the run uses another. Widgets drawn only sometimes are reset."""
+    p = st.session_state.params
+    for key, name in PARAM_WIDGETS.items():
+        if name == "index":
+            st.session_state[key] = p[name] if p[name] in ("auto", "exact", "flat", "ivf") else "auto"
+        else:
+            st.session_state[key] = float(p[name]) if name in ("sigma", "start") else int(p[name])
+    for key in OTHER_WIDGETS:
         st.session_state.pop(key, None)
 
 
@@ -252,12 +261,12 @@ def set_dataset(name: str) -> None:
     ss = st.session_state
     if name == ss.dataset_name:
         return
-    forget_param_widgets()
     ss.dataset_name = name
     keep = {k: ss.params[k] for k in ("n", "seed", "index")}
     ds = current_dataset()
     space = ss.params.get("space", "data") if ds.is_image else "data"  # point data have no latent space
     ss.params = defaults_for(name, space) | keep
+    sync_param_widgets()
     ss.result = None
     ss.selected_sample = 0
 
@@ -269,6 +278,7 @@ def add_upload(file_name: str, raw: bytes) -> str:
     st.session_state.uploads[key] = ds
     set_dataset(key)
     st.session_state.params["sigma"] = float(np.round(0.1 * ds.points.std() * np.sqrt(ds.dim), 3)) or 0.1
+    sync_param_widgets()
     return key
 
 

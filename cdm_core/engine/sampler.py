@@ -193,8 +193,8 @@ def _merge_rows(blocks, fill):
 def sample(data, config: SamplerConfig, weights=None, callback=None,
            prepared: TrainingSet | None = None) -> SampleResult:
     """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array."""
-    t0 = time.perf_counter()
     space = latent_space(data, config, callback) if config.space == "latent" else None
+    t0 = time.perf_counter()  # after the autoencoder is ready: a first latent run's training is not sampling time
     with opened(data, config, prepared) as ts_set:
         res = _sample(ts_set, config, weights, callback, t0)
     if space is not None:

@@ -213,12 +213,21 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         if "influence" in which:
             out["influence"] = figures.influence_matrix_figure(sens.training_ids, sens.influence)
     if "map" in which:
-        from cdm_core.analysis.embedding import MapConfig, compute_map, place_by_sources, source_edges
+        from cdm_core.analysis.embedding import (
+            MapConfig,
+            compute_map,
+            place_by_sources,
+            place_by_top_source,
+            source_edges,
+        )
         say("map")
         emb = compute_map(ds if space is None else space.dataset, MapConfig(**opts.get("map", {"method": "pca"})))
-        pos = place_by_sources(emb, res.source_ids, res.source_weights)
+        place = place_by_top_source if opts.get("place") == "largest source" else place_by_sources
+        pos = place(emb, res.source_ids, res.source_weights)
         edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
+        # on paper the legend goes under the map, where a narrow column still has room for every entry
+        out["map"].update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="center", x=0.5))
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "memorisation" in which:
         from cdm_core.analysis.sweep import sweep
@@ -416,7 +425,7 @@ def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) 
                 opts = dict(format=fmt, width=w, height=h, scale=style.dpi / 96 if fmt == "png" else 1)
                 blob = kaleido.calc_fig_sync(styled, opts=opts)
                 if fmt == "svg":
-                    blob = deterministic_svg(blob)
+                    blob = svg_in_inches(deterministic_svg(blob), style)
                 elif fmt == "png":
                     blob = png_with_dpi(blob, style.dpi)
                 atomic_write_bytes(out_dir / f"{name}.{fmt}", blob)
@@ -431,6 +440,21 @@ def png_with_dpi(blob: bytes, dpi: int) -> bytes:
     b = io.BytesIO()
     Image.open(io.BytesIO(blob)).save(b, format="PNG", dpi=(dpi, dpi))
     return b.getvalue()
+
+
+def svg_in_inches(blob: bytes, style: FigureStyle) -> bytes:
+    """The SVG's root size in inches (plotly writes unitless CSS pixels): a layout program then
+    places it at the requested physical size; the viewBox keeps the drawing unchanged."""
+    import re
+    text = blob.decode()
+    head_end = text.index(">")
+    head = text[:head_end]
+    if "viewBox" not in head:
+        w, h = style.px
+        head += f' viewBox="0 0 {w} {h}"'
+    head = re.sub(r'\swidth="[^"]*"', f' width="{style.width_in}in"', head, count=1)
+    head = re.sub(r'\sheight="[^"]*"', f' height="{style.height_in}in"', head, count=1)
+    return (head + text[head_end:]).encode()
 
 
 def deterministic_svg(blob: bytes) -> bytes:

@@ -65,18 +65,20 @@ def outlined_patch(vec: np.ndarray, image_shape: tuple, row: int, col: int, radi
 
 
 def image_grid(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, scale: int = 3, pad: int = 2,
-               borders: np.ndarray | None = None) -> Image.Image:
-    """Tile images into a grid (white padding). `borders`: optional per-image RGB hex colour."""
+               borders: np.ndarray | None = None, transparent: bool = False) -> Image.Image:
+    """Tile images into a grid, padded in white (or transparent: RGBA, for a page in light or dark
+    mode). `borders`: optional per-image RGB hex colour."""
     n = len(vectors)
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
     h, w = image_shape[0] * scale, image_shape[1] * scale
-    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad) + pad), "white")
+    size = (ncols * (w + pad) + pad, nrows * (h + pad) + pad)
+    grid = Image.new("RGBA", size, (255, 255, 255, 0)) if transparent else Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(grid)
     for i, v in enumerate(vectors):
         r, c = divmod(i, ncols)
         x0, y0 = pad + c * (w + pad), pad + r * (h + pad)
-        grid.paste(to_image(v, image_shape, scale).convert("RGB"), (x0, y0))
+        grid.paste(to_image(v, image_shape, scale).convert(grid.mode), (x0, y0))
         if borders is not None and borders[i]:
             draw.rectangle([x0 - 1, y0 - 1, x0 + w, y0 + h], outline=borders[i], width=max(1, pad))
     return grid
@@ -104,14 +106,14 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
     which); `selected` is outlined in the sample colour."""
     pad = max(3, scale)  # room for a border that reads at a glance
     borders = None if values is None else fixed_scale_colours(values, *value_range)
-    grid = image_grid(vectors, image_shape, ncols, scale, pad, borders=borders)
+    grid = image_grid(vectors, image_shape, ncols, scale, pad, borders=borders, transparent=True)
     n = len(vectors)
     ncols = max(1, min(ncols, n))
     h, w = image_shape[0] * scale, image_shape[1] * scale
     idx = np.arange(n)
     cx = pad + (idx % ncols) * (w + pad) + w / 2
     cy = pad + (idx // ncols) * (h + pad) + h / 2
-    fig = go.Figure(go.Image(z=np.asarray(grid), hoverinfo="skip"))
+    fig = go.Figure(go.Image(z=np.asarray(grid), colormodel="rgba", hoverinfo="skip"))
     hover = [f"#{i}" + (f"<br>{value_name} {values[i]:.3g}" if values is not None else "")
              + (f"<br>label {labels[i]}" if labels is not None else "") for i in idx]
     marker = dict(size=max(8, min(w, 40)), opacity=0.01, color="black", symbol="square")
@@ -260,6 +262,7 @@ def weights_bar(ids: np.ndarray, weights: np.ndarray, title: str | None = None) 
     fig = go.Figure(go.Bar(x=[f"#{i}" for i in ids[ok]], y=weights[ok], marker_color=SOURCE_COLOUR,
                            hovertemplate="training %{x}<br>weight %{y:.4f}<extra></extra>"))
     fig.update_yaxes(title="blend weight", range=[0, 1])
+    fig.update_xaxes(type="category", title="training item")  # "#123" must not be read as a number
     return base_layout(fig, title, height=260)
 
 
@@ -393,7 +396,7 @@ def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, tit
                                customdata=mat, colorscale=SEQUENTIAL,
                                colorbar=dict(title="log10 ‖∂x/∂log π‖", thickness=12),
                                hovertemplate="%{y}, training %{x}<br>|J| = %{customdata:.3g}<extra></extra>"))
-    fig.update_xaxes(showticklabels=len(cols) <= 60, title_text="training item", tickangle=-60)
+    fig.update_xaxes(type="category", showticklabels=len(cols) <= 60, title_text="training item", tickangle=-60)
     fig.update_yaxes(autorange="reversed", title_text="sample")
     return base_layout(fig, title, height=max(260, 14 * len(mat) + 80))
 
@@ -409,6 +412,7 @@ def total_influence_figure(training_ids: np.ndarray, influence: np.ndarray, top:
     fig = go.Figure(go.Bar(x=[f"#{j}" for j, _ in best], y=[v for _, v in best], marker_color=SOURCE_COLOUR,
                            hovertemplate="training %{x}<br>total |J| %{y:.3g}<extra></extra>"))
     fig.update_yaxes(title="total influence Σ|J|")
+    fig.update_xaxes(type="category")  # ids as labels, in ranked order
     return base_layout(fig, title, height=280)
 
 
@@ -457,7 +461,7 @@ def predicted_vs_actual_figure(predicted: np.ndarray, actual: np.ndarray, correl
 def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos: np.ndarray,
                edges: list | None = None, max_points: int = 30000, label_names=None,
                title: str | None = None, sample_values=None, value_name: str = "",
-               value_range: tuple | None = None) -> go.Figure:
+               value_range: tuple | None = None, selected: int | None = None) -> go.Figure:
     """Training points on the 2-D map coloured by label, samples on top (distinct marker), and
     thin edges from chosen samples to their blend sources (width by weight).
 
@@ -485,9 +489,13 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
             if wt < 1e-3 or np.isnan(p).any():
                 continue
             fig.add_trace(go.Scatter(x=[s_pos[0], p[0]], y=[s_pos[1], p[1]], mode="lines", hoverinfo="skip",
-                                     showlegend=False, line=dict(width=0.5 + 5 * float(wt), color="#000000"),
-                                     opacity=0.6))
+                                     showlegend=False, line=dict(width=0.5 + 5 * float(wt), color=OKABE_ITO[0]),
+                                     opacity=0.85))
     ok = ~np.isnan(sample_pos[:, 0])
+    if selected is not None and 0 <= selected < len(sample_pos) and ok[selected]:  # a ring, under the samples
+        fig.add_trace(go.Scatter(x=sample_pos[[selected], 0], y=sample_pos[[selected], 1], mode="markers",
+                                 name=f"sample #{selected}", hoverinfo="skip",
+                                 marker=dict(size=22, symbol="circle-open", color=SAMPLE_COLOUR, line=dict(width=3))))
     marker = dict(size=11, symbol="x", color="#000000", line=dict(width=1, color="white"))
     hover = "sample #%{customdata}<extra></extra>"
     if sample_values is not None:  # colour the samples by a metric (a fixed range when one is given)
