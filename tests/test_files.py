@@ -154,6 +154,13 @@ def test_fashion_is_decoded_once_then_memory_mapped_by_content_hash(tmp_path, mo
     again = load("fashion-mnist")
     assert calls == [] and isinstance(again.points, np.memmap)
     assert again.content_hash == first.content_hash and (again.labels == labs).all()
+    import warnings
+
+    from cdm_core import SamplerConfig, sample
+    with warnings.catch_warnings():  # the read-only map is copied, never handed to torch as is
+        warnings.simplefilter("error")
+        res = sample(again, SamplerConfig(n_samples=2, sigma=0.5, steps=3))
+    np.testing.assert_allclose(res.samples, sample(first, SamplerConfig(n_samples=2, sigma=0.5, steps=3)).samples)
     _idx_gz(d / "train-labels-idx1-ubyte.gz", (labs + 1) % 10, "labels")  # a changed file
     changed = load("fashion-mnist")
     assert len(calls) == 2 and (changed.labels == (labs + 1) % 10).all()

@@ -170,7 +170,10 @@ def _centred(ds: Dataset, device: torch.device):
     for other in _CACHE.values():
         if other.describe["content_hash"] == ds.content_hash and other.device == device:
             return other.points, other.centre, other.points32
-    pts = torch.as_tensor(np.asarray(ds.points), dtype=F64, device=device)
+    arr = np.asarray(ds.points)
+    if not arr.flags.writeable:  # a read-only memory map (cached decoded data): torch wants its own copy
+        arr = arr.astype(np.float64)
+    pts = torch.as_tensor(arr, dtype=F64, device=device)
     centre = pts.mean(0)
     pts = pts - centre  # a new tensor: float64 input arrays are shared by as_tensor, never modified
     return pts, centre, pts.to(torch.float32).cpu().numpy()

@@ -133,7 +133,7 @@ def train(points: np.ndarray, image_shape: tuple, spec: AutoencoderSpec, callbac
     reports progress. Returns the model in eval mode (float32, CPU)."""
     gen = torch.Generator().manual_seed(spec.seed)
     model = build(image_shape, spec)
-    x = torch.as_tensor(np.ascontiguousarray(points, dtype=np.float32))
+    x = torch.as_tensor(np.array(points, dtype=np.float32))  # a copy: the points may be a read-only memory map
     model.pixel_mean.fill_(float(x.mean()))
     model.pixel_std.fill_(max(float(x.std()), 1e-12))
     steps = spec.train_steps or steps_for(len(x))

@@ -103,7 +103,7 @@ class LatentSpace:
 
 
 def encode_rows(model: ConvAutoencoder, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    x = torch.as_tensor(np.ascontiguousarray(rows, dtype=np.float32))
+    x = torch.as_tensor(np.array(rows, dtype=np.float32))  # a copy: the rows may be a read-only memory map
     with torch.no_grad():
         return torch.cat([model.encode(x[i:i + chunk]) for i in range(0, max(len(x), 1), chunk)]).numpy()
 
