@@ -467,3 +467,32 @@ def test_sensitivity_says_numerically_zero_instead_of_drawing_noise(server, page
     no_exception(page)
     wait_rendered(page)
     page.screenshot(path=str(artifacts / "sensitivity-honest.png"), full_page=True)
+
+
+def test_click_a_source_on_the_sources_scatter(server, page, artifacts):
+    """Moons: a click on one of the sample's plotted neighbours picks it for the 'which samples use
+    it' table and marks it in the plot."""
+    open_page(page, f"{server}/sources?data=moons&sigma=0.1&draws=4")
+    page.get_by_text("Which samples use a training item?").wait_for()
+    page.locator(".st-key-src_scatter .js-plotly-plot").first.scroll_into_view_if_needed()
+    wait_rendered(page)
+    pos = page.evaluate("""() => {
+        const g = document.querySelector('.st-key-src_scatter .js-plotly-plot');
+        const k = g._fullData.findIndex(t => t.name === 'nearest points');
+        const tr = g._fullData[k], i = tr.x.length - 1;  // the farthest of the nearest items
+        const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
+        return {x: r.left + xa._offset + xa.l2p(tr.x[i]), y: r.top + ya._offset + ya.l2p(tr.y[i]),
+                id: tr.customdata[i]};
+    }""")
+    page.mouse.click(pos["x"], pos["y"])
+    # the picked item (the clicked neighbour, or a source drawn over it) is marked by a trace named
+    # after it, and the table's selector shows the same item
+    marked = page.wait_for_function("""() => {
+        const g = document.querySelector('.st-key-src_scatter .js-plotly-plot');
+        const t = g && g._fullData && g._fullData.find(t => /^#\\d+$/.test(t.name || ''));
+        return t ? t.name : null;
+    }""", polling=100).json_value()
+    wait_idle(page)
+    page.get_by_text(f"Training item {marked} is a source of").wait_for()
+    no_exception(page)
+    page.screenshot(path=str(artifacts / "click-source.png"), full_page=True)

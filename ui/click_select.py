@@ -22,9 +22,13 @@ export default function(component) {
     gd.on('plotly_click', (ev) => {
       const p = ev && ev.points && ev.points[0];
       if (!p || !data.curves.includes(p.curveNumber)) return;
-      const cd = Array.isArray(p.customdata) ? p.customdata[0] : p.customdata;
-      if (cd === undefined || cd === null) return;
-      setTriggerValue('clicked', {curve: p.curveNumber, id: Number(cd), t: Date.now()});
+      // customdata is a number, or a row whose first entry is the id (an array, or an array-like
+      // object when plotly decoded a 2-D typed array)
+      const raw = p.customdata;
+      const cd = (raw !== null && typeof raw === 'object') ? (raw[0] !== undefined ? raw[0] : raw['0']) : raw;
+      const id = Number(cd);
+      if (!Number.isFinite(id)) return;
+      setTriggerValue('clicked', {curve: p.curveNumber, id: id, t: Date.now()});
     });
   };
   attach();
@@ -42,7 +46,10 @@ def clicked_point(state_key: str) -> tuple[int, int] | None:
     clicked = value.get("clicked") if isinstance(value, dict) else getattr(value, "clicked", None)
     if not clicked:
         return None
-    return int(clicked["curve"]), int(clicked["id"])
+    try:
+        return int(clicked["curve"]), int(clicked["id"])
+    except (KeyError, TypeError, ValueError):  # a click without a usable id selects nothing
+        return None
 
 
 def click_select(chart_key: str, curves: list[int], on_click) -> None:
