@@ -99,8 +99,9 @@ def body() -> None:
                      "largest source": "the map position of their largest blend source",
                      "mean of blend sources": "the weighted mean position of their blend sources"}[how]
         st.caption(f"Samples (×) are placed at {placed_at}.")
-        spread = source_spread(emb, place_by_sources(emb, res.source_ids, res.source_weights), res.source_ids,
-                               res.source_weights)
+        mean_pos = sample_pos if how == "mean of blend sources" else \
+            place_by_sources(emb, res.source_ids, res.source_weights)  # spread is measured about the mean
+        spread = source_spread(emb, mean_pos, res.source_ids, res.source_weights)
         between = np.flatnonzero(spread > BETWEEN_CLUSTERS)
         if len(between):
             st.warning(f"{len(between)} of {len(spread)} samples blend sources that lie far apart on this map (their "
