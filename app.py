@@ -5,11 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from cdm_core.data.registry import REGISTRY, availability
-from cdm_core.runtime import keep_freed_memory
 from ui import state
 from ui.history import one_entry_per_page
-
-keep_freed_memory()  # steady sampler latency in this long-lived server process (cdm_core/runtime.py)
 
 ASSETS = Path(__file__).parent / "assets"
 st.set_page_config(page_title="cfdm-explorer", page_icon=str(ASSETS / "logo.svg"), layout="wide")

@@ -24,7 +24,6 @@ from cdm_core import SamplerConfig, load, sample
 from cdm_core.data.shards import write_shard_blocks
 from cdm_core.engine import strategies
 from cdm_core.engine.sharded import ShardedSet
-from cdm_core.runtime import keep_freed_memory
 
 HERE = Path(__file__).resolve().parent
 TMP = Path("/tmp/cdm-ray-bench")
@@ -99,7 +98,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--big-only", action="store_true")
     a = ap.parse_args()
-    keep_freed_memory()
     TMP.mkdir(exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

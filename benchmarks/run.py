@@ -23,7 +23,6 @@ import torch
 
 from cdm_core import SamplerConfig, load, sample  # installed into .venv by `make` (pip install -e .)
 from cdm_core.engine.sampler import random_draws, time_grid
-from cdm_core.runtime import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +65,6 @@ def gemm_gflops() -> float:
 
 
 def run_case(spec: dict) -> dict:
-    keep_freed_memory()  # as the dashboard and the CLI do (cdm_core/runtime.py)
     ds = load(spec["data"])
     if spec.get("subset"):
         from cdm_core.data.dataset import Dataset

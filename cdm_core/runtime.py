@@ -1,11 +1,19 @@
-"""Process-level tuning for the dashboard and the CLI (never applied by the library itself).
+"""Steady sampler latency without a process-wide allocator setting.
 
-glibc's malloc serves large blocks with mmap and hands freed heap memory back to the system, so
-a sampler step that allocates a few megabytes of temporaries can pay a page fault per 4 KiB on
-every call. Which of these happens depends on the heap's state, and it made the same 64-sample
-moons run take 0.08 s in some processes and 0.25-0.30 s in others (measured; BENCHMARKS.md).
-Fixed thresholds keep blocks below 32 MiB on the heap and keep up to 512 MiB of freed memory
-for reuse: every process then runs in the fast mode, at the cost of holding on to that memory.
+glibc's malloc serves blocks above its mmap threshold (128 KiB at start) with a fresh mmap and
+unmaps them on free, so a sampler step whose temporaries are a few megabytes pays a page fault per
+4 KiB on every call. glibc adapts on its own: when a program frees an mmapped block of at most
+32 MiB, the threshold rises to that block's size and the heap-trim threshold to twice it, and
+later blocks of that size are reused from the heap. Whether a process has reached that state
+depended on what it had freed before, and the same 64-sample moons run took 0.02 s in some
+processes and 0.05 s in others (BENCHMARKS.md).
+
+`adapt_allocator` takes glibc to that state at once, the way glibc itself would: it allocates
+and frees one 30 MiB block. Nothing is configured, so glibc's own adaptation stays on (an explicit
+`mallopt` switches it off for good, which is why an earlier version applied one only in the
+entry points). The cost: a process may keep up to about 60 MiB of freed heap for reuse instead of
+128 KiB (`malloc_trim(0)` returns it). The engine calls it once per process when it makes its
+first strategy (`engine/factory.py`), so the library, the CLI and the dashboard run alike.
 """
 
 from __future__ import annotations
@@ -16,21 +24,36 @@ import sys
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
-MIB = 1 << 20
+# glibc raises its thresholds only for freed mmapped blocks up to 32 MiB (DEFAULT_MMAP_THRESHOLD_MAX
+# on 64-bit); the block's header and alignment must fit under that.
+PRIME_BYTES = 30 << 20
+
+_adapted: bool | None = None
 
 
-def keep_freed_memory(mmap_mib: int = 32, trim_mib: int = 512, top_pad_mib: int = 64) -> bool:
-    """Set glibc's malloc thresholds (see the module docstring). True if applied; False on other
-    platforms or C libraries, where it does nothing."""
+def _libc():
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        return libc
     except (OSError, AttributeError):
-        return False
-    applied = all(mallopt(param, value * MIB) == 1 for param, value in
-                  ((M_MMAP_THRESHOLD, mmap_mib), (M_TRIM_THRESHOLD, trim_mib), (M_TOP_PAD, top_pad_mib)))
-    log.info("malloc thresholds %s", "set" if applied else "not accepted")
-    return applied
+        return None
+
+
+def adapt_allocator() -> bool:
+    """Free one 30 MiB block through glibc's malloc, once per process, so its adaptive thresholds
+    settle where a long sampler session would take them (module docstring). True if done (now or
+    earlier); False on other platforms or C libraries, where it does nothing."""
+    global _adapted
+    if _adapted is None:
+        libc = _libc()
+        block = libc.malloc(PRIME_BYTES) if libc is not None else None
+        if block:
+            libc.free(block)
+        _adapted = bool(block)
+        log.debug("malloc thresholds %s", "adapted" if _adapted else "left alone")
+    return _adapted

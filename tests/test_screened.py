@@ -3,6 +3,8 @@ and every route it takes (gathered survivors, float64 over all N) equals the den
 These sets are small, so the tests lower the size from which the screen is used."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,23 +124,48 @@ def test_screen_off_when_float32_products_are_reduced_precision(fast_path):
     assert type(factory.make_strategy(ts, lp)) is screen.ScreenedStrategy
 
 
-def test_keep_freed_memory_applies_on_glibc_and_is_harmless_elsewhere(monkeypatch):
-    """The dashboard and CLI fix glibc's malloc thresholds (steady latency); elsewhere a no-op."""
+PROBE = """
+import ctypes
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def mmapped(nbytes):  # is a fresh block of this size served by its own mmap?
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(nbytes)
+    after = libc.mallinfo2().hblks
+    libc.free(block)
+    return after > before
+from cdm_core import runtime
+print(mmapped(4 << 20), runtime.adapt_allocator(), mmapped(4 << 20), mmapped(64 << 20))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is what this adapts")
+def test_adapt_allocator_serves_megabyte_blocks_from_the_heap_in_a_fresh_process():
+    """A fresh process maps each 4 MiB block afresh (a page fault per 4 KiB on every step); after
+    adapt_allocator such blocks come from the heap, as glibc's own adaptation would place them, and
+    blocks above 32 MiB are still mapped (nothing configured)."""
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False", "True"]
+
+
+def test_adapt_allocator_is_harmless_without_glibc(monkeypatch):
     import ctypes
-    import sys
 
     from cdm_core import runtime
-    if sys.platform.startswith("linux"):
-        assert runtime.keep_freed_memory() is True
-        assert runtime.keep_freed_memory() is True  # idempotent
+    monkeypatch.setattr(runtime, "_adapted", None)
 
     def missing(name):
         raise OSError(f"{name}: cannot open shared object file")
 
     monkeypatch.setattr(ctypes, "CDLL", missing)
-    assert runtime.keep_freed_memory() is False
+    assert runtime.adapt_allocator() is False
+    monkeypatch.setattr(runtime, "_adapted", None)
     monkeypatch.setattr(runtime.sys, "platform", "darwin")
-    assert runtime.keep_freed_memory() is False
+    assert runtime.adapt_allocator() is False
 
 
 @pytest.mark.parametrize("scale,sigma,steps", [(1e-12, 0.1, 15), (1e-22, 0.1, 15), (1e20, 0.0, 5),

@@ -13,7 +13,6 @@ from pathlib import Path
 from cdm_core.cli.commands import COMMANDS
 from cdm_core.cli.options import OneLineParser
 from cdm_core.errors import CdmInputError
-from cdm_core.runtime import keep_freed_memory
 
 log = logging.getLogger("cdm_core")
 
@@ -30,7 +29,6 @@ def build_parser() -> OneLineParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    keep_freed_memory()  # see cdm_core/runtime.py
     try:
         a = build_parser().parse_args(argv)
         if a.verbose:

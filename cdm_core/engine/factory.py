@@ -14,6 +14,7 @@ from cdm_core.engine.strategies import DenseStrategy, FactorisedStrategy, Strate
 from cdm_core.engine.training_set import TrainingSet, prepare
 from cdm_core.engine.truncated import TruncatedStrategy
 from cdm_core.errors import CdmInputError
+from cdm_core.runtime import adapt_allocator
 
 
 @contextmanager
@@ -43,6 +44,7 @@ def check_prepared(data, config: SamplerConfig, prepared):
 
 def make_strategy(ts: TrainingSet, log_pi: np.ndarray, neighbours: int = 64, truncation_tol: float = 1e-6) -> Strategy:
     """The strategy for the index the training set was prepared for (`TrainingSet.kind`)."""
+    adapt_allocator()  # steady step latency in any process (cdm_core/runtime.py)
     if isinstance(ts, ShardedSet):
         return ShardedStrategy(ts, log_pi)
     if ts.kind == "exact":
