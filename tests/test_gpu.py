@@ -23,15 +23,32 @@ def test_cuda_sampler_matches_cpu(index):
     np.testing.assert_array_equal(gpu.start_ids, cpu.start_ids)
 
 
-def test_cuda_fast_path_matches_cpu_exact(monkeypatch):
-    """The large-set fast path of auto (float32 screen, float64 survivors) on CUDA."""
-    monkeypatch.setattr(model, "FLOAT32_PRODUCT_MIN", 0)
+def test_cuda_auto_is_the_batched_float64_plan_and_matches_cpu_exact():
+    """On CUDA, auto is the factorised float64 weights over all N points with the batch in one
+    softmax chunk (no screen, no gathers): it agrees with the CPU reference to float64 rounding."""
+    from cdm_core.engine.factory import make_strategy
+    from cdm_core.engine.strategies import FactorisedStrategy
+    from cdm_core.engine.training_set import prepare
     ds = load("mnist")
     cfg = SamplerConfig(n_samples=8, sigma=1.0, draws=4, steps=20, seed=4)
+    strategy = make_strategy(prepare(ds, cfg.replace(device="cuda")), model.normalise_log_weights(None, len(ds.points)))
+    assert type(strategy) is FactorisedStrategy and strategy.on_gpu
     gpu = sample(ds, cfg.replace(device="cuda"))
     cpu = sample(ds, cfg.replace(device="cpu", index="exact"))
-    assert np.abs(gpu.samples - cpu.samples).max() < 1e-4
+    assert np.abs(gpu.samples - cpu.samples).max() < 1e-8
     np.testing.assert_array_equal(gpu.source_ids[:, 0], cpu.source_ids[:, 0])
+
+
+def test_cuda_steps_launch_the_same_kernels_for_8_and_256_samples():
+    from test_batched_path import ops_per_step
+
+    from cdm_core.engine.factory import make_strategy
+    from cdm_core.engine.training_set import prepare
+    ds = load("mnist")
+    cfg = SamplerConfig(n_samples=256, sigma=1.0, draws=8, steps=10, seed=1, device="cuda")
+    ts = prepare(ds, cfg)
+    counts = [ops_per_step(make_strategy(ts, model.normalise_log_weights(None, ts.n)), ts, cfg, n)[0] for n in (8, 256)]
+    assert counts[0] == counts[1]
 
 
 def test_cuda_sensitivity_matches_cpu():

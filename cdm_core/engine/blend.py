@@ -101,16 +101,25 @@ def flush_tiny(w: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= FLUSH, w, 0.0)
 
 
+def flush_tiny_(w: torch.Tensor) -> torch.Tensor:
+    """`flush_tiny` in place (no new (B, N) block per step)."""
+    return w.masked_fill_(w < FLUSH, 0.0)
+
+
 def flushed_mass_bound(n: int) -> float:
     """Upper bound on the weight mass the flushes leave out of a sample: each of the n points
     loses below 1e-30 in a draw's flush and below 1e-30 more when the mean over draws is flushed."""
     return min(1.0, 2 * n * FLUSH)
 
 
-def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def weighted_sum(w: torch.Tensor, x: torch.Tensor, find_columns: bool | None = None) -> torch.Tensor:
     """w @ x in float64 for flushed weight rows (B, N). Late in sampling most columns are zero
-    in every row: only the columns some row uses enter the product."""
-    if x.numel() <= SMALL_VALUES:  # a small X: the product costs less than finding its columns
+    in every row: only the columns some row uses enter the product. Finding them needs a host
+    synchronisation, which costs more than the dense product on a GPU: by default columns are
+    looked for on a CPU only."""
+    if find_columns is None:
+        find_columns = not x.is_cuda
+    if not find_columns or x.numel() <= SMALL_VALUES:  # the product costs less than finding its columns
         return w @ x
     used = (w > 0).any(0)
     if int(used.sum()) > 0.5 * len(used):

@@ -50,7 +50,9 @@ def make_strategy(ts: TrainingSet, log_pi: np.ndarray, neighbours: int = 64, tru
     if ts.kind == "exact":
         return DenseStrategy(ts, log_pi)
     if ts.kind == "auto":
-        if ts.n * ts.dim >= strategies.SCREEN_MIN_VALUES and screen_is_certified():
+        # the screen trades float64 products for data-dependent gathers: a gain on a CPU, a loss on
+        # a GPU, whose float64 products are cheap and whose gathers cost launches and host syncs
+        if ts.device.type == "cpu" and ts.n * ts.dim >= strategies.SCREEN_MIN_VALUES and screen_is_certified():
             return ScreenedStrategy(ts, log_pi)
         return FactorisedStrategy(ts, log_pi)
     return TruncatedStrategy(ts, log_pi, neighbours, truncation_tol)

@@ -236,15 +236,21 @@ def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> Samp
         x, scaled, start_ids[ids] = start_state(ts_set, log_pi, config, ids)
         if traj is not None:
             traj[0, ids] = ts_set.uncentred(x, float(grid[0]))
+        # bounds and dense counts stay on the compute device until the batch ends: no host
+        # synchronisation per step
+        bound = torch.zeros(len(ids), dtype=torch.float64, device=x.device)
+        dense = torch.zeros((), dtype=torch.float64, device=x.device)
         for step in euler_steps(strategy, x, scaled, grid):
-            bounds[ids] = np.maximum(bounds[ids], step.result.bound.cpu().numpy())
-            dense_sum += float(step.result.dense.sum())
+            torch.maximum(bound, step.result.bound.to(bound.device), out=bound)
+            dense += step.result.dense.sum().to(dense.device)
             if traj is not None:
                 traj[step.k + 1, ids] = ts_set.uncentred(step.x_next, float(grid[step.k + 1]))
             if callback is not None:
                 callback({"step": step.k + 1, "steps": config.steps, "t": float(grid[step.k + 1]),
                           "batch": bi + 1, "batches": len(batches), "sample_ids": ids})
             last = step
+        bounds[ids] = bound.cpu().numpy()
+        dense_sum += float(dense)
         samples[ids] = ts_set.uncentred(last.x_next)
         src_ids.append(last.result.sources.ids.cpu().numpy())
         src_w.append(last.result.sources.weights.cpu().numpy())

@@ -102,7 +102,7 @@ class ScreenedStrategy(FactorisedStrategy):
             mean_w, full = self.mean_weights(x, self.exact_rows(batch, everyone), t, m, draws=True, rows=everyone)
             return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
         a, c, _ = logit_scales(t)
-        static = self.log_pi - c * self.ts.sq_norms  # (N,) float64, -inf where pi = 0
+        static = self.static_logits(c)  # (N,) float64, -inf where pi = 0
         x_norm = torch.linalg.vector_norm(x, dim=1)
         magnitude = float(static[torch.isfinite(static)].abs().max()) + a * (x_norm * self.ts.norm_max + batch.fast_abs)
         safe = magnitude < F32_SAFE
@@ -157,7 +157,7 @@ class ScreenedStrategy(FactorisedStrategy):
         """(R, N) bool for the samples `which` (default all): points that may carry weight
         >= 1e-30 in some draw of each sample."""
         which = torch.arange(len(x), device=x.device) if which is None else which
-        rows = torch.add(static.to(F32), x[which].to(F32) @ self.ts.points32_t.T, alpha=a)  # (R, N) float32
+        rows = torch.mm(x[which].to(F32), self.ts.points32_t.T).mul_(a).add_(static.to(F32))  # (R, N) float32
         slack = self.slack(a, x_norm[which], magnitude[which], draws, which)
         margin = (LN_FLUSH + 2 * slack).clamp(max=3e38).to(F32)  # (R,)
         if draws.fast is None:

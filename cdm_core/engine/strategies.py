@@ -24,6 +24,8 @@ so a sample does not depend on the batch it is computed in.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -33,6 +35,7 @@ from cdm_core.engine.blend import (
     Sources,
     StepResult,
     flush_tiny,
+    flush_tiny_,
     flushed_mass_bound,
     logit_scales,
     weighted_sum,
@@ -41,8 +44,13 @@ from cdm_core.engine.training_set import TrainingSet
 
 # Dense logits are computed in chunks of about this many float64 values (128 MiB).
 DENSE_CHUNK_VALUES = 1 << 24
-# The factorised softmax runs over chunks of about 2 MiB (one core's L2 cache): it is memory-bound.
+# On a CPU the factorised softmax runs over chunks of about 2 MiB (one core's L2 cache): it is
+# memory-bound, and the loop over chunks costs nothing next to their work.
 CACHE_VALUES = 1 << 17
+# On a GPU each chunk is a handful of kernel launches, so the whole batch is one chunk while its
+# (B, M, N) float64 logits take at most 1/64 of the device's memory (three such temporaries live
+# at once): a constant number of launches per step, whatever the number of samples.
+GPU_MEMORY_SHARE = 64
 # Factorised on sets from this many values (N x D) on screens in float32 first (screen.py).
 SCREEN_MIN_VALUES = 10_000_000
 
@@ -59,6 +67,13 @@ class Strategy:
         self.eligible = np.flatnonzero(np.isfinite(log_pi))  # ids with pi > 0
         self.excluded = np.flatnonzero(~np.isfinite(log_pi))
         self.log_pi_max = float(self.log_pi.max())
+        self.on_gpu = ts.device.type == "cuda"
+        self.softmax_values = gpu_chunk_values(ts.device) if self.on_gpu else 2 * CACHE_VALUES
+        self.workspace = Workspace(ts.device)
+
+    def static_logits(self, c: float) -> torch.Tensor:
+        """log pi_i - c |x_i|^2 (N,) float64, -inf where pi = 0."""
+        return self.log_pi - c * self.ts.sq_norms
 
     def begin(self, scaled: torch.Tensor):
         """Per-batch state from the draws sigma eps (B, M, D), fixed along the trajectories."""
@@ -129,7 +144,7 @@ class FactorisedStrategy(Strategy):
         if t == 0.0:
             return self._at_zero(b, m, sources, draws)
         mean_w, full = self.mean_weights(x, projected, t, m, draws)
-        return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
+        return self._result(weighted_sum(mean_w, self.x, not self.on_gpu), mean_w, sources, full)
 
     def mean_weights(self, x, projected, t, m, draws=False, rows=None):
         """(mean over draws of the weights (B, N) flushed, FullDrawWeights or None). `rows`, when
@@ -137,11 +152,14 @@ class FactorisedStrategy(Strategy):
         the large projection is never copied)."""
         a, c, _ = logit_scales(t)
         b = len(x)
-        base = self.log_pi + a * (x @ self.x.T) - c * self.ts.sq_norms  # (B, N)
-        mean_w = torch.empty(b, self.n, dtype=F64, device=x.device)
+        # the two (B, N) blocks of a step live in the strategy's workspace: reallocating them every
+        # step made the allocator hand memory back and fault it in again (BENCHMARKS.md)
+        base = torch.mm(x, self.x.T, out=self.workspace.get("base", (b, self.n)))
+        base.mul_(a).add_(self.static_logits(c))  # log pi_i - c |x_i|^2 + a x . x_i
+        mean_w = self.workspace.get("mean_w", (b, self.n))
         m_eff = 1 if projected is None else m
         per_draw = torch.empty(b, m_eff, self.n, dtype=F64, device=x.device) if draws else None
-        chunk = max(1, 2 * CACHE_VALUES // (m_eff * self.n))
+        chunk = max(1, self.softmax_values // (m_eff * self.n))
         for lo in range(0, b, chunk):
             hi = min(lo + chunk, b)
             if projected is None:
@@ -157,7 +175,28 @@ class FactorisedStrategy(Strategy):
         if per_draw is not None:
             per_draw = per_draw.expand(b, m, self.n)
             full = FullDrawWeights(per_draw, torch.einsum("bmn,nd->bmd", per_draw, self.x))
-        return flush_tiny(mean_w), full
+        return flush_tiny_(mean_w), full
+
+
+class Workspace:
+    """Float64 blocks a strategy reuses from step to step. A block handed out is valid until the
+    same name is asked for again, so results that outlive a step never point into it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._blocks: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple) -> torch.Tensor:
+        size = math.prod(shape)
+        block = self._blocks.get(name)
+        if block is None or block.numel() < size:
+            block = self._blocks[name] = torch.empty(size, dtype=F64, device=self.device)
+        return block[:size].view(shape)
+
+
+def gpu_chunk_values(device: torch.device) -> int:
+    """Float64 values per softmax chunk on a GPU (`GPU_MEMORY_SHARE`)."""
+    return torch.cuda.get_device_properties(device).total_memory // (8 * GPU_MEMORY_SHARE)
 
 
 def screen_is_certified() -> bool:
