@@ -48,7 +48,7 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=float, default=d.start, help="start time T in [0, 1)")
     p.add_argument("--neighbours", type=int, default=d.neighbours, help="neighbours K kept per query")
     p.add_argument("--index", choices=INDEX_KINDS, default=d.index,
-                   help="auto: all points in float64, factorised over draws (on large sets a certified "
+                   help="auto: all points in float64, factorised over draws (on large sets on a CPU a certified "
                    "float32 screen first); exact: the float64 reference; flat/ivf/torch: top-K neighbours "
                    "with a certified bound on the omitted weight and a dense fallback")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -45,10 +45,11 @@ F32_SAFE = 1e36  # logits bounded by this stay finite in float32 (max 3.4e38) th
 GATHER_VALUES = 1 << 22  # gathered candidates are processed in groups of about this many float64 values
 
 
-def gamma(d: int) -> float:
-    """Rigorous relative bound of a float32 dot product of length d (any summation order), with a
-    margin for the rounding of its float64 inputs to float32."""
-    return (d * U32 / (1 - d * U32) + 2 * U32) * 1.01
+def gamma(d: int, unit: float = U32) -> float:
+    """Rigorous relative bound of a dot product of length d in a format of unit roundoff `unit`
+    (float32 by default; any summation order), with a margin for the rounding of float64 inputs
+    to float32."""
+    return (d * unit / (1 - d * unit) + 2 * U32) * 1.01
 
 
 @dataclass
@@ -59,8 +60,7 @@ class Draws:
     fast: torch.Tensor | None  # (B, M, N) float32 p_bmi; None when sigma = 0
     fast_err: torch.Tensor  # (B,) float64: bound on |fast - p| over m and i
     fast_abs: torch.Tensor  # (B,) float64: bound on |p_bmi| over m and i
-    exact: torch.Tensor | None = None  # (B, M, N) float64 p, rows filled when a sample needs them
-    have_exact: torch.Tensor | None = None  # (B,) bool: which rows of `exact` are filled
+    exact: torch.Tensor | None = None  # (B, M, N) float64 p; None when sigma = 0
     support: torch.Tensor | None = None  # (B,) each sample's number of weights >= 1e-30 at its last step
 
 
@@ -70,28 +70,18 @@ class ScreenedStrategy(FactorisedStrategy):
     gather_fraction = 0.25
 
     def begin(self, scaled):
+        """p in float64 once per batch (the early, wide steps read it for every sample) and its
+        float32 rounding for the screen. |fast - p| <= |fl64(p) - p| + u32 |fl64(p)|, with the
+        float64 product's error bounded like the float32 one's (`gamma` with unit roundoff 2^-53)."""
         b, m, d = scaled.shape
         norms = torch.linalg.vector_norm(scaled, dim=-1).amax(1)  # (B,)
         if not bool((norms > 0).any()):
             return Draws(scaled, None, norms, norms)
-        fast = (scaled.reshape(b * m, d).to(F32) @ self.ts.points32_t.T).reshape(b, m, -1)
-        err = gamma(d) * norms * self.ts.norm_max
-        return Draws(scaled, fast, err, fast.abs().amax((1, 2)).to(F64) + err)
-
-    def exact_rows(self, draws: Draws, rows: torch.Tensor) -> torch.Tensor | None:
-        """The batch's float64 p (B, M, N), with the rows of samples `rows` filled (each computed
-        once per batch, when its sample first needs it)."""
-        if draws.fast is None:
-            return None
-        b, m, d = draws.scaled.shape
-        if draws.exact is None:
-            draws.exact = torch.empty(b, m, self.n, dtype=F64, device=self.x.device)
-            draws.have_exact = torch.zeros(b, dtype=torch.bool, device=self.x.device)
-        todo = rows[~draws.have_exact[rows]]
-        if len(todo):
-            draws.exact[todo] = (draws.scaled[todo].reshape(-1, d) @ self.x.T).reshape(len(todo), m, self.n)
-            draws.have_exact[todo] = True
-        return draws.exact
+        exact = (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
+        fast = exact.to(F32)
+        magnitude = exact.abs().amax((1, 2))  # (B,)
+        err = gamma(d, 2.0 ** -53) * norms * self.ts.norm_max * 1.01 + U32 * magnitude
+        return Draws(scaled, fast, err, magnitude * (1 + U32) + err, exact)
 
     def step(self, batch: Draws, x, t, sources=False, draws=False):
         b, m, d = batch.scaled.shape
@@ -99,7 +89,7 @@ class ScreenedStrategy(FactorisedStrategy):
             return self._at_zero(b, m, sources, draws)
         everyone = torch.arange(b, device=x.device)
         if draws:  # sensitivity reads every draw's full weights: the float64 path for all
-            mean_w, full = self.mean_weights(x, self.exact_rows(batch, everyone), t, m, draws=True, rows=everyone)
+            mean_w, full = self.mean_weights(x, batch.exact, t, m, draws=True, rows=everyone)
             return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
         a, c, _ = logit_scales(t)
         static = self.static_logits(c)  # (N,) float64, -inf where pi = 0
@@ -123,7 +113,7 @@ class ScreenedStrategy(FactorisedStrategy):
         src_w: list = [None] * b
         wide = torch.nonzero(~gathered).flatten()
         if len(wide):
-            mean_w, _ = self.mean_weights(x[wide], self.exact_rows(batch, wide), t, m, rows=wide)
+            mean_w, _ = self.mean_weights(x[wide], batch.exact, t, m, rows=wide)
             smoothed[wide] = weighted_sum(mean_w, self.x)
             batch.support[wide] = (mean_w > 0).sum(1)
             if sources:

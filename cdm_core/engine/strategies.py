@@ -48,9 +48,9 @@ DENSE_CHUNK_VALUES = 1 << 24
 # memory-bound, and the loop over chunks costs nothing next to their work.
 CACHE_VALUES = 1 << 17
 # On a GPU each chunk is a handful of kernel launches, so the whole batch is one chunk while its
-# (B, M, N) float64 logits take at most 1/64 of the device's memory (three such temporaries live
+# (B, M, N) float64 logits take at most 1/32 of the device's memory (three such temporaries live
 # at once): a constant number of launches per step, whatever the number of samples.
-GPU_MEMORY_SHARE = 64
+GPU_MEMORY_SHARE = 32
 # Factorised on sets from this many values (N x D) on screens in float32 first (screen.py).
 SCREEN_MIN_VALUES = 10_000_000
 
