@@ -127,7 +127,9 @@ def cpu_targets() -> str:
         med = float(np.median(plain)), float(np.median(tuned))
         print(data, config, plain, tuned, flush=True)
         listed = [", ".join(f"{t:.3f}" for r in runs for t in r) for runs in (plain, tuned)]
-        lines.append(f"- library in fresh processes, {data} {config}: nothing configured {listed[0]} s "
+        what = f"{data}, {config['n_samples']} samples, sigma {config['sigma']}, M = {config['draws']}, " \
+               f"{config['steps']} steps"
+        lines.append(f"- library in fresh processes, {what}: nothing configured {listed[0]} s "
                      f"(median {med[0]:.3f}); with the malloc setting the entry points used to apply "
                      f"{listed[1]} s (median {med[1]:.3f}); ratio {med[0] / med[1]:.2f}")
     return "\n".join(lines)
