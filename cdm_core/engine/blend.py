@@ -102,8 +102,8 @@ def flush_tiny(w: torch.Tensor) -> torch.Tensor:
 
 
 def flush_tiny_(w: torch.Tensor) -> torch.Tensor:
-    """`flush_tiny` in place (no new (B, N) block per step)."""
-    return w.masked_fill_(w < FLUSH, 0.0)
+    """`flush_tiny` in place (no new block of float64): NaN, like any value below 1e-30, becomes 0."""
+    return w.masked_fill_(~(w >= FLUSH), 0.0)
 
 
 def flushed_mass_bound(n: int) -> float:
