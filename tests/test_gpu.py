@@ -67,3 +67,25 @@ def test_faiss_gpu_index_matches_flat():
     q = ds.points[:100] + 0.01
     np.testing.assert_array_equal(GpuFlatIndex(ds.points).search(q, 8)[1][:, 0],
                                   FlatIndex(ds.points).search(q, 8)[1][:, 0])
+
+
+def test_cuda_middle_steps_never_wait_for_the_gpu():
+    """Between the first step (which checks the draws once) and the last (which reads the sources),
+    a step of auto needs no host synchronisation: the CPU queues the next step's kernels at once."""
+    from cdm_core.engine.factory import make_strategy
+    from cdm_core.engine.sampler import euler_steps, start_state, time_grid
+    from cdm_core.engine.training_set import prepare
+    ds = load("mnist")
+    cfg = SamplerConfig(n_samples=64, sigma=1.0, draws=8, steps=10, seed=2, device="cuda")
+    ts = prepare(ds, cfg)
+    lp = model.normalise_log_weights(None, ts.n)
+    x, scaled, _ = start_state(ts, lp, cfg, np.arange(64))
+    steps = euler_steps(make_strategy(ts, lp), x, scaled, time_grid(0.0, cfg.steps))
+    next(steps)
+    torch.cuda.synchronize()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        for _ in range(cfg.steps - 2):
+            next(steps)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

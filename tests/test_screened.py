@@ -178,3 +178,33 @@ def test_extreme_scales_on_fast_path(fast_path, scale, sigma, steps):
     fast, exact = sample(pts, cfg), sample(pts, cfg.replace(index="exact"))
     assert np.isfinite(fast.samples).all()
     np.testing.assert_allclose(fast.samples, exact.samples, rtol=0, atol=1e-9 * scale)
+
+
+def test_projection_beyond_float32_range_takes_the_float64_route(fast_path):
+    """Points of scale 1e24 with sigma 1e15: sigma eps . x_i overflows float32 although the screened
+    logits (a tiny) would not. Such a sample must leave the screen, not lose its weights (an
+    earlier version collapsed every sample onto one point here, reporting a bound of 1e-27)."""
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((400, 24)) * 1e24).astype(np.float32)
+    cfg = SamplerConfig(n_samples=4, sigma=1e15, draws=4, steps=10, start=1e-9, seed=1)
+    auto, exact = sample(data, cfg.replace(index="auto")), sample(data, cfg.replace(index="exact"))
+    assert np.abs(auto.samples - exact.samples).max() <= 1e-9 * 1e24
+    np.testing.assert_array_equal(auto.source_ids[:, 0], exact.source_ids[:, 0])
+    ts = prepare(data, cfg)
+    batch = screen.ScreenedStrategy(ts, normalise_log_weights(None, 400)).begin(
+        torch.full((2, 4, 24), 1e15, dtype=torch.float64))
+    assert bool(torch.isinf(batch.fast).any()) and bool(torch.isinf(batch.fast_abs).all())
+
+
+def test_a_screen_that_keeps_nothing_is_not_trusted(fast_path, monkeypatch):
+    """The screen always keeps each draw's maximum; if it ever returned no survivor for a sample,
+    that sample takes the float64 route over all N points instead of a softmax over nothing."""
+    ds = load("digits")
+    cfg = SamplerConfig(n_samples=6, sigma=0.5, draws=4, steps=12, seed=2)
+    exact = sample(ds, cfg.replace(index="exact"))
+    monkeypatch.setattr(screen.ScreenedStrategy, "_screen",
+                        lambda self, x, draws, a, static, x_norm, magnitude, which=None:
+                        torch.zeros(len(which), self.n, dtype=torch.bool))
+    auto = sample(ds, cfg)
+    assert np.abs(auto.samples - exact.samples).max() < 1e-12
+    assert auto.dense_fraction == 1.0

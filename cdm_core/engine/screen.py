@@ -45,11 +45,16 @@ F32_SAFE = 1e36  # logits bounded by this stay finite in float32 (max 3.4e38) th
 GATHER_VALUES = 1 << 22  # gathered candidates are processed in groups of about this many float64 values
 
 
+U64 = 2.0 ** -53  # unit roundoff of float64
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def gamma(d: int, unit: float = U32) -> float:
-    """Rigorous relative bound of a dot product of length d in a format of unit roundoff `unit`
-    (float32 by default; any summation order), with a margin for the rounding of float64 inputs
-    to float32."""
-    return (d * unit / (1 - d * unit) + 2 * U32) * 1.01
+    """Rigorous relative bound of a dot product of length d (any summation order) in a format of
+    unit roundoff `unit`, with a 1% margin; for float32 products it includes the rounding of the
+    float64 inputs to float32 (two more roundings)."""
+    inputs = 2 * U32 if unit == U32 else 0.0
+    return (d * unit / (1 - d * unit) + inputs) * 1.01
 
 
 @dataclass
@@ -58,8 +63,10 @@ class Draws:
 
     scaled: torch.Tensor  # (B, M, D) float64: sigma eps_bm
     fast: torch.Tensor | None  # (B, M, N) float32 p_bmi; None when sigma = 0
-    fast_err: torch.Tensor  # (B,) float64: bound on |fast - p| over m and i
-    fast_abs: torch.Tensor  # (B,) float64: bound on |p_bmi| over m and i
+    # (B,) float64: bound on |fast - p| over m and i where fast is a normal float32 number (the
+    # slack's underflow term covers the subnormal range)
+    fast_err: torch.Tensor
+    fast_abs: torch.Tensor  # (B,) float64: bound on |p_bmi| over m and i; inf where fast overflowed
     exact: torch.Tensor | None = None  # (B, M, N) float64 p; None when sigma = 0
     support: torch.Tensor | None = None  # (B,) each sample's number of weights >= 1e-30 at its last step
 
@@ -71,17 +78,20 @@ class ScreenedStrategy(FactorisedStrategy):
 
     def begin(self, scaled):
         """p in float64 once per batch (the early, wide steps read it for every sample) and its
-        float32 rounding for the screen. |fast - p| <= |fl64(p) - p| + u32 |fl64(p)|, with the
-        float64 product's error bounded like the float32 one's (`gamma` with unit roundoff 2^-53)."""
+        float32 rounding for the screen: |fast - p| <= |fl64(p) - p| + u32 |fl64(p)|, the float64
+        product's error bounded by `gamma(D, 2^-53)`. A sample whose p leaves float32's range gets
+        fast_abs = inf, which sends it to the float64 route at every step."""
         b, m, d = scaled.shape
         norms = torch.linalg.vector_norm(scaled, dim=-1).amax(1)  # (B,)
         if not bool((norms > 0).any()):
             return Draws(scaled, None, norms, norms)
         exact = (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
         fast = exact.to(F32)
-        magnitude = exact.abs().amax((1, 2))  # (B,)
-        err = gamma(d, 2.0 ** -53) * norms * self.ts.norm_max * 1.01 + U32 * magnitude
-        return Draws(scaled, fast, err, magnitude * (1 + U32) + err, exact)
+        low, high = torch.aminmax(exact.reshape(b, -1), dim=1)  # no (B, M, N) temporary
+        magnitude = torch.maximum(low.abs(), high)  # (B,) max |fl64(p)|
+        err = gamma(d, U64) * norms * self.ts.norm_max + U32 * magnitude
+        fast_abs = torch.where(magnitude < F32_MAX, magnitude + err, torch.inf)
+        return Draws(scaled, fast, err, fast_abs, exact)
 
     def step(self, batch: Draws, x, t, sources=False, draws=False):
         b, m, d = batch.scaled.shape
@@ -107,7 +117,9 @@ class ScreenedStrategy(FactorisedStrategy):
         if len(screened):
             keep[screened] = self._screen(x, batch, a, static, x_norm, magnitude, screened)
             counts[screened] = keep[screened].sum(1)
-        gathered = safe & (counts <= cutoff)
+        # a screened sample with no survivor means the screen failed (it always keeps each draw's maximum):
+        # never trusted, it takes the float64 route over all N points
+        gathered = safe & (counts <= cutoff) & (counts > 0)
         smoothed = torch.empty(b, d, dtype=F64, device=x.device)
         src_ids: list = [None] * b
         src_w: list = [None] * b
