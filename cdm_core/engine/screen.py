@@ -87,8 +87,8 @@ class ScreenedStrategy(FactorisedStrategy):
             return Draws(scaled, None, norms, norms)
         exact = (scaled.reshape(b * m, d) @ self.x.T).reshape(b, m, self.n)
         fast = exact.to(F32)
-        low, high = torch.aminmax(exact.reshape(b, -1), dim=1)  # no (B, M, N) temporary
-        magnitude = torch.maximum(low.abs(), high)  # (B,) max |fl64(p)|
+        flat = exact.reshape(b, -1)  # no (B, M, N) temporary; amax and amin beat aminmax here
+        magnitude = torch.maximum(flat.amin(1).abs(), flat.amax(1))  # (B,) max |fl64(p)|
         err = gamma(d, U64) * norms * self.ts.norm_max + U32 * magnitude
         fast_abs = torch.where(magnitude < F32_MAX, magnitude + err, torch.inf)
         return Draws(scaled, fast, err, fast_abs, exact)
