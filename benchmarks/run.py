@@ -27,22 +27,32 @@ from cdm_core.engine.sampler import random_draws, time_grid
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plain_dense(points: np.ndarray, cfg: SamplerConfig, dtype=torch.float64) -> np.ndarray:
-    """A straightforward dense implementation (cdist, softmax, matmul), same random numbers."""
-    x_all = torch.as_tensor(points, dtype=dtype)
+def plain_dense(points: np.ndarray, cfg: SamplerConfig, dtype=torch.float64, device: str = "cpu",
+                logits: str = "cdist") -> np.ndarray:
+    """A straightforward dense implementation with the same random numbers: every query
+    y = x + sigma eps_m against all N points at every step, then a softmax and one matmul back.
+    The logits come from `torch.cdist` ("cdist") or from one matmul ("matmul", the plain float32
+    loop of issue #14)."""
+    arr = np.asarray(points)
+    x_all = torch.as_tensor(arr if arr.flags.writeable else arr.copy(), dtype=dtype, device=device)  # memmaps
+    sq = (x_all * x_all).sum(1)
     u, z, eps = random_draws(cfg.seed, np.arange(cfg.n_samples), points.shape[1], cfg.draws)
     idx = np.minimum(np.searchsorted(np.arange(1, len(points) + 1) / len(points), u, side="right"), len(points) - 1)
-    x = cfg.start * x_all[idx] + (1 - cfg.start) * torch.as_tensor(z, dtype=dtype)
-    e = torch.as_tensor(eps, dtype=dtype)
+    x = cfg.start * x_all[torch.as_tensor(idx, device=device)] + (1 - cfg.start) * torch.as_tensor(z, dtype=dtype,
+                                                                                                   device=device)
+    e = torch.as_tensor(eps, dtype=dtype, device=device)
     ts = time_grid(cfg.start, cfg.steps)
     for k in range(cfg.steps):
         t = float(ts[k])
+        s = 1.0 / (2 * (1 - t) ** 2)
         y = (x[:, None, :] + cfg.sigma * e).reshape(-1, points.shape[1])
-        d = torch.cdist(y, t * x_all) ** 2
-        w = torch.softmax(-d / (2 * (1 - t) ** 2), dim=1)
+        if logits == "cdist":
+            w = torch.softmax(-s * torch.cdist(y, t * x_all) ** 2, dim=1)
+        else:  # log w = -s |y - t x_i|^2 up to a constant per query
+            w = torch.softmax(2 * t * s * (y @ x_all.T) - t * t * s * sq, dim=1)
         den = (w @ x_all).reshape(cfg.n_samples, cfg.draws, -1).mean(1)
         x = den if k == cfg.steps - 1 else x + (ts[k + 1] - t) * (den - x) / (1 - t)
-    return x.to(torch.float64).numpy()
+    return x.to(torch.float64).cpu().numpy()
 
 
 def cpu_model() -> str:

@@ -24,29 +24,13 @@ import run  # the shared helpers and BENCHMARKS.md writer (benchmarks/run.py)
 import torch
 
 from cdm_core import SamplerConfig, load, sample
-from cdm_core.engine.sampler import random_draws, time_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plain_float32_loop(points, cfg: SamplerConfig, device: str = "cpu") -> torch.Tensor:
+def plain_float32_loop(points, cfg: SamplerConfig, device: str = "cpu") -> np.ndarray:
     """The baseline: every query y = x + sigma eps_m against all N points in float32 per step."""
-    x_all = torch.as_tensor(np.array(points, np.float32), device=device)
-    sq = (x_all * x_all).sum(1)
-    u, z, eps = random_draws(cfg.seed, np.arange(cfg.n_samples), points.shape[1], cfg.draws)
-    idx = np.minimum((u * len(points)).astype(np.int64), len(points) - 1)
-    z_t = torch.as_tensor(z, dtype=torch.float32, device=device)
-    x = cfg.start * x_all[torch.as_tensor(idx, device=device)] + (1 - cfg.start) * z_t
-    e = torch.as_tensor(eps, dtype=torch.float32, device=device)
-    ts = time_grid(cfg.start, cfg.steps)
-    for k in range(cfg.steps):
-        t = float(ts[k])
-        s = 1.0 / (2 * (1 - t) ** 2)
-        y = (x[:, None, :] + cfg.sigma * e).reshape(-1, points.shape[1])
-        w = torch.softmax(2 * t * s * (y @ x_all.T) - t * t * s * sq, dim=1)
-        den = (w @ x_all).reshape(cfg.n_samples, cfg.draws, -1).mean(1)
-        x = den if k == cfg.steps - 1 else x + (ts[k + 1] - t) * (den - x) / (1 - t)
-    return x
+    return run.plain_dense(points, cfg, torch.float32, device, logits="matmul")
 
 
 def timed(fn, repeat: int = 1, sync=lambda: None) -> tuple[float, object]:
@@ -70,7 +54,7 @@ def in_process_case(spec: dict) -> dict:
     auto_s, res = timed(lambda: sample(ds, cfg), spec["repeat"])
     plain_s, plain = timed(lambda: plain_float32_loop(ds.points, cfg), spec["plain_repeat"])
     return {"auto": auto_s, "plain": plain_s,
-            "deviation": float(np.abs(plain.double().numpy() - res.samples).max())}
+            "deviation": float(np.abs(plain - res.samples).max())}
 
 
 def cli_seconds(args: list[str]) -> float:
