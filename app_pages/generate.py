@@ -103,10 +103,13 @@ def controls(ds) -> dict:
 def summary(res, ds) -> None:
     m = metrics.set_metrics(res, ds.points)
     c = st.columns(5)
-    c[0].metric("Near-copies", f"{100 * m.near_copy_fraction:.0f}%",
-                help=f"Samples whose nearest/second-nearest distance ratio is below {m.copy_ratio:.2f}.")
-    c[1].metric("Mean NN ratio", f"{m.mean_nn_ratio:.2f}",
-                help="Nearest / second-nearest training distance (0 = copy).")
+    c[0].metric("Copies (exact sources)", f"{100 * m.copy_fraction:.0f}%",
+                help=f"Samples made of one training item: it carries ≥ {m.copy_weight:.0%} of the exact blend "
+                     "weight and is the sample's nearest item.")
+    c[1].metric("Memorised (d1/d2 < 1/3)", f"{100 * m.memorised_fraction:.0f}%",
+                help=f"The distance criterion of Gu et al. (2025): nearest / second-nearest training distance below "
+                     f"{m.copy_ratio:.3g}. Mean ratio {m.mean_nn_ratio:.2f}. It looks at distances only, not at what "
+                     "the sample is made of.")
     c[2].metric("Effective sources", f"{m.mean_effective_sources:.2f}",
                 help="exp(entropy) of each sample's blend weights.")
     c[3].metric("Diversity", f"{m.diversity:.2f}", help="Mean pairwise sample distance / that of the training data.")
@@ -156,9 +159,9 @@ def results(run, ds) -> None:
     sel = state.selected_sample()
     c1, c2 = st.columns([3, 1])
     cue = "Border colour" if ds.is_image else "Colour"
-    c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = near-copy, "
-               f"yellow = far from any single item). Selected sample: **#{sel}** (outlined). "
-               "Click a sample to select it.")
+    c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = close to one item, "
+               "yellow = far from any single item; below 1/3 the distance criterion calls it memorised). "
+               f"Selected sample: **#{sel}** (outlined). Click a sample to select it.")
     c2.page_link("app_pages/sources.py", label=f"Sources of sample #{sel} →", icon=":material/account_tree:")
 
 

@@ -10,9 +10,11 @@ from ui import state
 
 EXPLANATION = (
     "**How to read this.** Each point is one smoothing level σ, with the same seeds everywhere. "
-    "A sample is a *near-copy* when its nearest training item is less than a third as far as the "
-    "second-nearest (Carlini et al.'s criterion); the *NN distance ratio* is that ratio averaged over "
-    "samples (0 = exact copies, near 1 = between items). *Effective sources* is exp(entropy) of each "
+    "Two verdicts, named apart. *Copies (exact sources)*: samples made of one training item (it carries "
+    "at least 99% of the exact blend weight and is the nearest item). *Memorised (d1/d2 < 1/3)*: the "
+    "distance criterion of Gu et al. (2025, after Carlini et al. 2023): the nearest training item is less "
+    "than a third as far as the second-nearest; it sees distances only, so a blend of two nearby items "
+    "can pass it. *Effective sources* is exp(entropy) of each "
     "sample's exact blend weights: 1 for a copy, about M when each of its M smoothing draws has settled "
     "on its own item, and more when the last step comes before the draws have settled (few steps S). "
     "*Diversity* is the mean distance between samples divided by that between training items. With "

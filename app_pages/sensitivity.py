@@ -3,6 +3,7 @@
 import numpy as np
 import streamlit as st
 
+from cdm_core.analysis import dust
 from cdm_core.analysis.additions import add_items
 from cdm_core.analysis.sensitivity import (
     counterfactual,
@@ -60,8 +61,8 @@ def sample_view(ds, sens, i: int) -> None:
         quiet = int((infl[ok] <= floor).sum())
         st.caption("Each training item above its map of ∂ sample / ∂ log-weight (data units per unit of log-weight). "
                    "Red: the pixel brightens when that item is up-weighted; blue: it darkens; centred at zero. "
-                   + (f"{quiet} map(s) are numerically zero (‖J‖ ≤ {floor:.0e}, 1e-9 of the data scale, below what "
-                      "the float64 recursion resolves): left blank. " if quiet else "")
+                   + (f"{quiet} map(s) are numerically zero (‖J‖ ≤ {dust.fmt(floor, 2)}, a millionth of the data "
+                      "scale max‖x − mean‖: numerical dust, not influence): left blank. " if quiet else "")
                    + (" Latent space: maps are in pixel space, through the decoder (Dec′(z) · dz/dlog π, a "
                       "Jacobian-vector product per latent direction)." if sens.latents is not None else ""))
     else:
@@ -188,7 +189,8 @@ def addition_panel(ds, sens, i: int) -> None:
     _, label, add = done
     moved = add.moved
     st.markdown(f"Added {label} (weight {add.weight:g} each): **{len(moved)}** of the first {len(add.displacement)} "
-                f"samples moved; **{int((add.added_share > 1e-3).sum())}** now blend an added item.")
+                f"samples moved (by more than {dust.fmt(add.moved_tol, 2)}, a millionth of the data scale); "
+                f"**{int(dust.is_source(add.added_share).sum())}** now blend an added item (weight ≥ {dust.DUST:.0e}).")
     left, right = st.columns([2, 3])
     with left:
         st.plotly_chart(figures.addition_figure(add.displacement, add.added_share, add.moved_tol), width="stretch",

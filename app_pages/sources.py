@@ -4,23 +4,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cdm_core.analysis import metrics
+from cdm_core.analysis import dust
 from cdm_core.report import figures
 from cdm_core.report.export import label_of
 from ui import state
 from ui.click_select import click_select
-
-
-def verdict(res, i: int) -> str:
-    ratio = float(metrics.nn_ratio(res.nn_dist[i:i + 1])[0])
-    eff = float(metrics.effective_sources(res.source_weights[i:i + 1])[0])
-    nn, d = int(res.nn_ids[i, 0]), float(res.nn_dist[i, 0])
-    where = " in latent space" if res.latents is not None else ""
-    if ratio < metrics.COPY_RATIO:
-        return (f"**Near-copy** of training item #{nn}{where}: distance {d:.3g}, {ratio:.2f}× the distance to the "
-                f"second-nearest item (below {metrics.COPY_RATIO:.2f}).")
-    return (f"**New blend** of about {eff:.1f} training items (effective number of sources); its nearest "
-            f"training item #{nn}{where} is {d:.3g} away, {ratio:.2f}× the second-nearest distance.")
+from ui.verdicts import users_of, verdict
 
 
 def image_row(ds, rows, captions, scale) -> None:
@@ -50,12 +39,6 @@ def latent_rows(ds, res, i: int, ids, w, scale) -> None:
     image_row(ds, ds.points[res.nn_ids[i][:8]], captions(res.nn_ids[i][:8]), scale)
     st.markdown("**Nearest training images in pixel space** (to the decoded sample)")
     image_row(ds, ds.points[res.pixel_nn_ids[i][:8]], captions(res.pixel_nn_ids[i][:8]), scale)
-
-
-def users_of(res, j: int) -> pd.DataFrame:
-    rows, cols = np.nonzero(res.source_ids == j)
-    df = pd.DataFrame({"sample": rows, "weight": res.source_weights[rows, cols]})
-    return df.sort_values("weight", ascending=False).reset_index(drop=True)
 
 
 def body() -> None:
@@ -118,9 +101,10 @@ def body() -> None:
                           "every sample that blends it.")
     df = users_of(res, j)
     if df.empty:
-        st.write(f"No sample uses training item #{j}.")
+        st.write(f"No sample uses training item #{j} (with weight ≥ {dust.DUST:.0e}).")
     else:
-        st.write(f"Training item #{j} is a source of **{len(df)}** of {n} samples.")
+        st.write(f"Training item #{j} is a source of **{len(df)}** of {n} samples (weight ≥ {dust.DUST:.0e}; "
+                 "smaller weights are numerical dust).")
         st.dataframe(df, hide_index=True, width="stretch", height=min(300, 40 + 35 * len(df)))
         if ds.is_image:
             st.image(figures.image_grid(res.samples[df["sample"].to_numpy()[:16]], ds.image_shape, ncols=16, scale=2),

@@ -43,12 +43,12 @@ def test_generate_slider_changes_results_and_state_survives_pages():
     at = app()
     at.switch_page("app_pages/generate.py").run()
     first = at.session_state["result"].result.samples.copy()
-    copies_before = metric(at, "Near-copies")
+    copies_before = metric(at, "Copies (exact sources)")
     at.slider(key="w_sigma").set_value(0.0).run()
     assert not at.exception and not errors(at)
     res = at.session_state["result"].result
     assert res.config.sigma == 0.0 and not np.allclose(first, res.samples)
-    assert metric(at, "Near-copies") != copies_before
+    assert metric(at, "Copies (exact sources)") != copies_before
     at.switch_page("app_pages/sources.py").run()
     assert at.session_state["result"].result is res  # not recomputed
     assert any("sample" in m.value.lower() or "copy" in m.value.lower() for m in at.markdown)
@@ -206,7 +206,7 @@ def test_memorisation_page_sweeps_and_reacts():
     at.switch_page("app_pages/memorisation.py").run()
     assert not at.exception and not errors(at)
     rows, _ = next(iter(at.session_state["cache_sweep"].values()))
-    assert rows[0]["sigma"] == 0.0 and rows[0]["near_copy_fraction"] >= rows[-1]["near_copy_fraction"]
+    assert rows[0]["sigma"] == 0.0 and rows[0]["copy_fraction"] >= rows[-1]["copy_fraction"]
     key = next(t.key for t in at.text_input if t.key.startswith("w_sweep_sigmas"))
     at.text_input(key=key).set_value("0, abc").run()
     assert not at.exception and any("σ values" in e for e in errors(at))

@@ -221,14 +221,14 @@ def test_four_concurrent_sessions_get_their_own_results(server, chromium, artifa
         for k, (ctx, pg, data, p) in enumerate(pages):
             pg.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
             wait_idle(pg, timeout=HEAVY_TIMEOUT)
-            pg.get_by_text("Near-copies").first.wait_for(timeout=HEAVY_TIMEOUT)
+            pg.get_by_text("Copies (exact sources)").first.wait_for(timeout=HEAVY_TIMEOUT)
             shown = pg.locator("[data-testid='stMetricValue']").first.inner_text().strip()
             d = defaults_for(data) | p
             cfg = SamplerConfig(n_samples=d["n"], sigma=d["sigma"], draws=d["draws"], steps=d["steps"],
                                 start=d["start"], seed=d["seed"], neighbours=d["neighbours"], index=d["index"],
                                 trajectory=data != "digits")
             ds = load(data)
-            expected = f"{100 * set_metrics(sample(ds, cfg), ds.points).near_copy_fraction:.0f}%"
+            expected = f"{100 * set_metrics(sample(ds, cfg), ds.points).copy_fraction:.0f}%"
             assert shown == expected, (data, shown, expected)
             assert pg.get_by_text(f"n = {d['n']} · seed").count() == 1  # this session's own settings
             assert pg.locator("[data-testid='stException']").count() == 0

@@ -85,7 +85,7 @@ def test_plotly_exports_honour_size_dpi_and_font(tmp_path):
     root = svg[:svg.index(">")]
     assert 'width="3.25in"' in root and 'height="2.6in"' in root and "viewBox" in root
     csv = (tmp_path / "memorisation.csv").read_text().splitlines()
-    assert "near_copy_fraction_sd" in csv[0] and len(csv) == 3
+    assert "copy_fraction_sd" in csv[0] and len(csv) == 3
 
 
 @needs_chromium

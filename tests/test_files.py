@@ -110,7 +110,7 @@ def test_registered_datasets(name):
     if not ok:
         pytest.skip(f"{name} unavailable here: {msg}")
     ds = load(name)
-    assert ds.points.dtype == np.float32 and ds.points.ndim == 2 and np.isfinite(ds.points).all()
+    assert ds.points.dtype in (np.float32, np.float64) and ds.points.ndim == 2 and np.isfinite(ds.points).all()
     assert len(ds.content_hash) == 16 and ds.licence and ds.scaling
     if ds.is_image:
         assert ds.points.min() >= 0 and ds.points.max() <= 1

@@ -57,7 +57,7 @@ def check_one(name: str, raw: bytes) -> None:
         msg = str(e)
         assert "\n" not in msg and name in msg
         return
-    assert ds.points.dtype == np.float32 and ds.points.ndim == 2 and np.isfinite(ds.points).all()
+    assert ds.points.dtype in (np.float32, np.float64) and ds.points.ndim == 2 and np.isfinite(ds.points).all()
 
 
 @FUZZ

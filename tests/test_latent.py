@@ -214,7 +214,7 @@ def test_latent_position_derivative_matches_finite_differences(digits, digits_sp
 def test_sweep_and_map_data_in_latent_space(digits):
     rows = sweep(digits, LATENT.replace(n_samples=4), [0.0, 1.0])
     assert [r["sigma"] for r in rows] == [0.0, 1.0]
-    assert rows[0]["near_copy_fraction"] == 1.0
+    assert rows[0]["copy_fraction"] == 1.0
     assert rows[1]["mean_effective_sources"] > rows[0]["mean_effective_sources"]
 
 
@@ -298,3 +298,15 @@ def test_latent_sweep_diversity_matches_the_run_metrics(digits, digits_space):
     row = sweep(digits, cfg, [0.5])[0]
     direct = set_metrics(sample(digits, cfg.replace(sigma=0.5)), digits.points)
     assert row["diversity"] == pytest.approx(direct.diversity, rel=1e-9)
+
+
+def test_decoded_samples_stay_in_the_data_range(digits):
+    """Digits scaled to 0..255 in latent space at sigma 0.8 (the audit's case: decoded pixels
+    spanned about -32..288): the decoder's output is squashed into the training set's range."""
+    scaled = Dataset("digits-255", (digits.points * 255).astype(np.float32), digits.image_shape)
+    res = sample(scaled, LATENT.replace(sigma=0.8, n_samples=32, steps=20))
+    assert res.samples.min() >= 0.0 and res.samples.max() <= 255.0
+    # the range is the data's own: shifted data give a shifted range
+    shifted = Dataset("digits-shifted", (digits.points * 4 - 7).astype(np.float32), digits.image_shape)
+    out = sample(shifted, LATENT.replace(sigma=0.8, n_samples=16)).samples
+    assert out.min() >= -7.0 and out.max() <= -3.0

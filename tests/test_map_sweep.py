@@ -63,7 +63,7 @@ def test_map_corner_cases(tmp_path):
 def test_sweep_near_copies_fall_with_sigma():
     ds = load("moons:n=200")
     rows = sweep(ds, SamplerConfig(n_samples=32, draws=4, steps=300, index="exact"), [0.0, 0.1, 0.3])
-    frac = [r["near_copy_fraction"] for r in rows]
+    frac = [r["copy_fraction"] for r in rows]
     assert frac[0] > 0.9
     assert frac[2] < frac[0] and frac[2] <= frac[1] + 0.1
     assert rows[2]["mean_effective_sources"] > rows[0]["mean_effective_sources"]
@@ -74,7 +74,7 @@ def test_sweep_cli(tmp_path, capsys):
     assert main(["sweep", "--data", "moons:n=200", "--n", "8", "--steps", "20", "--sigmas", "0,0.2",
                  "--draws-list", "1,2", "--out", str(out)]) == 0
     lines = out.read_text().strip().splitlines()
-    assert lines[0].startswith("sigma,draws,start,near_copy_fraction") and len(lines) == 5
+    assert lines[0].startswith("sigma,draws,start,copy_fraction") and len(lines) == 5
     assert main(["sweep", "--data", "moons", "--sigmas", "0,abc", "--out", str(out)]) == 2
     assert main(["sweep", "--data", "moons", "--sigmas", "0,-1", "--out", str(out)]) == 2
     assert "sigma" in capsys.readouterr().err

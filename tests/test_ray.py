@@ -90,7 +90,7 @@ def test_ray_sensitivity_and_sweep_equal_one_process():
     rows_a = sweep(ds, cfg, [0.0, 0.1])
     rows_b = sweep(ds, cfg.replace(backend="ray", shards=2), [0.0, 0.1])
     for ra, rb in zip(rows_a, rows_b):
-        for k in ("near_copy_fraction", "mean_nn_ratio", "diversity", "mean_effective_sources"):
+        for k in ("copy_fraction", "mean_nn_ratio", "diversity", "mean_effective_sources"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-9, abs=1e-12), k
 
 
@@ -189,7 +189,7 @@ def test_cli_joins_a_running_cluster_by_address(tmp_path):
     far = (tmp_path / "far.csv").read_text().splitlines()
     near = (tmp_path / "near.csv").read_text().splitlines()
     assert far[0] == near[0] and len(far) == len(near) == 3
-    col = far[0].split(",").index("near_copy_fraction")
+    col = far[0].split(",").index("copy_fraction")
     assert [r.split(",")[col] for r in far[1:]] == [r.split(",")[col] for r in near[1:]]
     assert ray.is_initialized() and len(ray.nodes()) >= 1
 

@@ -16,7 +16,8 @@ from cdm_core.report import figures
 
 SETTINGS = (("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
             ("index", "index"), ("space", "space"))
-METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "mean NN ratio"),
+METRICS = (("copy_fraction", "copies (exact sources)"), ("memorised_fraction", "memorised (d1/d2 < 1/3)"),
+           ("mean_nn_ratio", "mean NN ratio"),
            ("mean_nn_distance", "mean NN distance"), ("mean_effective_sources", "effective sources"),
            ("diversity", "diversity"))
 

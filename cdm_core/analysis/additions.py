@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cdm_core.analysis.dust import length_dust
 from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import check_points
@@ -40,7 +41,7 @@ class Addition:
     added_sources: list  # per sample, the added items (0-based among the added) with weight >= 1e-3
     n_added: int
     weight: float  # relative weight of each added item (1 = a mean training item)
-    moved_tol: float  # displacements at or below this are numerically no move (data units)
+    moved_tol: float  # displacements at or below this are dust, no move (data units; analysis/dust.py)
 
     @property
     def moved(self) -> np.ndarray:
@@ -85,6 +86,5 @@ def add_items(data, config: SamplerConfig, items, weight: float = 1.0, weights=N
     share = np.where(is_new, grown.source_weights, 0.0).sum(1)
     srcs = [sorted({int(j) - ds.n for j, w in zip(ids, ws) if j >= ds.n and w >= 1e-3})
             for ids, ws in zip(grown.source_ids, grown.source_weights)]
-    scale = float(np.abs(ds.points).max()) or 1.0
     return Addition(original.samples, actual, np.linalg.norm(actual - original.samples, axis=1), share, srcs,
-                    len(new), float(weight), 1e-9 * scale)
+                    len(new), float(weight), length_dust(ds.points))

@@ -1,9 +1,16 @@
-"""Memorisation measures, per sample and for a set of samples.
+"""Memorisation measures, per sample and for a set of samples. Two verdicts, always named apart:
 
-- `nn_distance`: Euclidean distance from a sample to its nearest training point.
-- `nn_ratio`: nearest / second-nearest distance (0 for an exact copy, also of a duplicated
-  training point; close to 1 when the sample sits between points). A sample is a *near-copy*
-  when this ratio is below `copy_ratio` (1/3 by default, the criterion of Carlini et al. 2023).
+- **copy (exact sources)**: the tool's own verdict. A sample is a *copy* of training item j when j
+  carries at least `COPY_WEIGHT` (0.99) of its exact blend weight and the sample is at least as
+  close to j as to any other item (j is, possibly tied with duplicates, its nearest item). A sample
+  whose nearest item carries no weight is *close to an item it is not made of*, said as such.
+- **memorised (distance criterion)**: the field's standard test (Carlini et al. 2023; Gu et al.,
+  "On Memorization in Diffusion Models", TMLR 2025): memorised when d1 / d2 < `COPY_RATIO` (1/3),
+  d1, d2 the L2 distances to the nearest and second-nearest training items.
+
+Other measures:
+- `nn_distance`: distance to the nearest training point; `nn_ratio`: d1 / d2 (0 for an exact
+  copy, also of a duplicated training point; close to 1 between points).
 - `effective_sources`: exp(entropy of the source weights): 1 for a copy, M for an even blend of
   M points.
 - `diversity`: mean pairwise distance between samples divided by that between training points
@@ -16,7 +23,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COPY_RATIO = 1.0 / 3.0
+from cdm_core.analysis.dust import DUST
+
+COPY_RATIO = 1.0 / 3.0  # distance criterion: memorised when d1 / d2 < 1/3 (Gu et al. 2025)
+COPY_WEIGHT = 0.99  # exact sources: a copy when one item carries at least this much of the weight
+CRITERION = "memorised: d1/d2 < 1/3 (Gu et al. 2025)"  # the criterion's name wherever it is shown
+
+
+def criterion_name(ratio: float = COPY_RATIO) -> str:
+    return CRITERION if ratio == COPY_RATIO else f"memorised: d1/d2 < {ratio:.3g} (criterion of Gu et al. 2025)"
+
+
+def main_source(result) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the item with most exact blend weight and that weight."""
+    return result.source_ids[:, 0], np.where(result.source_ids[:, 0] >= 0, result.source_weights[:, 0], 0.0)
+
+
+def is_copy(result, copy_weight: float = COPY_WEIGHT) -> np.ndarray:
+    """(n,) bool: made of one item (weight >= copy_weight) and as close to it as to any other."""
+    ids, w = main_source(result)
+    d1 = result.nn_dist[:, :1]
+    tied = result.nn_dist <= d1 * (1 + 1e-9) + 1e-300  # the nearest distance, with duplicates
+    close = ((result.nn_ids == ids[:, None]) & tied).any(1)
+    return (w >= copy_weight) & close
+
+
+def nearest_not_a_source(result) -> np.ndarray:
+    """(n,) bool: the nearest training item carries only dust of the sample's weight."""
+    out = np.zeros(len(result.samples), bool)
+    for i in range(len(out)):
+        nn = result.nn_ids[i, 0]
+        w = result.source_weights[i][result.source_ids[i] == nn]
+        out[i] = not (w >= DUST).any()
+    return out
 
 
 def nn_ratio(nn_dist: np.ndarray) -> np.ndarray:
@@ -49,13 +88,15 @@ def mean_pairwise_distance(x: np.ndarray, max_points: int = 2000, seed: int = 0)
 
 @dataclass(frozen=True)
 class SetMetrics:
-    near_copy_fraction: float  # share of samples with nn_ratio < copy_ratio
+    copy_fraction: float  # share of samples that copy one item (exact sources, `is_copy`)
+    memorised_fraction: float  # share with d1/d2 < copy_ratio (the distance criterion)
     mean_nn_ratio: float
     mean_nn_distance: float
     mean_effective_sources: float
     diversity: float  # mean pairwise sample distance / mean pairwise training distance
     unique_nn_fraction: float  # distinct nearest training points / number of samples
-    copy_ratio: float  # the near-copy threshold used
+    copy_ratio: float  # the distance criterion's threshold used
+    copy_weight: float  # the exact-source copy threshold used
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -63,20 +104,21 @@ class SetMetrics:
 
 def per_sample(result) -> dict:
     return {"nn_distance": result.nn_dist[:, 0], "nn_ratio": nn_ratio(result.nn_dist),
-            "effective_sources": effective_sources(result.source_weights)}
+            "effective_sources": effective_sources(result.source_weights), "copy": is_copy(result)}
 
 
 def set_metrics(result, train_points: np.ndarray | None = None, copy_ratio: float = COPY_RATIO,
-                train_spread: float | None = None) -> SetMetrics:
+                train_spread: float | None = None, copy_weight: float = COPY_WEIGHT) -> SetMetrics:
     """Memorisation metrics of a run; the training set's spread from `train_points` or given."""
     ps = per_sample(result)
     if train_spread is None:
         train_spread = mean_pairwise_distance(train_points)
     return SetMetrics(
-        near_copy_fraction=float(np.mean(ps["nn_ratio"] < copy_ratio)),
+        copy_fraction=float(np.mean(is_copy(result, copy_weight))),
+        memorised_fraction=float(np.mean(ps["nn_ratio"] < copy_ratio)),
         mean_nn_ratio=float(ps["nn_ratio"].mean()),
         mean_nn_distance=float(ps["nn_distance"].mean()),
         mean_effective_sources=float(ps["effective_sources"].mean()),
         diversity=mean_pairwise_distance(result.samples) / train_spread if train_spread > 0 else 0.0,
         unique_nn_fraction=len(np.unique(result.nn_ids[:, 0])) / len(result.nn_ids),
-        copy_ratio=copy_ratio)
+        copy_ratio=copy_ratio, copy_weight=copy_weight)

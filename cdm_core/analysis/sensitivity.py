@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cdm_core.analysis.dust import DUST, length_dust
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, logit_scales, normalise_log_weights
 from cdm_core.engine.factory import check_prepared, make_strategy, opened
@@ -38,17 +39,17 @@ from cdm_core.latent.space import latent_space
 log = logging.getLogger(__name__)
 
 
-# Derivatives below this fraction of the data's scale are drawn and reported as numerically zero:
-# the float64 recursion multiplies rounding errors (about 1e-16 of the data scale per term) by up
-# to t/(1-t)^2 ~ S^2 in the last steps and sums N terms, so smaller values are not resolved from
-# rounding for the sizes the dashboard runs (S ~ 20-200, N up to 6e4); they are not signal.
-NUMERICAL_ZERO_REL = 1e-9
+# Derivatives at or below DUST (1e-6) of the data's scale are drawn and reported as numerically
+# zero (analysis/dust.py): an e-fold weight change would move the sample by a millionth of the
+# data's extent, invisible in any figure and, for the sizes the dashboard runs, close to what
+# float64 rounding resolves far from the data's centre (docs/numerics.md).
+NUMERICAL_ZERO_REL = DUST
 
 
 def numerical_zero(points: np.ndarray) -> float:
-    """|J| at or below which a derivative is numerically zero, in data units."""
-    scale = float(np.abs(points).max()) if np.size(points) else 1.0
-    return NUMERICAL_ZERO_REL * (scale if scale > 0 else 1.0)
+    """|J| at or below which a derivative is numerically zero, in data units (placement-free:
+    relative to max |x_i - c|)."""
+    return length_dust(points)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from cdm_core.engine.sampler import sample
 from cdm_core.engine.training_set import as_dataset
 from cdm_core.errors import CdmInputError
 
-METRICS = ("near_copy_fraction", "mean_nn_ratio", "mean_nn_distance", "mean_effective_sources", "diversity",
-           "unique_nn_fraction")
+METRICS = ("copy_fraction", "memorised_fraction", "mean_nn_ratio", "mean_nn_distance", "mean_effective_sources",
+           "diversity", "unique_nn_fraction")
 COLUMNS = ("sigma", "draws", "start", *METRICS, "seconds", "seeds", *(f"{m}_sd" for m in METRICS))
 MAX_SEEDS = 32
 

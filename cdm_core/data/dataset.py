@@ -1,4 +1,4 @@
-"""A training set as the engine sees it: float32 points (N, D) plus what describes them."""
+"""A training set as the engine sees it: float32 or float64 points (N, D) plus what describes them."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Dataset:
-    """A training set. `points` is float32 (N, D); images are flattened row-major (H, W[, C])."""
+    """A training set. `points` is float32, or float64 when given as float64, (N, D); images are
+    flattened row-major (H, W[, C])."""
 
     name: str  # registry name, or the file name for user data
-    points: np.ndarray  # float32 (N, D)
+    points: np.ndarray  # float32 (N, D), or float64 for float64 input (data/files.py points_dtype)
     image_shape: tuple | None = None  # (H, W) or (H, W, 3) for images, None for point clouds
     labels: np.ndarray | None = None  # int64 (N,) or None
     label_names: tuple | None = None  # names for label values, when known

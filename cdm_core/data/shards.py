@@ -1,4 +1,4 @@
-"""Training sets split into shard files: K `.npy` files of float32 rows plus `manifest.json`.
+"""Training sets split into shard files: K `.npy` files of float32 or float64 rows plus `manifest.json`.
 
 The manifest records, per shard, its file, rows, first global id, sha256 and the float64 sum of
 its rows (so the global centre is known without reading the data). A shard whose hash does not
@@ -16,6 +16,7 @@ import numpy as np
 
 from cdm_core.config import MAX_SHARDS
 from cdm_core.data.dataset import Dataset
+from cdm_core.data.files import points_dtype
 from cdm_core.data.store import atomic_write_bytes
 from cdm_core.errors import CdmInputError
 
@@ -70,7 +71,7 @@ def file_sha256(path: Path) -> str:
 def _npy_bytes(a: np.ndarray) -> bytes:
     import io
     bio = io.BytesIO()
-    np.save(bio, np.ascontiguousarray(a, np.float32), allow_pickle=False)
+    np.save(bio, np.ascontiguousarray(a), allow_pickle=False)
     return bio.getvalue()
 
 
@@ -84,13 +85,15 @@ def write_shards(ds: Dataset, k: int, out_dir, callback=None) -> ShardManifest:
 
 def write_shard_blocks(blocks, rows_of, out_dir, name: str, dim: int, image_shape, content_hash: str,
                        callback=None) -> ShardManifest:
-    """Write one shard per block of global ids, `rows_of(block)` giving its float32 rows (so a set
-    larger than memory can be written block by block)."""
+    """Write one shard per block of global ids, `rows_of(block)` giving its rows (so a set larger
+    than memory can be written block by block). Float64 rows stay float64 (as in one process:
+    data/files.py `points_dtype`); anything else is written as float32."""
     out = Path(out_dir).resolve()  # actors on other machines open the shards by this path
     out.mkdir(parents=True, exist_ok=True)
     shards, offset = [], 0
     for i, block in enumerate(blocks):
-        rows = np.asarray(rows_of(block), np.float32)
+        rows = np.asarray(rows_of(block))
+        rows = rows.astype(points_dtype(rows.dtype), copy=False)
         if rows.ndim != 2 or rows.shape[1] != dim:
             raise CdmInputError(f"shard {i}: expected rows of dimension {dim}, got shape {rows.shape}")
         file = f"shard-{i:04d}.npy"
@@ -138,7 +141,7 @@ def read_manifest(path) -> ShardManifest:
 
 
 def open_shard(m: ShardManifest, shard: Shard, verify: bool = True) -> np.ndarray:
-    """The shard's rows, memory-mapped (float32, read-only), after checking its hash."""
+    """The shard's rows, memory-mapped (float32 or float64, read-only), after checking its hash."""
     path = m.path(shard)
     if verify and file_sha256(path) != shard.sha256:
         raise CdmInputError(f"{path}: content hash does not match the manifest; refusing this shard")
@@ -146,7 +149,7 @@ def open_shard(m: ShardManifest, shard: Shard, verify: bool = True) -> np.ndarra
         rows = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CdmInputError(f"{path}: cannot open shard ({e})") from None
-    if rows.dtype != np.float32 or rows.shape != (shard.rows, m.dim):
-        raise CdmInputError(f"{path}: expected float32 rows of shape {(shard.rows, m.dim)}, got {rows.dtype} "
-                            f"{rows.shape}")
+    if rows.dtype not in (np.float32, np.float64) or rows.shape != (shard.rows, m.dim):
+        raise CdmInputError(f"{path}: expected float32 or float64 rows of shape {(shard.rows, m.dim)}, got "
+                            f"{rows.dtype} {rows.shape}")
     return rows

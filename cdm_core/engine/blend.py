@@ -179,19 +179,45 @@ class Sources:
         return Sources(torch.as_tensor(out_i, device=dev), torch.as_tensor(out_w, device=dev))
 
 
+def shifted_moments(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, v: torch.Tensor | None):
+    """Two-pass moments of draw weights around a reference point per sample, over the points x
+    (n, D) with weights w (B, M, n), references r (B, D) and vectors v (B, c, D) or None:
+        S_b = sum_k wbar_bk (x_k - r_b) ((x_k - r_b) . v_bc)     (B, c, D), wbar the mean over draws
+        d_bm = sum_k w_bmk (x_k - r_b)                            (B, M, D)
+    so that mean_m Cov_{w_m}[x] v = S - mean_m d_m (d_m . v) exactly. The differences x_k - r are
+    formed before any product: with r the blend's own mean they are of the blend's size, and the
+    cancellation of the one-pass form X^T (w * X v) - D (D . v), whose error grows with the square
+    of the data's distance from the centre, never happens (docs/numerics.md, "Sensitivity").
+    Only the points some draw of a sample weights enter its sums (weights are flushed)."""
+    b, m, _ = w.shape
+    d = torch.zeros(b, m, x.shape[1], dtype=F64, device=x.device)
+    s = None if v is None else torch.zeros(b, v.shape[1], x.shape[1], dtype=F64, device=x.device)
+    for i in range(b):
+        wbar = w[i].mean(0)
+        used = torch.nonzero(wbar > 0).flatten()
+        if len(used) == 0:
+            continue
+        xs = x[used] - r[i]  # (u, D): the two-pass differences
+        d[i] = w[i][:, used] @ xs
+        if v is not None:
+            s[i] = (wbar[used, None] * (xs @ v[i].T)).T @ xs
+    return s, d
+
+
 class _SensitivityStep:
     def d_smoothed(self, x: torch.Tensor, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
         """dD_sigma/dtheta_j (B, c, D) for columns `cols` (B, c), given J (B, c, D) before the step:
         mean over draws of (t/(1-t)^2) Cov_w[x] J_j + w_j (x_j - D)."""
-        direct = self.mean_direct(x, cols)
         if t == 0.0:
-            return direct  # dD/dy = 0 at t = 0
-        return logit_scales(t)[0] * self.mean_cov_apply(x, jac) + direct
+            return self.mean_direct(x, cols)  # dD/dy = 0 at t = 0
+        cov = self.mean_cov_apply(x, jac)  # first: it also forms the offsets the direct term uses
+        return logit_scales(t)[0] * cov + self.mean_direct(x, cols)
 
 
 @dataclass
 class FullDrawWeights(_SensitivityStep):
-    """Every draw's weights over all N points (dense strategies, for sensitivity)."""
+    """Every draw's weights over all N points (dense strategies, for sensitivity). Moments are
+    taken around each sample's blend mean r = mean_m D(y_m, t) (`shifted_moments`)."""
 
     weights: torch.Tensor  # (B, M, N) float64
     denoised: torch.Tensor  # (B, M, D) float64: D(y_m, t) per draw
@@ -202,20 +228,32 @@ class FullDrawWeights(_SensitivityStep):
     def draw_means(self) -> torch.Tensor:
         return self.denoised  # (B, M, D)
 
+    @property
+    def reference(self) -> torch.Tensor:
+        """r (B, D): the sample's smoothed denoiser, the point the moments are taken around."""
+        return self.denoised.mean(1)
+
+    def _offsets(self, x: torch.Tensor) -> torch.Tensor:
+        """d_bm = D(y_m) - r_b (B, M, D), summed from the two-pass differences (cached per step)."""
+        if getattr(self, "_d", None) is None:
+            self._d = shifted_moments(x, self.weights, self.reference, None)[1]
+        return self._d
+
     def mean_cov_apply(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """mean_m Cov_{w_m}[x] v_c for per-sample vectors v (B, c, D): with P = X v,
-        Cov_w v = X^T (w * P) - D (D . v), averaged over the draws."""
+        """mean_m Cov_{w_m}[x] v_c for per-sample vectors v (B, c, D), two-pass around r."""
+        s, d = shifted_moments(x, self.weights, self.reference, v)
+        self._d = d
         m = self.weights.shape[1]
-        p = torch.einsum("nd,bcd->bnc", x, v)
-        out = torch.einsum("bnc,nd->bcd", self.weights.mean(1)[:, :, None] * p, x)
-        return out - torch.einsum("bmd,bmc->bcd", self.denoised, torch.einsum("bmd,bcd->bmc", self.denoised, v)) / m
+        return s - torch.einsum("bmd,bmc->bcd", d, torch.einsum("bmd,bcd->bmc", d, v)) / m
 
     def mean_direct(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """mean_m w_mj (x_j - D_m) for per-sample columns cols (B, c), -1 for none: (B, c, D)."""
+        """mean_m w_mj (x_j - D_m) for per-sample columns cols (B, c), -1 for none: (B, c, D), as
+        mean_m w_mj ((x_j - r) - d_m)."""
         b, m, _ = self.weights.shape
         safe = cols.clamp_min(0)
         w_cols = torch.gather(self.weights, 2, safe[:, None, :].expand(b, m, -1)) * (cols >= 0)[:, None, :]
-        return w_cols.mean(1)[..., None] * x[safe] - torch.einsum("bmc,bmd->bcd", w_cols, self.denoised) / m
+        own = x[safe] - self.reference[:, None, :]  # (B, c, D)
+        return w_cols.mean(1)[..., None] * own - torch.einsum("bmc,bmd->bcd", w_cols, self._offsets(x)) / m
 
 
 @dataclass

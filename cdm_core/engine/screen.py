@@ -37,6 +37,7 @@ from cdm_core.engine.blend import (
     pad_rows,
     weighted_sum,
 )
+from cdm_core.engine.refine import REFINE_NATS
 from cdm_core.engine.strategies import CACHE_VALUES, FactorisedStrategy
 
 U32 = 2.0 ** -24  # unit roundoff of float32
@@ -99,7 +100,7 @@ class ScreenedStrategy(FactorisedStrategy):
             return self._at_zero(b, m, sources, draws)
         everyone = torch.arange(b, device=x.device)
         if draws:  # sensitivity reads every draw's full weights: the float64 path for all
-            mean_w, full = self.mean_weights(x, batch.exact, t, m, draws=True, rows=everyone)
+            mean_w, full = self.mean_weights(x, batch.exact, t, m, draws=True, rows=everyone, scaled=batch.scaled)
             return self._result(weighted_sum(mean_w, self.x), mean_w, sources, full)
         a, c, _ = logit_scales(t)
         static = self.static_logits(c)  # (N,) float64, -inf where pi = 0
@@ -119,13 +120,17 @@ class ScreenedStrategy(FactorisedStrategy):
             counts[screened] = keep[screened].sum(1)
         # a screened sample with no survivor means the screen failed (it always keeps each draw's maximum):
         # never trusted, it takes the float64 route over all N points
-        gathered = safe & (counts <= cutoff) & (counts > 0)
+        # a sample far from the data's centre (expanded float64 logits off by more than
+        # REFINE_NATS, refine.py) takes the float64 route, which recomputes them in direct form
+        noise = torch.linalg.vector_norm(batch.scaled, dim=-1)  # (B, M)
+        near = (self.logit_error(a, c, x_norm[:, None] + noise) <= REFINE_NATS).all(1)
+        gathered = safe & near & (counts <= cutoff) & (counts > 0)
         smoothed = torch.empty(b, d, dtype=F64, device=x.device)
         src_ids: list = [None] * b
         src_w: list = [None] * b
         wide = torch.nonzero(~gathered).flatten()
         if len(wide):
-            mean_w, _ = self.mean_weights(x[wide], batch.exact, t, m, rows=wide)
+            mean_w, _ = self.mean_weights(x[wide], batch.exact, t, m, rows=wide, scaled=batch.scaled)
             smoothed[wide] = weighted_sum(mean_w, self.x)
             batch.support[wide] = (mean_w > 0).sum(1)
             if sources:

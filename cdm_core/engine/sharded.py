@@ -30,7 +30,16 @@ from cdm_core import settings
 from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
-from cdm_core.engine.blend import F64, Sources, StepResult, flush_tiny, flushed_mass_bound, logit_scales
+from cdm_core.engine.blend import (
+    F64,
+    Sources,
+    StepResult,
+    flush_tiny,
+    flushed_mass_bound,
+    logit_scales,
+    shifted_moments,
+)
+from cdm_core.engine.refine import REFINE_NATS, expanded_error, refine_
 from cdm_core.engine.training_set import sort_by_distance
 from cdm_core.errors import BackendError, CdmInputError
 
@@ -103,19 +112,42 @@ class ShardWorker:
             raise self.error
         return self.n
 
-    def set_log_weights(self, log_pi: np.ndarray) -> None:
+    def norm_max(self) -> float:
+        """max |x_i - c| over this shard (c the global centre)."""
+        return float(torch.sqrt(self.sq.max()))
+
+    def set_log_weights(self, log_pi: np.ndarray, r_max: float = 0.0, log_pi_abs: float = 0.0) -> None:
+        """This shard's log pi, with the global max |x_i - c| and max |log pi| that decide, the same
+        way in every shard, which queries are refined (refine.py)."""
         self.log_pi = torch.as_tensor(log_pi, dtype=F64, device=self.device)
+        self.r_max, self.log_pi_abs = float(r_max), float(log_pi_abs)
+
+    def _gather(self, ids: torch.Tensor) -> torch.Tensor:
+        """Centred float64 rows of local ids (for refined logits)."""
+        if self.kept is not None:
+            return self.kept[ids]
+        return self.rows(ids.cpu().numpy() + self.offset).to(self.device)
 
     def begin(self, scaled: torch.Tensor) -> None:
         """sigma eps_bm . x_i for this batch's draws (B, M, N_s), kept along the trajectories."""
         b, m, d = scaled.shape
         scaled = scaled.to(self.device)
+        self.scaled = scaled
         self.p = None if not bool(scaled.any()) else self._dots(scaled.reshape(b * m, d)).reshape(b, m, self.n)
 
     def _logits(self, x: torch.Tensor, t: float, m: int) -> torch.Tensor:
         a, c, _ = logit_scales(t)
-        base = self.log_pi + a * self._dots(x.to(self.device)) - c * self.sq  # (B, N_s)
-        return base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
+        x = x.to(self.device)
+        base = self.log_pi + a * self._dots(x) - c * self.sq  # (B, N_s)
+        lg = base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
+        y_norm = torch.linalg.vector_norm(x, dim=1)[:, None] + torch.linalg.vector_norm(self.scaled, dim=-1)
+        err = expanded_error(a, c, y_norm, self.r_max, self.log_pi_abs, x.shape[1])  # (B, M): global
+        if bool((err > REFINE_NATS).any()):  # every shard refines the same queries (global err)
+            lg = lg.clone().reshape(-1, self.n)
+            y = (x[:, None, :] + self.scaled).reshape(-1, x.shape[1])
+            refine_(lg, y, t, self._gather, self.log_pi, err.reshape(-1))
+            lg = lg.reshape(len(x), m, self.n)
+        return lg
 
     def log_partition(self, x: torch.Tensor, t: float, m: int):
         """Round 1 of a step: (max logit (B, M), sum of exp(logit - max) (B, M)); the logits are kept
@@ -141,23 +173,25 @@ class ShardWorker:
             out[2] = (torch.where(s.ids >= 0, s.ids + self.offset, -1).cpu(), s.weights.cpu())
         return out
 
-    def sensitivity(self, jac: torch.Tensor, cols: torch.Tensor):
-        """Round 3 (sensitivity), with the weights of round 2: (X_s^T (wbar * X_s J) (B, c, D),
-        weights of the local columns (B, M, c), their rows (B, c, D)); zeros for columns held by
-        other shards."""
+    def sensitivity(self, jac: torch.Tensor, cols: torch.Tensor, ref: torch.Tensor):
+        """Round 3 (sensitivity), with the weights of round 2 and each sample's reference point r
+        (B, D): this shard's two-pass moments around r (`shifted_moments`: S (B, c, D) and
+        d (B, M, D)), the weights of the local columns (B, M, c) and their rows (B, c, D); zeros
+        for columns held by other shards."""
         w = self.w
-        jac, cols = jac.to(self.device), cols.to(self.device)
+        jac, cols, ref = jac.to(self.device), cols.to(self.device), ref.to(self.device)
         b, c, d = jac.shape
-        wbar = w.mean(1)
-        cov = torch.zeros(b, c, d, dtype=F64, device=self.device)
+        s_sum = torch.zeros(b, c, d, dtype=F64, device=self.device)
+        d_sum = torch.zeros(b, w.shape[1], d, dtype=F64, device=self.device)
         for lo, hi, x in self._chunks():
-            p = torch.einsum("nd,bcd->bnc", x, jac)
-            cov += torch.einsum("bnc,nd->bcd", wbar[:, lo:hi, None] * p, x)
+            s_part, d_part = shifted_moments(x, w[:, :, lo:hi], ref, jac)
+            s_sum += s_part
+            d_sum += d_part
         local = (cols >= self.offset) & (cols < self.offset + self.n)
         idx = torch.where(local, cols - self.offset, 0)
         w_cols = torch.gather(w, 2, idx[:, None, :].expand(-1, w.shape[1], -1)) * local[:, None, :]
         rows = self.rows(idx.reshape(-1).cpu().numpy() + self.offset).reshape(b, c, d) * local[..., None].cpu()
-        return cov.cpu(), w_cols.cpu(), rows
+        return s_sum.cpu(), d_sum.cpu(), w_cols.cpu(), rows
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         """Centred float64 rows of global ids held by this shard."""
@@ -347,7 +381,10 @@ class ShardedStrategy:
 
     def __init__(self, ts: ShardedSet, log_pi: np.ndarray):
         self.ts, self.n = ts, ts.n
-        ts.call("set_log_weights", per_actor=[(log_pi[s.offset:s.offset + s.rows],) for s in ts.manifest.shards])
+        r_max = max(ts.call("norm_max"))
+        lp_abs = float(np.abs(log_pi[np.isfinite(log_pi)]).max())
+        ts.call("set_log_weights", per_actor=[(log_pi[s.offset:s.offset + s.rows], r_max, lp_abs)
+                                              for s in ts.manifest.shards])
 
     def begin(self, scaled: torch.Tensor):
         self.ts.call("begin", scaled.cpu())
@@ -378,13 +415,15 @@ class ShardedDrawWeights:
         self.ts, self.per_draw = ts, per_draw  # per_draw: D(y_m, t), (B, M, D)
 
     def d_smoothed(self, _points, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:
-        """mean_m [a Cov_w[x] J + w_j (x_j - D_m)] from the shards' partial sums, a = t/(1-t)^2."""
-        parts = self.ts.call("sensitivity", jac.cpu(), cols.cpu())
+        """mean_m [a Cov_w[x] J + w_j (x_j - D_m)] from the shards' two-pass partial sums around
+        each sample's blend mean r (as `FullDrawWeights` in one process), a = t/(1-t)^2."""
+        ref = self.per_draw.mean(1)  # (B, D)
+        parts = self.ts.call("sensitivity", jac.cpu(), cols.cpu(), ref)
         m = self.per_draw.shape[1]
-        d_dot_j = torch.einsum("bmd,bcd->bmc", self.per_draw, jac.cpu())
-        cov = sum(p[0] for p in parts) - torch.einsum("bmd,bmc->bcd", self.per_draw, d_dot_j) / m
-        w_cols = sum(p[1] for p in parts)  # (B, M, c)
-        rows = sum(p[2] for p in parts)  # (B, c, D)
-        direct = w_cols.mean(1)[..., None] * rows - torch.einsum("bmc,bmd->bcd", w_cols, self.per_draw) / m
+        d = sum(p[1] for p in parts)  # (B, M, D): D(y_m) - r from the differences
+        cov = sum(p[0] for p in parts) - torch.einsum("bmd,bmc->bcd", d, torch.einsum("bmd,bcd->bmc", d, jac.cpu())) / m
+        w_cols = sum(p[2] for p in parts)  # (B, M, c)
+        rows = sum(p[3] for p in parts)  # (B, c, D)
+        direct = w_cols.mean(1)[..., None] * (rows - ref[:, None, :]) - torch.einsum("bmc,bmd->bcd", w_cols, d) / m
         direct = torch.where((cols.cpu() >= 0)[..., None], direct, 0.0)
         return (logit_scales(t)[0] * cov if t > 0 else 0.0) + direct

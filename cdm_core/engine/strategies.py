@@ -40,6 +40,7 @@ from cdm_core.engine.blend import (
     logit_scales,
     weighted_sum,
 )
+from cdm_core.engine.refine import REFINE_NATS, expanded_error, refine_
 from cdm_core.engine.training_set import TrainingSet
 
 # Dense logits are computed in chunks of about this many float64 values (128 MiB).
@@ -67,9 +68,14 @@ class Strategy:
         self.eligible = np.flatnonzero(np.isfinite(log_pi))  # ids with pi > 0
         self.excluded = np.flatnonzero(~np.isfinite(log_pi))
         self.log_pi_max = float(self.log_pi.max())
+        self.log_pi_abs = float(self.log_pi[torch.isfinite(self.log_pi)].abs().max())
         self.on_gpu = ts.device.type == "cuda"
         self.softmax_values = gpu_chunk_values(ts.device) if self.on_gpu else 2 * CACHE_VALUES
         self.workspace = Workspace(ts.device)
+
+    def logit_error(self, a: float, c: float, y_norm: torch.Tensor) -> torch.Tensor:
+        """Bound on the rounding of the expanded logits of queries with |y| <= y_norm (refine.py)."""
+        return expanded_error(a, c, y_norm, self.ts.norm_max, self.log_pi_abs, self.ts.dim)
 
     def static_logits(self, c: float) -> torch.Tensor:
         """log pi_i - c |x_i|^2 (N,) float64, -inf where pi = 0."""
@@ -117,7 +123,9 @@ class DenseStrategy(Strategy):
             hi = min(lo + rows, b)
             yq = y[lo * m:hi * m]
             # log pi_i - s |y - t x_i|^2 up to a constant per query: a y . x_i - c |x_i|^2
-            w = flush_tiny(torch.softmax(self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms, dim=1))
+            lg = self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms
+            refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
+            w = flush_tiny(torch.softmax(lg, dim=1))
             mean_w[lo:hi] = w.reshape(hi - lo, m, self.n).mean(1)
             if per_draw is not None:
                 per_draw[lo * m:hi * m] = w
@@ -143,15 +151,23 @@ class FactorisedStrategy(Strategy):
         b, m, _ = scaled.shape
         if t == 0.0:
             return self._at_zero(b, m, sources, draws)
-        mean_w, full = self.mean_weights(x, projected, t, m, draws)
+        mean_w, full = self.mean_weights(x, projected, t, m, draws, scaled=scaled)
         return self._result(weighted_sum(mean_w, self.x, not self.on_gpu), mean_w, sources, full)
 
-    def mean_weights(self, x, projected, t, m, draws=False, rows=None):
+    def mean_weights(self, x, projected, t, m, draws=False, rows=None, scaled=None):
         """(mean over draws of the weights (B, N) flushed, FullDrawWeights or None). `rows`, when
-        given, are the rows of `projected` that belong to the samples x (read chunk by chunk, so
-        the large projection is never copied)."""
+        given, are the rows of `projected` and `scaled` (sigma eps, (B', M, D)) that belong to the
+        samples x (read chunk by chunk, so the large projection is never copied). Queries whose
+        expanded logits may be off by more than refine.REFINE_NATS are refined (refine.py)."""
         a, c, _ = logit_scales(t)
         b = len(x)
+        # per sample and draw: |x| + |sigma eps| bounds both products of the factorised logit
+        if projected is not None and scaled is None:
+            raise ValueError("mean_weights needs the draws (scaled) with their projection")
+        noise = None if projected is None else \
+            torch.linalg.vector_norm(scaled if rows is None else scaled[rows], dim=-1)
+        x_norm = torch.linalg.vector_norm(x, dim=1)
+        err = self.logit_error(a, c, x_norm[:, None] + (0.0 if noise is None else noise))  # (B, M or 1)
         # the two (B, N) blocks of a step live in the strategy's workspace: reallocating them every
         # step made the allocator hand memory back and fault it in again (BENCHMARKS.md)
         base = torch.mm(x, self.x.T, out=self.workspace.get("base", (b, self.n)))
@@ -167,6 +183,15 @@ class FactorisedStrategy(Strategy):
             else:
                 p = projected[lo:hi] if rows is None else projected[rows[lo:hi]]
                 lg = torch.add(base[lo:hi, None, :], p, alpha=a)
+            e = err[lo:hi].expand(-1, lg.shape[1])
+            if bool((e > REFINE_NATS).any()):  # far from the centre: the direct form (refine.py)
+                lg = lg.clone()  # never write into the shared base
+                y = x[lo:hi, None, :] if projected is None else \
+                    x[lo:hi, None, :] + (scaled[lo:hi] if rows is None else scaled[rows[lo:hi]])
+                y = y.expand(-1, lg.shape[1], -1)
+                flat = lg.reshape(-1, self.n)
+                refine_(flat, y.reshape(-1, y.shape[-1]), t, self.x, self.log_pi, e.reshape(-1))
+                lg = flat.reshape(lg.shape)
             w = flush_tiny(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
             torch.mean(w, 1, out=mean_w[lo:hi])
             if per_draw is not None:

@@ -34,6 +34,7 @@ from cdm_core.engine.blend import (
     logit_scales,
     pad_rows,
 )
+from cdm_core.engine.refine import refine_
 from cdm_core.engine.strategies import DENSE_CHUNK_VALUES, Strategy
 from cdm_core.engine.training_set import sort_by_distance
 
@@ -79,7 +80,11 @@ class TruncatedStrategy(Strategy):
         valid = kept >= 0
         lg = torch.where(valid, self.log_pi[kept.clamp_min(0)] - e_kept * s, -math.inf)
         log_z = torch.logsumexp(lg, 1)
+        # renormalised after the flush: exp(l - log Z) on logits of 1e5 (far queries, early steps)
+        # sums to 1 only within 1e-11, and sources times points far from the origin then miss the
+        # sample by that much of its distance from the origin
         w = flush_tiny(torch.exp(lg - log_z[:, None]))
+        w = w / w.sum(1, keepdim=True)
         ids = torch.where(w > 0, kept, -1)
         denoised = torch.empty(q, self.x.shape[1], dtype=F64, device=dev)
         rows = max(1, CHUNK_VALUES // (self.k * self.x.shape[1]))
@@ -110,7 +115,10 @@ class TruncatedStrategy(Strategy):
         out_i, out_w, out_d = [], [], []
         rows = max(1, DENSE_CHUNK_VALUES // self.n)
         for lo in range(0, len(y), rows):
-            w = flush_tiny(torch.softmax(self.log_pi + a * (y[lo:lo + rows] @ self.x.T) - c * self.ts.sq_norms, dim=1))
+            yq = y[lo:lo + rows]
+            lg = self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms
+            refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
+            w = flush_tiny(torch.softmax(lg, dim=1))
             out_d.append(w @ self.x)
             if weights:
                 src = Sources.from_dense(w)

@@ -5,9 +5,12 @@ Architecture (`AutoencoderSpec` fixes every choice; its `key` names the cache fi
     zero-padded to multiples of 4
     encoder: conv 3x3 stride 2 -> GELU -> conv 3x3 stride 2 -> GELU -> linear -> K latents
     decoder: linear -> GELU -> transposed conv 4x4 stride 2 -> GELU -> transposed conv 4x4
-             stride 2 -> crop to (H, W) -> un-standardise (data units)
-No output squashing: the decoder works in the data's own units, so decoded blends are not
-clipped into a range the data may not have.
+             stride 2 -> crop to (H, W) -> squash into the training set's range [lo, hi]:
+             lo + (hi - lo) sigmoid(u), u standardised so that sigmoid(u) maps the pixel mean
+The decoder's output is bounded by the data's own range (bounded data give bounded samples: a
+decoded blend of digits in 0..255 stays in 0..255, where an unsquashed decoder drifted to about
+-32..288 at sigma 0.8). The range is the training set's smallest and largest value, saved with
+the weights; the sigmoid is smooth, so decoder Jacobians (sensitivity) exist everywhere.
 
 Training is plain Adam on the mean squared error with a cosine learning-rate decay, seeded, on
 the training set itself (the model only needs to represent these images). Batches are drawn by a
@@ -31,7 +34,7 @@ from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE = "cfdm-conv-ae-1"  # bump when the module structure below changes
+ARCHITECTURE = "cfdm-conv-ae-2"  # bump when the module structure below changes (2: bounded output)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class ConvAutoencoder(nn.Module):
         # the training set's pixel mean and standard deviation (saved with the weights)
         self.register_buffer("pixel_mean", torch.zeros(()))
         self.register_buffer("pixel_std", torch.ones(()))
+        # the training set's smallest and largest value: the decoder's output range
+        self.register_buffer("pixel_min", torch.zeros(()))
+        self.register_buffer("pixel_max", torch.ones(()))
         # RMS of the raw latent coordinates on the training set: latents are divided by it, so a
         # latent sigma means the same for every data set (coordinates of unit size)
         self.register_buffer("latent_scale", torch.ones(()))
@@ -113,8 +119,15 @@ class ConvAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, K) latents -> (B, D) data-unit rows."""
         y = self.decoder(self.decoder_in(z * self.latent_scale).reshape(-1, *self.inner))[:, :, :self.h, :self.w]
-        y = y * self.pixel_std + self.pixel_mean
-        return y.permute(0, 2, 3, 1).reshape(len(z), -1)
+        return self.squash(y).permute(0, 2, 3, 1).reshape(len(z), -1)
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output -> data units inside [pixel_min, pixel_max]: u = 0 decodes to the
+        pixel mean and a unit of u is about a pixel standard deviation near it."""
+        span = self.pixel_max - self.pixel_min
+        p = ((self.pixel_mean - self.pixel_min) / span).clamp(1e-3, 1 - 1e-3)  # the mean's place in the range
+        slope = self.pixel_std / (span * p * (1 - p))  # d sigmoid / du at the mean = std / span
+        return self.pixel_min + span * torch.sigmoid(u * slope + torch.log(p / (1 - p)))
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(rows))
@@ -136,6 +149,9 @@ def train(points: np.ndarray, image_shape: tuple, spec: AutoencoderSpec, callbac
     x = torch.as_tensor(np.array(points, dtype=np.float32))  # a copy: the points may be a read-only memory map
     model.pixel_mean.fill_(float(x.mean()))
     model.pixel_std.fill_(max(float(x.std()), 1e-12))
+    lo, hi = float(x.min()), float(x.max())
+    model.pixel_min.fill_(lo)
+    model.pixel_max.fill_(hi if hi > lo else lo + 1.0)
     steps = spec.train_steps or steps_for(len(x))
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(

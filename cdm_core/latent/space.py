@@ -190,6 +190,8 @@ def model_from_weights(tensors: dict, data: Dataset, spec: AutoencoderSpec, name
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     if float(model.pixel_std) <= 0 or float(model.latent_scale) <= 0:
         raise CdmInputError(f"{name}: pixel_std and latent_scale must be positive")
+    if not float(model.pixel_max) > float(model.pixel_min):
+        raise CdmInputError(f"{name}: pixel_max must be above pixel_min (the decoder's output range)")
     return model.eval()
 
 

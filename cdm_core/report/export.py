@@ -84,6 +84,16 @@ def package_versions() -> dict:
     return out
 
 
+def verdict_definitions() -> dict:
+    """The definitions behind every memorisation word and count in the figures (analysis/metrics.py,
+    analysis/dust.py), recorded so a reader of the figure knows what was counted."""
+    from cdm_core.analysis import dust, metrics
+    return {"copy": f"exact sources: one item carries >= {metrics.COPY_WEIGHT} of the blend weight and is the "
+                    "sample's nearest item",
+            "memorised": metrics.CRITERION, "distance_ratio_threshold": metrics.COPY_RATIO,
+            "copy_weight": metrics.COPY_WEIGHT, "dust": dust.DUST}
+
+
 def make_manifest(data_spec: str, dataset, config: SamplerConfig, which, options: dict | None = None,
                   style: FigureStyle = FigureStyle()) -> dict:
     which = list(which)
@@ -93,7 +103,7 @@ def make_manifest(data_spec: str, dataset, config: SamplerConfig, which, options
     return {"kind": MANIFEST_KIND, "version": 1,
             "dataset": {"spec": data_spec, "name": dataset.name, "content_hash": dataset.content_hash},
             "sampler": config.to_dict(), "figures": which, "options": dict(options or {}),
-            "style": asdict(style), "packages": package_versions(),
+            "style": asdict(style), "packages": package_versions(), "verdicts": verdict_definitions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 

@@ -516,7 +516,7 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
     return fig
 
 
-SWEEP_METRICS = (("near_copy_fraction", "near-copy fraction"), ("mean_nn_ratio", "NN distance ratio"),
+SWEEP_METRICS = (("copy_fraction", "copies (exact sources)"), ("memorised_fraction", "memorised (d1/d2 < 1/3)"),
                  ("mean_effective_sources", "effective sources"), ("diversity", "diversity"))
 
 
@@ -547,6 +547,7 @@ def sweep_figure(rows: list[dict], current_sigma: float | None = None, title: st
             fig.add_vline(x=current_sigma, line=dict(dash="dot", color="black", width=1), row=k // 2 + 1,
                           col=k % 2 + 1)
     fig.update_yaxes(range=[-0.03, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[-0.03, 1.05], row=1, col=2)
     fig.update_annotations(font_size=12)
     base_layout(fig, title, height=460)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="center", x=0.5))
