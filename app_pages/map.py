@@ -69,9 +69,9 @@ def body() -> None:
                "by content hash and settings "
                f"({'from cache' if emb.from_cache else 'computed now'}). {note}.")
 
-    if run is None:
+    if run is None:  # a link to a set that does not generate by itself: the map of the data alone
         sample_pos = np.zeros((0, 2), np.float32)
-        res = None
+        res, colour_by = None, None
     else:
         res = run.result
         options = ["mean of blend sources", "largest source"] + (["UMAP transform"] if emb.model is not None else [])

@@ -344,3 +344,17 @@ def test_switching_data_sets_resets_the_controls_to_the_settings_used():
     at.slider(key="w_sigma").set_value(0.15).run()
     assert at.session_state["result"].result.config.steps == 100
     assert not at.exception and not errors(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_from_a_link_to_a_set_that_does_not_generate_by_itself(page):
+    """`/map?data=mnist` (and every other page) before any run: no traceback (the Map raised
+    UnboundLocalError 'colour_by' for UMAP and PCA until Generate was pressed)."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["data"] = "mnist"
+    at.switch_page(page).run()
+    assert not at.exception, at.exception
+    assert not [e for e in errors(at) if "went wrong" in e or "Error" in e]
+    if page == "app_pages/map.py":
+        at.selectbox(key="w_map_method").set_value("pca").run()
+        assert not at.exception

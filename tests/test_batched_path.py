@@ -30,7 +30,7 @@ class CountOps(TorchDispatchMode):
 
 
 def ops_per_step(strategy, ts, cfg, n):
-    ts.sq_norms  # computed once per training set, on first use: not part of any step
+    ts.sq_norms, ts.norm_max  # computed once per training set, on first use: not part of any step
     lp = normalise_log_weights(None, ts.n)
     x, scaled, _ = start_state(ts, lp, cfg, np.arange(n))
     steps = euler_steps(strategy, x, scaled, time_grid(cfg.start, cfg.steps))

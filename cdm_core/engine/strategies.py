@@ -72,10 +72,27 @@ class Strategy:
         self.on_gpu = ts.device.type == "cuda"
         self.softmax_values = gpu_chunk_values(ts.device) if self.on_gpu else 2 * CACHE_VALUES
         self.workspace = Workspace(ts.device)
+        self._bound_key, self._y_bound = None, 0.0  # may_refine's per-batch bound on a GPU
 
     def logit_error(self, a: float, c: float, y_norm: torch.Tensor) -> torch.Tensor:
         """Bound on the rounding of the expanded logits of queries with |y| <= y_norm (refine.py)."""
         return expanded_error(a, c, y_norm, self.ts.norm_max, self.log_pi_abs, self.ts.dim)
+
+    def may_refine(self, a: float, c: float, x: torch.Tensor, scaled: torch.Tensor | None) -> bool:
+        """Whether any query of these samples could need refined logits, from a host-side bound
+        on |y|. On a GPU the bound is taken once per batch (one synchronisation, then none in the
+        middle steps): every later state is a convex combination of the earlier one and a blend of
+        centred points (h / (1 - t) <= 1 on the uniform grid), so |x| <= max(|x|, R) holds on."""
+        if self.on_gpu:
+            if self._bound_key is not scaled:
+                self._bound_key = scaled
+                self._y_bound = max(float(torch.linalg.vector_norm(x, dim=1).max()), self.ts.norm_max) + \
+                    (0.0 if scaled is None else float(torch.linalg.vector_norm(scaled, dim=-1).max()))
+            y_bound = self._y_bound
+        else:
+            y_bound = float(torch.linalg.vector_norm(x, dim=1).max()) + \
+                (0.0 if scaled is None else float(torch.linalg.vector_norm(scaled, dim=-1).max()))
+        return float(self.logit_error(a, c, y_bound)) > REFINE_NATS
 
     def static_logits(self, c: float) -> torch.Tensor:
         """log pi_i - c |x_i|^2 (N,) float64, -inf where pi = 0."""
@@ -117,6 +134,7 @@ class DenseStrategy(Strategy):
         a, c, _ = logit_scales(t)
         mean_w = torch.zeros(b, self.n, dtype=F64, device=x.device)
         per_draw = torch.empty(b * m, self.n, dtype=F64, device=x.device) if draws else None
+        far = self.may_refine(a, c, x, scaled)
         # whole samples per chunk, so each sample's mean over its draws is formed in one place
         rows = max(1, DENSE_CHUNK_VALUES // (self.n * m))
         for lo in range(0, b, rows):
@@ -124,7 +142,8 @@ class DenseStrategy(Strategy):
             yq = y[lo * m:hi * m]
             # log pi_i - s |y - t x_i|^2 up to a constant per query: a y . x_i - c |x_i|^2
             lg = self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms
-            refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
+            if far:
+                refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
             w = flush_tiny(torch.softmax(lg, dim=1))
             mean_w[lo:hi] = w.reshape(hi - lo, m, self.n).mean(1)
             if per_draw is not None:
@@ -164,10 +183,12 @@ class FactorisedStrategy(Strategy):
         # per sample and draw: |x| + |sigma eps| bounds both products of the factorised logit
         if projected is not None and scaled is None:
             raise ValueError("mean_weights needs the draws (scaled) with their projection")
-        noise = None if projected is None else \
-            torch.linalg.vector_norm(scaled if rows is None else scaled[rows], dim=-1)
-        x_norm = torch.linalg.vector_norm(x, dim=1)
-        err = self.logit_error(a, c, x_norm[:, None] + (0.0 if noise is None else noise))  # (B, M or 1)
+        err = None
+        if self.may_refine(a, c, x, None if projected is None else scaled):
+            noise = None if projected is None else \
+                torch.linalg.vector_norm(scaled if rows is None else scaled[rows], dim=-1)
+            x_norm = torch.linalg.vector_norm(x, dim=1)
+            err = self.logit_error(a, c, x_norm[:, None] + (0.0 if noise is None else noise))  # (B, M or 1)
         # the two (B, N) blocks of a step live in the strategy's workspace: reallocating them every
         # step made the allocator hand memory back and fault it in again (BENCHMARKS.md)
         base = torch.mm(x, self.x.T, out=self.workspace.get("base", (b, self.n)))
@@ -183,8 +204,8 @@ class FactorisedStrategy(Strategy):
             else:
                 p = projected[lo:hi] if rows is None else projected[rows[lo:hi]]
                 lg = torch.add(base[lo:hi, None, :], p, alpha=a)
-            e = err[lo:hi].expand(-1, lg.shape[1])
-            if bool((e > REFINE_NATS).any()):  # far from the centre: the direct form (refine.py)
+            e = None if err is None else err[lo:hi].expand(-1, lg.shape[1])
+            if e is not None and bool((e > REFINE_NATS).any()):  # far from the centre: direct form (refine.py)
                 lg = lg.clone()  # never write into the shared base
                 y = x[lo:hi, None, :] if projected is None else \
                     x[lo:hi, None, :] + (scaled[lo:hi] if rows is None else scaled[rows[lo:hi]])
