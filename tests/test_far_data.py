@@ -105,7 +105,7 @@ def test_compact_data_are_never_refined(monkeypatch):
     rng = np.random.default_rng(0)
     sample(rng.standard_normal((300, 2)), SamplerConfig(n_samples=8, sigma=0.1, draws=2, steps=20, index="exact",
                                                         device="cpu"))
-    assert calls and sum(calls) == 0
+    assert sum(calls) == 0  # refine_ is not even reached: the host-side bound rules it out
 
 
 @settings(max_examples=10, deadline=None)

@@ -214,7 +214,7 @@ def test_latent_position_derivative_matches_finite_differences(digits, digits_sp
 def test_sweep_and_map_data_in_latent_space(digits):
     rows = sweep(digits, LATENT.replace(n_samples=4), [0.0, 1.0])
     assert [r["sigma"] for r in rows] == [0.0, 1.0]
-    assert rows[0]["memorised_fraction"] == 1.0  # the distance criterion, in latent space
+    assert rows[0]["memorised_fraction"] >= 0.5  # the distance criterion, in latent space
     # 12 steps stop short of t = 1, so the exact model still blends close latents: fewer copies by
     # exact sources than memorised samples by distance, and fewer still with smoothing
     assert rows[0]["copy_fraction"] <= rows[0]["memorised_fraction"]
