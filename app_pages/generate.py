@@ -65,10 +65,12 @@ def space_controls(ds, p: dict) -> None:
 def controls(ds) -> dict:
     p = dict(state.params())
     space_controls(ds, p)
-    sig_max = float(max(1.0, 4 * state.defaults_for(state.dataset_name())["sigma"], 2 * p["sigma"]))
+    # the range is fixed per data set and space (state.sigma_range): a range that followed σ
+    # changed one rerun late and swallowed the move that crossed its boundary
+    sig_max, sig_step = state.sigma_range(state.dataset_name(), p.get("space", "data"), float(p["sigma"]))
     c1, c2, c3, c4 = st.columns(4)
-    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, float(p["sigma"]), step=sig_max / 200, help=HELP["sigma"],
-                           key="w_sigma", format="%.4g")
+    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
+                           help=HELP["sigma"], key="w_sigma", format="%.4g")
     p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
     p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")

@@ -361,3 +361,31 @@ def test_every_page_opens_from_a_link_to_a_set_that_does_not_generate_by_itself(
     if page == "app_pages/map.py":
         at.selectbox(key="w_map_method").set_value("pca").run()
         assert not at.exception
+
+
+@pytest.mark.parametrize("data", ["moons", "digits"])
+def test_sigma_moves_across_the_whole_range_are_never_lost(data):
+    """The σ slider's range used to follow σ (max(1, 4 x default, 2 x σ)): it changed one rerun
+    late when σ crossed 0.5 on moons and swallowed that move. Now the range is fixed per data set:
+    every move, across every value the old range switched at, reaches the samples, the sidebar and
+    the URL, and the range and step never change."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["data"] = data
+    at.switch_page("app_pages/generate.py").run()
+    slider = at.slider(key="w_sigma")
+    top, step = slider.max, slider.step
+    assert top >= 1.0
+    # across the old boundaries (0.5 and 2 x default on moons) and back, then the ends
+    for value in [0.3, 0.52, 0.6, 0.24, 0.9, 0.48, 0.0, top, 0.1]:
+        value = round(round(value / step) * step, 10)
+        at.slider(key="w_sigma").set_value(value).run()
+        assert not at.exception
+        slider = at.slider(key="w_sigma")
+        assert (slider.max, slider.step) == (top, step) and slider.value == pytest.approx(value)
+        assert at.session_state["params"]["sigma"] == pytest.approx(value)
+        assert float(at.query_params["sigma"][0] if isinstance(at.query_params["sigma"], list)
+                     else at.query_params["sigma"]) == pytest.approx(value)
+        assert any(f"σ = {value:g}" in c.value for c in at.sidebar.caption)
+        run = at.session_state["result"]
+        if run is not None and data == "moons":  # moons regenerate on every move
+            assert run.result.config.sigma == pytest.approx(value)

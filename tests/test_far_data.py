@@ -150,3 +150,27 @@ def test_float32_files_stay_float32():
     bio = io.BytesIO()
     np.save(bio, np.ones((5, 3), np.float32))
     assert load_bytes("f.npy", bio.getvalue()).points.dtype == np.float32
+
+
+def test_the_gpu_plan_bounds_each_batch_with_its_own_states():
+    """On a GPU the refinement gate takes its bound on |y| once per batch. The audit found it kept
+    0 for every batch when sigma = 0 (its key, the draws, was None like its initial value), so the
+    a |y| R term was dropped. Checked on the CPU with the GPU plan's flag set."""
+    import torch
+
+    from cdm_core.engine.blend import normalise_log_weights
+    from cdm_core.engine.strategies import FactorisedStrategy
+    from cdm_core.engine.training_set import prepare
+    pts = np.random.default_rng(0).standard_normal((50, 20)) * 5
+    ts = prepare(pts, SamplerConfig(device="cpu"))
+    strategy = FactorisedStrategy(ts, normalise_log_weights(None, ts.n))
+    strategy.on_gpu = True
+    a, c = 0.9 / 0.1 ** 2, 0.9 ** 2 / (2 * 0.1 ** 2)  # t = 0.9: the c R^2 term alone is below the gate
+    zeros = torch.zeros(4, 1, 20, dtype=torch.float64)  # sigma = 0: draws of zeros, no projection
+    small = torch.full((4, 20), 1e-3, dtype=torch.float64)
+    big = torch.full((4, 20), 1e3, dtype=torch.float64)
+    cpu = FactorisedStrategy(ts, normalise_log_weights(None, ts.n))
+    assert not cpu.may_refine(a, c, small, None) and cpu.may_refine(a, c, big, None)  # the |y| term decides
+    for x in (small, big):
+        draws = zeros.clone()  # a new batch
+        assert strategy.may_refine(a, c, x, None, batch=draws) == cpu.may_refine(a, c, x, None)

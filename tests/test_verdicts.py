@@ -77,3 +77,18 @@ def test_the_sources_verdict_names_both_criteria(moons):
         assert ("**Copy**" in text) == bool(metrics.is_copy(res)[i])
         if metrics.nearest_not_a_source(res)[i]:
             assert "not made of" in text
+
+
+def test_a_copy_of_an_item_stored_twice_is_a_copy():
+    """The audit's counterexample: items 0-19 of 40 duplicated, sigma 0, 400 steps. Every sample
+    lands on an item; those stored twice split their weight 0.5 / 0.5 between the rows and were
+    called 'new blends' (copy fraction 0.34 where it is 1)."""
+    from ui.verdicts import verdict
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((40, 2)) * 3
+    pts = np.concatenate([base, base[:20]])
+    res = sample(pts, SamplerConfig(n_samples=100, sigma=0.0, steps=400, device="cpu"))
+    assert np.allclose(res.nn_dist[:, 0], 0, atol=1e-9)
+    assert metrics.is_copy(res).all()
+    dup = [i for i in range(100) if res.nn_ids[i, 0] % 40 < 20]
+    assert dup and all("stored 2 times" in verdict(res, i) for i in dup)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,27 @@ def sync_url() -> None:
     wanted |= {k: v for k, v in ss.get("view", {}).items() if v != VIEW_PARAMS[k]}
     if {k: st.query_params.get(k) for k in wanted} != wanted:
         st.query_params.update(wanted)
+
+
+def nice_ceiling(x: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least x (> 0)."""
+    k = math.floor(math.log10(x))
+    for f in (1.0, 2.0, 2.5, 5.0, 10.0):
+        if f * 10.0 ** k >= x * (1 - 1e-12):
+            return float(f"{f * 10.0 ** k:.12g}")
+    return 10.0 ** (k + 1)
+
+
+def sigma_range(name: str, space: str, sigma: float) -> tuple[float, float]:
+    """(maximum, step) of the σ slider for a data set and space: decided once per session, when
+    the set is first shown (from its default σ and the σ it is shown with, such as a link's), and
+    never again, so the range cannot change under the user's hand."""
+    ranges = st.session_state.setdefault("sigma_ranges", {})
+    key = (name, space)
+    if key not in ranges:
+        top = nice_ceiling(max(1.0, 4 * defaults_for(name, space)["sigma"], 2 * sigma))
+        ranges[key] = (top, nice_ceiling(top / 200))
+    return ranges[key]
 
 
 def config_from(params: dict, **extra) -> SamplerConfig:

@@ -19,8 +19,12 @@ def verdict(res, i: int) -> str:
     main, w_main = int(res.source_ids[i, 0]), float(res.source_weights[i, 0])
     where = " in latent space" if res.latents is not None else ""
     if metrics.is_copy(res)[i]:
-        text = (f"**Copy** of training item #{main}{where} (exact sources): it carries {w_main:.2%} of the blend "
-                f"weight, and the sample lies {dust.fmt(d)} from it, its nearest item.")
+        near = metrics.nearest_tied(res)[i]
+        dups = [int(j) for j in near if j != nn]
+        also = f" (stored {len(dups) + 1} times: also {', '.join(f'#{j}' for j in dups[:4])})" if dups else ""
+        text = (f"**Copy** of training item #{nn}{where}{also} (exact sources): it carries "
+                f"{float(metrics.copy_weight_of(res)[i]):.2%} of the blend weight, and the sample lies "
+                f"{dust.fmt(d)} from it, its nearest item.")
     else:
         text = (f"**New blend** of about {eff:.1f} training items (effective number of exact sources); main source "
                 f"#{main} with weight {w_main:.3g}.")

@@ -7,8 +7,9 @@ a sample "moved", or a map "influence". One relative threshold, `DUST = 1e-6`, d
 - weights (dimensionless): a weight below DUST is dust (an item is a source of a sample only
   with at least a millionth of its weight);
 - lengths in data units (displacements, derivatives d x / d log pi, which are lengths per unit of
-  log-weight): below DUST x the data's scale, where the scale is max |x_i - c| over the training
-  points around their mean c (so it does not change when the data are translated).
+  log-weight): below DUST x the data's scale, where the scale is max_i ||x_i - c|| (Euclidean)
+  over the training points around their mean c (so it does not change when the data are
+  translated; the same R as the engine's error model, docs/numerics.md).
 
 The numbers themselves are always returned unchanged; only words, counts and drawings use this.
 docs/numerics.md ("Numerical dust") states the reason for the value.
@@ -22,12 +23,12 @@ DUST = 1e-6
 
 
 def data_scale(points: np.ndarray) -> float:
-    """max |x_i - c| over the points (c their mean); 1 for empty or constant data."""
+    """max_i ||x_i - c|| over the points (c their mean); 1 for empty or constant data."""
     pts = np.asarray(points)
     if pts.size == 0:
         return 1.0
     pts = pts.reshape(len(pts), -1).astype(np.float64, copy=False)
-    scale = float(np.abs(pts - pts.mean(0)).max())
+    scale = float(np.sqrt(((pts - pts.mean(0)) ** 2).sum(1).max()))
     return scale if scale > 0 else 1.0
 
 

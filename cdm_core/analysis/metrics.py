@@ -1,8 +1,9 @@
 """Memorisation measures, per sample and for a set of samples. Two verdicts, always named apart:
 
-- **copy (exact sources)**: the tool's own verdict. A sample is a *copy* of training item j when j
-  carries at least `COPY_WEIGHT` (0.99) of its exact blend weight and the sample is at least as
-  close to j as to any other item (j is, possibly tied with duplicates, its nearest item). A sample
+- **copy (exact sources)**: the tool's own verdict. A sample is a *copy* of its nearest training
+  item when that item, together with its exact duplicates (items tied at the nearest distance),
+  carries at least `COPY_WEIGHT` (0.99) of its exact blend weight: a sample that lands on an item
+  stored twice splits its weight between the two rows and is still a copy. A sample
   whose nearest item carries no weight is *close to an item it is not made of*, said as such.
 - **memorised (distance criterion)**: the field's standard test (Carlini et al. 2023; Gu et al.,
   "On Memorization in Diffusion Models", TMLR 2025): memorised when d1 / d2 < `COPY_RATIO` (1/3),
@@ -39,13 +40,25 @@ def main_source(result) -> tuple[np.ndarray, np.ndarray]:
     return result.source_ids[:, 0], np.where(result.source_ids[:, 0] >= 0, result.source_weights[:, 0], 0.0)
 
 
-def is_copy(result, copy_weight: float = COPY_WEIGHT) -> np.ndarray:
-    """(n,) bool: made of one item (weight >= copy_weight) and as close to it as to any other."""
-    ids, w = main_source(result)
+def nearest_tied(result) -> list[np.ndarray]:
+    """Per sample, the nearest item's id and those of items tied with it at the nearest distance
+    (exact duplicates, among the reported nearest)."""
     d1 = result.nn_dist[:, :1]
-    tied = result.nn_dist <= d1 * (1 + 1e-9) + 1e-300  # the nearest distance, with duplicates
-    close = ((result.nn_ids == ids[:, None]) & tied).any(1)
-    return (w >= copy_weight) & close
+    tied = result.nn_dist <= d1 * (1 + 1e-9) + 1e-300
+    return [ids[t] for ids, t in zip(result.nn_ids, tied)]
+
+
+def copy_weight_of(result) -> np.ndarray:
+    """(n,) the exact blend weight carried by each sample's nearest item and its tied duplicates."""
+    out = np.zeros(len(result.samples))
+    for i, near in enumerate(nearest_tied(result)):
+        out[i] = result.source_weights[i][np.isin(result.source_ids[i], near) & (result.source_ids[i] >= 0)].sum()
+    return out
+
+
+def is_copy(result, copy_weight: float = COPY_WEIGHT) -> np.ndarray:
+    """(n,) bool: made of its nearest item (with its exact duplicates): weight >= copy_weight."""
+    return copy_weight_of(result) >= copy_weight
 
 
 def nearest_not_a_source(result) -> np.ndarray:

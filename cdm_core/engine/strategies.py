@@ -72,20 +72,21 @@ class Strategy:
         self.on_gpu = ts.device.type == "cuda"
         self.softmax_values = gpu_chunk_values(ts.device) if self.on_gpu else 2 * CACHE_VALUES
         self.workspace = Workspace(ts.device)
-        self._bound_key, self._y_bound = None, 0.0  # may_refine's per-batch bound on a GPU
+        self._bound_key, self._y_bound = object(), 0.0  # may_refine's per-batch bound on a GPU
 
     def logit_error(self, a: float, c: float, y_norm: torch.Tensor) -> torch.Tensor:
         """Bound on the rounding of the expanded logits of queries with |y| <= y_norm (refine.py)."""
         return expanded_error(a, c, y_norm, self.ts.norm_max, self.log_pi_abs, self.ts.dim)
 
-    def may_refine(self, a: float, c: float, x: torch.Tensor, scaled: torch.Tensor | None) -> bool:
+    def may_refine(self, a: float, c: float, x: torch.Tensor, scaled: torch.Tensor | None, batch=None) -> bool:
         """Whether any query of these samples could need refined logits, from a host-side bound
         on |y|. On a GPU the bound is taken once per batch (one synchronisation, then none in the
         middle steps): every later state is a convex combination of the earlier one and a blend of
         centred points (h / (1 - t) <= 1 on the uniform grid), so |x| <= max(|x|, R) holds on."""
         if self.on_gpu:
-            if self._bound_key is not scaled:
-                self._bound_key = scaled
+            key = scaled if batch is None else batch  # the batch's draws tensor: one object per batch
+            if key is None or self._bound_key is not key:
+                self._bound_key = key
                 self._y_bound = max(float(torch.linalg.vector_norm(x, dim=1).max()), self.ts.norm_max) + \
                     (0.0 if scaled is None else float(torch.linalg.vector_norm(scaled, dim=-1).max()))
             y_bound = self._y_bound
@@ -184,7 +185,7 @@ class FactorisedStrategy(Strategy):
         if projected is not None and scaled is None:
             raise ValueError("mean_weights needs the draws (scaled) with their projection")
         err = None
-        if self.may_refine(a, c, x, None if projected is None else scaled):
+        if self.may_refine(a, c, x, None if projected is None else scaled, batch=scaled):
             noise = None if projected is None else \
                 torch.linalg.vector_norm(scaled if rows is None else scaled[rows], dim=-1)
             x_norm = torch.linalg.vector_norm(x, dim=1)

@@ -1,0 +1,117 @@
+"""The slider loop in a real browser: how long one σ move on the Generate page takes until the
+page has settled (new samples drawn, sidebar updated, nothing running), against the library's own
+time for the same samples in the same run.
+
+    python benchmarks/slider_loop.py [--moves 7] [--data moons,digits]
+
+Starts `streamlit run app.py` on a free localhost port and drives Debian chromium with playwright
+(tests/browser_util.py). Each move presses the right arrow on the focused σ slider; the clock runs
+from the key press (performance.now() in the page) to the first 10-ms poll at which the
+sidebar shows the new σ, the samples chart holds new data and no element is running or stale.
+Prints one line per data set: median and spread of the settle times, and the library time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser_util import BUSY, browser, new_context, streamlit_server, wait_idle  # noqa: E402
+
+# what the chart holds (a scatter's points or an image grid's picture), compared before and after
+SIGNATURE = """const signature = (g) => {
+        const s = JSON.stringify(g.data);
+        const h = Math.floor(s.length / 2);
+        return s.length + ':' + s.slice(h, h + 400) + s.slice(-400);
+    };"""
+
+SETTLED = """([sigma, before]) => {
+    """ + SIGNATURE + """
+    if (%s) return false;
+    const side = document.querySelector('[data-testid="stSidebar"]');
+    if (!side || !side.innerText.includes('σ = ' + sigma + ' ')) return false;
+    const g = document.querySelector('[data-testid="stMain"] .js-plotly-plot');
+    if (!g || !g._fullData) return false;
+    return signature(g) !== before ? performance.now() : false;
+}""" % BUSY
+
+CHART_SIGNATURE = """() => {
+    """ + SIGNATURE + """
+    const g = document.querySelector('[data-testid="stMain"] .js-plotly-plot');
+    return signature(g);
+}"""
+
+
+def sigma_text(page) -> str:
+    return page.get_by_role("slider").first.get_attribute("aria-valuetext")
+
+
+def library_seconds(data: str, sigma: float) -> float:
+    """The sampler alone for the page's settings (defaults of the data set), warm."""
+    from cdm_core import SamplerConfig, load, sample
+    from ui.state import defaults_for
+    p = defaults_for(data) | {"sigma": sigma}
+    cfg = SamplerConfig.from_options(p, trajectory=data == "moons")
+    ds = load(data)
+    sample(ds, cfg)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        sample(ds, cfg)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(url: str, data: str, moves: int) -> list[float]:
+    with browser() as chromium:
+        ctx = new_context(chromium)
+        page = ctx.new_page()
+        page.goto(f"{url}/generate?data={data}")
+        page.get_by_role("slider").first.wait_for()
+        wait_idle(page)
+        slider = page.get_by_role("slider").first
+        out = []
+        for _ in range(moves + 1):  # the first move warms the figure path and is not counted
+            before = page.evaluate(CHART_SIGNATURE)
+            old = float(sigma_text(page))
+            slider.focus()
+            t0 = page.evaluate("() => performance.now()")
+            page.keyboard.press("ArrowRight")
+            step = page.wait_for_function("(o) => { const s = document.querySelector('input[type=range]'); "
+                                          "return s && Number(s.getAttribute('aria-valuetext')) !== o; }", arg=old)
+            del step
+            new = float(sigma_text(page))
+            try:
+                done = page.wait_for_function(SETTLED, arg=[f"{new:g}", before], polling=10, timeout=60_000)
+            except Exception:
+                side = page.evaluate("() => document.querySelector('[data-testid=\"stSidebar\"]').innerText")
+                raise RuntimeError(f"did not settle: sigma {new:g}, sidebar {side!r}, chart before {before[:80]}, "
+                                   f"now {page.evaluate(CHART_SIGNATURE)[:80]}") from None
+            out.append((done.json_value() - t0) / 1000)
+            wait_idle(page, quiet_ms=300)
+        ctx.close()
+    return out[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moves", type=int, default=7)
+    ap.add_argument("--data", default="moons,digits")
+    a = ap.parse_args()
+    with streamlit_server() as url:
+        for data in a.data.split(","):
+            times = measure(url, data, a.moves)
+            lib = library_seconds(data, 0.1)
+            print(f"{data}: sigma move settles in {statistics.median(times):.3f} s (median of {len(times)}; "
+                  f"min {min(times):.3f}, max {max(times):.3f}); the sampler alone {lib:.3f} s "
+                  f"(ratio {statistics.median(times) / lib:.1f}x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
