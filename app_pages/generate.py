@@ -103,7 +103,7 @@ def controls(ds) -> dict:
 
 
 def summary(res, ds) -> None:
-    m = metrics.set_metrics(res, ds.points)
+    m = metrics.set_metrics(res, train_spread=state.train_spread(ds))
     c = st.columns(5)
     c[0].metric("Copies (exact sources)", f"{100 * m.copy_fraction:.0f}%",
                 help=f"Samples made of one training item: it carries ≥ {m.copy_weight:.0%} of the exact blend "

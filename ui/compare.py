@@ -13,6 +13,7 @@ import streamlit as st
 
 from cdm_core.analysis import metrics
 from cdm_core.report import figures
+from ui import state
 
 SETTINGS = (("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
             ("index", "index"), ("space", "space"))
@@ -54,8 +55,8 @@ def table(a, b, ds) -> pd.DataFrame:
     ra, rb = a.result, b.result
     if ra.config.space != rb.config.space:
         ra, rb = in_pixel_space(ra), in_pixel_space(rb)
-    ma = metrics.set_metrics(ra, ds.points).as_dict()
-    mb = metrics.set_metrics(rb, ds.points).as_dict()
+    ma = metrics.set_metrics(ra, train_spread=state.train_spread(ds)).as_dict()
+    mb = metrics.set_metrics(rb, train_spread=state.train_spread(ds)).as_dict()
     for key, label in METRICS:
         rows.append((label, f"{ma[key]:.3g}", f"{mb[key]:.3g}", f"{mb[key] - ma[key]:+.3g}"))
     return pd.DataFrame(rows, columns=["", "pinned", "current", "current − pinned"])

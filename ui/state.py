@@ -375,9 +375,42 @@ def latent_space_of(ds: Dataset, cfg: SamplerConfig):
     return latent_space(ds, cfg)
 
 
+# Runs expected to take longer than about a quarter of a second here (samples x draws x N x D x
+# steps, `SamplerConfig.work`) show a progress bar; shorter ones do not, because adding and
+# removing the bar re-lays out the page below it, which cost more than the run on small sets.
+PROGRESS_MIN_WORK = 3e9
+
+
+def shows_progress(ds: Dataset, cfg: SamplerConfig) -> bool:
+    if cfg.space == "latent" or cfg.backend != "local":  # autoencoder training, actors starting
+        return True
+    return cfg.work(ds.n, ds.dim) > PROGRESS_MIN_WORK
+
+
+class _NoBar:
+    def progress(self, *args, **kwargs) -> None:
+        pass
+
+    def empty(self) -> None:
+        pass
+
+
+_SPREADS: dict[str, float] = {}
+
+
+def train_spread(ds: Dataset) -> float:
+    """Mean pairwise distance of the training items (the diversity metric's denominator), computed
+    once per data set instead of on every slider move."""
+    if ds.content_hash not in _SPREADS:
+        from cdm_core.analysis.metrics import mean_pairwise_distance
+        _SPREADS[ds.content_hash] = mean_pairwise_distance(ds.points)
+    return _SPREADS[ds.content_hash]
+
+
 def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
-    """Sample with a progress bar; errors become one inline message and keep the old result."""
-    bar = st.progress(0.0, text="Sampling…")
+    """Sample with a progress bar (long runs only); errors become one inline message and keep the
+    old result."""
+    bar = st.progress(0.0, text="Sampling…") if shows_progress(ds, cfg) else _NoBar()
     callback = progress_callback(bar, "Sampling")
 
     try:

@@ -97,6 +97,15 @@ def grid_scale(image_shape: tuple, target_px: int = 72) -> int:
     return max(2, int(round(target_px / image_shape[0])))
 
 
+def png_data_uri(img: Image.Image) -> str:
+    """A PIL image as a PNG data URI (for plotly Image traces' `source`)."""
+    import base64
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, values=None,
                       value_name: str = "", scale: int = 3, title: str | None = None,
                       labels=None, selected: int | None = None, value_range=(0.0, 1.0)) -> go.Figure:
@@ -113,7 +122,9 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
     idx = np.arange(n)
     cx = pad + (idx % ncols) * (w + pad) + w / 2
     cy = pad + (idx // ncols) * (h + pad) + h / 2
-    fig = go.Figure(go.Image(z=np.asarray(grid), colormodel="rgba", hoverinfo="skip"))
+    # the picture travels as one PNG (the browser decodes it natively), not as a nested list of
+    # every pixel's numbers, which took most of a slider move on digits to send and draw
+    fig = go.Figure(go.Image(source=png_data_uri(grid), hoverinfo="skip"))
     hover = [f"#{i}" + (f"<br>{value_name} {values[i]:.3g}" if values is not None else "")
              + (f"<br>label {labels[i]}" if labels is not None else "") for i in idx]
     marker = dict(size=max(8, min(w, 40)), opacity=0.01, color="black", symbol="square")
