@@ -26,13 +26,9 @@ PAGES = [
 ]
 nav = st.navigation(PAGES)
 
-if state.link_notices():  # what the link asked for that could not be used as given, until dismissed
-    with st.container(border=True, key="link_notices"):
-        st.warning("**This link needed changes:**\n\n" + "\n".join(f"- {m}" for m in state.link_notices()),
-                   icon=":material/link_off:")
-        if st.button("Dismiss", key="w_dismiss_notices"):
-            state.dismiss_link_notices()
-            st.rerun()
+# what the link asked for that could not be used as given, until dismissed: filled after the page
+# has run, so values a page clamps (map=tsne, fig_w=-1, sample=99999) are said in the same run
+notice_box = st.empty()
 
 with st.sidebar:
     one_entry_per_page()  # query-string updates replace the page's history entry instead of adding one
@@ -62,6 +58,14 @@ with st.sidebar:
 
 nav.run()
 state.sync_url()
+
+if state.link_notices():
+    with notice_box.container(border=True, key="link_notices"):
+        st.warning("**This link needed changes:**\n\n" + "\n".join(f"- {m}" for m in state.link_notices()),
+                   icon=":material/link_off:")
+        if st.button("Dismiss", key="w_dismiss_notices"):
+            state.dismiss_link_notices()
+            st.rerun()
 
 with summary.container():
     p = st.session_state.params

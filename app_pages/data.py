@@ -26,7 +26,8 @@ def upload_box() -> None:
         done[up.file_id] = f"Loaded {up.name}: {ds.n:,} items of dimension {ds.dim}."
         st.rerun()
     except CdmInputError as e:
-        done[up.file_id] = f"Could not load {up.name}: {e}. The previous data set is still selected."
+        problem = str(e).removeprefix(f"{up.name}: ")  # the readers' messages name the file already
+        done[up.file_id] = f"Could not load {up.name}: {problem}. The previous data set is still selected."
         st.error(done[up.file_id])
 
 

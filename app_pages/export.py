@@ -6,6 +6,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from cdm_core.analysis.sweep import default_sigmas, parse_floats
 from cdm_core.errors import CdmInputError
 from cdm_core.report.export import (
     FIGURES,
@@ -86,6 +87,14 @@ def body() -> None:
         return
     options = {"sample": state.selected_sample(), "top": 6, "map": {"method": state.map_method()},
                "place": "largest source" if state.view("place") == "largest source" else "mean of blend sources"}
+    if "memorisation" in which:  # exactly the sweep the Memorisation page shows (its σ values, n, seeds)
+        try:
+            sigmas = sorted(set(parse_floats(state.view("sweep"), "σ values"))) if state.view("sweep") else \
+                default_sigmas(float(state.params()["sigma"]))
+        except CdmInputError:
+            sigmas = default_sigmas(float(state.params()["sigma"]))
+        options |= {"sigmas": sigmas, "sweep_n": state.view_number("sweep_n", 4, 256, integer=True),
+                    "seeds": state.view_number("seeds", 1, 8, integer=True)}
     try:
         manifest = make_manifest(data_spec(), ds, cfg, which, options, style)
     except CdmInputError as e:

@@ -133,6 +133,7 @@ def results(run, ds) -> None:
     summary(res, ds)
     ratio = metrics.nn_ratio(res.nn_dist)
     sel = state.selected_sample()
+    view = None
     if ds.is_image:
         fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=12, values=ratio, value_name="NN ratio",
                                         scale=figures.grid_scale(ds.image_shape), selected=sel)
@@ -160,10 +161,13 @@ def results(run, ds) -> None:
                 st.caption("Press Play or drag the time slider: samples flow from noise (t = T) to data (t = 1).")
     sel = state.selected_sample()
     c1, c2 = st.columns([3, 1])
-    cue = "Border colour" if ds.is_image else "Colour"
-    c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = close to one item, "
-               "yellow = far from any single item; below 1/3 the distance criterion calls it memorised). "
-               f"Selected sample: **#{sel}** (outlined). Click a sample to select it.")
+    if ds.is_image or view == "Samples":  # the trajectories view draws neither the colours nor the outline
+        cue = "Border colour" if ds.is_image else "Colour"
+        c1.caption(f"{cue}: nearest/second-nearest distance ratio on a fixed 0–1 scale (dark blue = close to one "
+                   "item, yellow = far from any single item; below 1/3 the distance criterion calls it memorised). "
+                   f"Selected sample: **#{sel}** (outlined). Click a sample to select it.")
+    else:
+        c1.caption(f"Selected sample: **#{sel}** (choose it on the Samples view).")
     c2.page_link("app_pages/sources.py", label=f"Sources of sample #{sel} →", icon=":material/account_tree:")
 
 

@@ -25,11 +25,16 @@ BETWEEN_CLUSTERS = 0.1  # a sample whose sources spread over more than this frac
 SAMPLE_COLOURS = ("NN ratio", "effective sources", "NN distance", "source spread on the map", "none")
 
 
+_FRESH: set = set()  # maps computed (not read back) since the caption last said so
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def cached_map(content_hash: str, cfg: MapConfig, _ds):
     bar = st.progress(0.0, text="Computing the map…")
     emb = compute_map(_ds, cfg, callback=lambda stage, frac: bar.progress(frac, text=f"Map: {stage}…"))
     bar.empty()
+    if not emb.from_cache:
+        _FRESH.add((content_hash, cfg))
     return emb
 
 
@@ -65,9 +70,11 @@ def body() -> None:
         " (fixed random subset)" if len(emb.ids) < ds.n else "")
     if len(emb.ids) > MAX_DRAWN:
         note += f"; the first {MAX_DRAWN:,} are drawn"
+    fresh = (mapped.content_hash, cfg) in _FRESH
+    _FRESH.discard((mapped.content_hash, cfg))
+    origin = "computed now" if fresh else "read from the disk cache" if emb.from_cache else "kept from earlier"
     st.caption(f"{method.upper()} map{' of the autoencoder latents' if space is not None else ''}, cached on disk "
-               "by content hash and settings "
-               f"({'from cache' if emb.from_cache else 'computed now'}). {note}.")
+               f"by content hash and settings ({origin}). {note}.")
 
     if run is None:  # a link to a set that does not generate by itself: the map of the data alone
         sample_pos = np.zeros((0, 2), np.float32)
@@ -166,8 +173,13 @@ def linked(ds, res, samples, train) -> None:
         return
     rows = [("sample", i) for i in samples] + [("training", j) for j in train]
     df = pd.DataFrame(rows, columns=["kind", "id"])
-    if ds.labels is not None:
-        df["label"] = [int(ds.labels[j]) if k == "training" else None for k, j in rows]
+    if ds.labels is not None:  # a sample's label is its main source's
+        names = ds.label_names
+
+        def name_of(v: int) -> str:
+            return names[v] if names and 0 <= v < len(names) else str(v)
+        df["label"] = [name_of(int(ds.labels[j])) if k == "training" else
+                       f"{name_of(int(ds.labels[res.source_ids[j, 0]]))} (main source)" for k, j in rows]
     c1, c2 = st.columns([3, 1])
     c1.dataframe(df, hide_index=True, width="stretch", height=min(320, 40 + 35 * len(df)))
     c2.download_button("Export selection (CSV)", df.to_csv(index=False), file_name="selection.csv",
@@ -178,7 +190,8 @@ def linked(ds, res, samples, train) -> None:
     if ds.is_image:
         vecs = [res.samples[i] for i in samples[:16]] + [ds.points[j] for j in train[:32]]
         if vecs:
-            st.image(figures.image_grid(np.stack(vecs), ds.image_shape, ncols=16, scale=2),
+            grid = figures.image_grid(np.stack(vecs), ds.image_shape, ncols=16, scale=2)
+            st.image(grid, width=grid.width,  # its own size: one item is not stretched to the caption's width
                      caption="Selected samples first, then selected training items")
 
 

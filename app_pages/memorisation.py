@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from cdm_core.analysis.sweep import parse_floats, sweep
+from cdm_core.analysis.sweep import default_sigmas as sweep_defaults, parse_floats, sweep
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
@@ -25,8 +25,7 @@ EXPLANATION = (
 
 
 def default_sigmas(sigma: float) -> str:
-    top = max(sigma * 2.5, 0.1)
-    return ",".join(f"{v:.3g}" for v in np.linspace(0, top, 11))
+    return ",".join(f"{v:g}" for v in sweep_defaults(sigma))
 
 
 def body() -> None:

@@ -107,8 +107,8 @@ def body() -> None:
                  "smaller weights are numerical dust).")
         st.dataframe(df, hide_index=True, width="stretch", height=min(300, 40 + 35 * len(df)))
         if ds.is_image:
-            st.image(figures.image_grid(res.samples[df["sample"].to_numpy()[:16]], ds.image_shape, ncols=16, scale=2),
-                     caption="Samples that use it (most weight first)")
+            grid = figures.image_grid(res.samples[df["sample"].to_numpy()[:16]], ds.image_shape, ncols=16, scale=2)
+            st.image(grid, width=grid.width, caption="Samples that use it (most weight first)")
 
 
 state.guard(body)

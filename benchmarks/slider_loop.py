@@ -110,9 +110,10 @@ def main() -> None:
         for data in a.data.split(","):
             times, runs = measure(url, data, a.moves)
             lib = library_seconds(data, 0.1)
-            print(f"{data}: sigma move settles in {statistics.median(times):.3f} s (median of {len(times)}; "
-                  f"min {min(times):.3f}, max {max(times):.3f}); sampling in the server {statistics.median(runs):.3f} s; "
-                  f"the sampler alone {lib:.3f} s (settle / sampler {statistics.median(times) / lib:.1f}x)", flush=True)
+            settle = statistics.median(times)
+            print(f"{data}: sigma move settles in {settle:.3f} s (median of {len(times)}; min {min(times):.3f}, "
+                  f"max {max(times):.3f}); sampling in the server {statistics.median(runs):.3f} s; the sampler "
+                  f"alone {lib:.3f} s (settle / sampler {settle / lib:.1f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -389,3 +389,19 @@ def test_sigma_moves_across_the_whole_range_are_never_lost(data):
         run = at.session_state["result"]
         if run is not None and data == "moons":  # moons regenerate on every move
             assert run.result.config.sigma == pytest.approx(value)
+
+
+@pytest.mark.parametrize("page,query,words", [
+    ("app_pages/map.py", {"map": "tsne"}, "map='tsne'"),
+    ("app_pages/export.py", {"fig_w": "-1"}, "fig_w=-1"),
+    ("app_pages/sources.py", {"sample": "99999"}, "sample=99999"),
+])
+def test_page_level_link_values_that_are_changed_are_said(page, query, words):
+    """Page-level link values were clamped silently (the sampler's values got a notice)."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.switch_page(page).run()
+    assert not at.exception
+    notes = " ".join(w.value for w in at.warning)
+    assert "This link needed changes" in notes and words in notes, notes

@@ -81,7 +81,7 @@ def test_plotly_exports_honour_size_dpi_and_font(tmp_path):
         if "Liberation" in res["font"]:
             assert b"LiberationSans" in pdf  # the metric-compatible font is embedded, not a fallback
     svg = (tmp_path / "sources.svg").read_text()
-    assert "w = " in svg and "d = " in svg and "sample #1" in svg  # a labelled sources figure
+    assert "w=" in svg and "d=" in svg and "sample" in svg and "nearest" in svg  # a labelled sources figure
     root = svg[:svg.index(">")]
     assert 'width="3.25in"' in root and 'height="2.6in"' in root and "viewBox" in root
     csv = (tmp_path / "memorisation.csv").read_text().splitlines()
@@ -151,3 +151,34 @@ def test_uploaded_data_travel_with_the_bundle_and_regenerate(tmp_path):
     again = export_bundle(export.read_manifest(tmp_path / "b" / "manifest.json"), tmp_path / "c",
                           base_dir=tmp_path / "b")
     assert "samples.png" in again["files"]
+
+
+def test_every_text_of_a_styled_figure_is_at_the_requested_size():
+    """Axis titles were 9.75 pt when 8 pt was asked (plotly draws them 1.2x the base font)."""
+    from cdm_core.analysis.sweep import default_sigmas
+    from cdm_core.report import figures
+    from cdm_core.report.export import style_figure
+    rows = [{"sigma": s, "draws": 4, "start": 0.0, "copy_fraction": 1 - s / 2, "memorised_fraction": 0.5,
+             "mean_nn_ratio": 0.3, "mean_effective_sources": 1 + s, "diversity": 0.5, "seeds": 1}
+            for s in default_sigmas(0.4)]
+    px = 8 * 96 / 72
+    fig = style_figure(figures.sweep_figure(rows, current_sigma=0.4), FigureStyle(font_size=8))
+    for ax in (fig.layout.xaxis, fig.layout.xaxis3, fig.layout.yaxis2):
+        assert ax.tickfont.size == pytest.approx(px)
+        assert ax.title.font.size is None or ax.title.font.size == pytest.approx(px)
+    assert fig.layout.xaxis3.title.font.size == pytest.approx(px)
+    heat = style_figure(figures.influence_matrix_figure(np.array([[1, 2], [2, -1]]), np.array([[0.5, 0.1], [0.2, 0]])),
+                        FigureStyle(font_size=8))
+    assert heat.data[0].colorbar.tickfont.size == pytest.approx(px)
+
+
+def test_the_exported_sweep_is_the_pages_default_sweep():
+    """The export drew 0..2 sigma in 9 points while the page showed 0..2.5 sigma in 11."""
+    from cdm_core.analysis.sweep import default_sigmas
+    from cdm_core.report.export import build
+    ds = load("moons:n=200")
+    cfg = CFG.replace(sigma=0.2, n_samples=8)
+    m = make_manifest("moons:n=200", ds, cfg, ["memorisation"], {"seeds": 1}, FigureStyle())
+    _, data = build(m, ds)
+    assert [r["sigma"] for r in data["sweep_rows"]] == default_sigmas(0.2)
+    assert len(default_sigmas(0.2)) == 11 and default_sigmas(0.2)[-1] == pytest.approx(0.5)

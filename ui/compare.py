@@ -100,7 +100,8 @@ def compare_panel(run, ds) -> None:
             st.markdown(f"**{name.capitalize()}**: σ = {cfg.sigma:g}, M = {cfg.draws}, S = {cfg.steps}, "
                         f"T = {cfg.start:g}, seed {cfg.seed}" + (" · latent" if cfg.space == "latent" else ""))
             samples_figure(r.result, ds, key=f"cmp_{name}")
-    st.dataframe(table(other, run, ds), hide_index=True, width="stretch")
+    df = table(other, run, ds)
+    st.dataframe(df, hide_index=True, width="stretch", height=38 + 35 * len(df))  # every row, no inner scroll
     if other.result.config.space != run.result.config.space:
         st.caption("The runs are in different spaces: nearest-neighbour metrics of both are measured in data units "
                    "(to the decoded samples).")

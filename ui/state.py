@@ -129,6 +129,7 @@ def init() -> None:
     raw_sample = str(qp.get("sample", "0"))
     plain = raw_sample.isascii() and raw_sample.isdigit() and len(raw_sample) <= 9  # not '²', not 10**400
     ss.selected_sample = int(raw_sample) if plain else 0
+    ss.link_sample = ss.selected_sample if plain and "sample" in qp else None
     if not plain:
         notices.append(f"sample={raw_sample!r} is not a sample number: selecting #0.")
     ss.view = {k: qp[k] for k in VIEW_PARAMS if usable and k in qp}
@@ -149,13 +150,31 @@ def view(key: str) -> str:
     return st.session_state.get("view", {}).get(key, VIEW_PARAMS[key])
 
 
+def notice_once(key: str, message: str) -> None:
+    """Say once per session that a page-level link value was changed (`link_notices`)."""
+    seen = st.session_state.setdefault("noticed_views", set())
+    if key not in seen:
+        seen.add(key)
+        st.session_state.setdefault("link_notices", []).append(message)
+
+
 def view_number(key: str, lo: float, hi: float, integer: bool = False) -> float:
-    """A numeric page setting from the link, clamped to [lo, hi] (the default when unreadable)."""
+    """A numeric page setting from the link, clamped to [lo, hi] (the default when unreadable),
+    with a notice when the link's value was changed."""
+    raw = view(key)
     try:
-        value = float(view(key))
+        value = float(raw)
     except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
         value = float(VIEW_PARAMS[key])
-    value = min(max(value, lo), hi) if np.isfinite(value) else float(VIEW_PARAMS[key])
+        notice_once(key, f"{key}={raw!r} is not a number: using {value:g}.")
+    elif not lo <= value <= hi:
+        clamped = min(max(value, lo), hi)
+        notice_once(key, f"{key}={raw} is outside {lo:g}..{hi:g}: using {clamped:g}.")
+        value = clamped
+    if integer and value != int(value):
+        value = int(value)
     return int(value) if integer else value
 
 
@@ -219,9 +238,18 @@ def is_upload(name: str | None = None) -> bool:
 
 
 def selected_sample(n: int | None = None) -> int:
-    """The selected sample, clamped to [0, n) when the number of samples is given."""
-    i = int(st.session_state.get("selected_sample", 0))
-    return min(max(i, 0), n - 1) if n else i
+    """The selected sample, clamped to [0, n) when the number of samples is given (with a notice
+    the first time a link's sample number is beyond the run)."""
+    ss = st.session_state
+    i = int(ss.get("selected_sample", 0))
+    if not n:
+        return i
+    shown = min(max(i, 0), n - 1)
+    if ss.get("link_sample") is not None:  # said once, and only of the link's own value
+        if ss.link_sample == i and shown != i:
+            notice_once("sample", f"sample={i} is beyond this run's {n} samples: showing #{shown}.")
+        ss.link_sample = None
+    return shown
 
 
 def select_sample(i: int) -> None:
@@ -231,7 +259,11 @@ def select_sample(i: int) -> None:
 def map_method() -> str:
     """The Map page's method ("umap" or "pca"); other pages (Export) read it from here."""
     method = view("map")
-    return method if method in ("umap", "pca") else "umap"
+    if method not in ("umap", "pca"):
+        notice_once("map", f"map={method!r} is not a map method here (umap or pca): using umap.")
+        set_view("map", "umap")
+        return "umap"
+    return method
 
 
 def set_map_method(method: str) -> None:

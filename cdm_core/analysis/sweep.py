@@ -23,6 +23,13 @@ COLUMNS = ("sigma", "draws", "start", *METRICS, "seconds", "seeds", *(f"{m}_sd" 
 MAX_SEEDS = 32
 
 
+def default_sigmas(sigma: float) -> list[float]:
+    """The σ grid the Memorisation page and the exported figure use by default: 11 values from 0
+    to 2.5 σ (at least to 0.1)."""
+    top = max(sigma * 2.5, 0.1)
+    return [float(f"{v:.3g}") for v in np.linspace(0, top, 11)]
+
+
 def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=None, callback=None,
           keep_samples: bool = False, seeds: int = 1):
     """Rows (dicts with COLUMNS) for every setting; the same seeds across settings. With `seeds`

@@ -194,9 +194,12 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
             srcs = ds.points[ids] if space is None else space.decode(res.train_latents[ids])
             near = (res.nn_ids[i] if space is None else res.pixel_nn_ids[i])[:6]
             dist = (res.nn_dist[i] if space is None else res.pixel_nn_dist[i])[:6]
+            def tile_title(j, line):  # id, class label, value: one short line each
+                label = label_of(ds, j).strip(" ()")
+                return f"#{j}<br>{'class ' + label + '<br>' if label else ''}{line}"
             out["sources"] = figures.sources_images_figure(
-                res.samples[i], f"sample #{i}", srcs, [f"#{j}{label_of(ds, j)}<br>w = {v:.2f}" for j, v in zip(ids, w)],
-                ds.points[near], [f"#{j}{label_of(ds, j)}<br>d = {d:.3g}" for j, d in zip(near, dist)], ds.image_shape)
+                res.samples[i], f"sample<br>#{i}", srcs, [tile_title(j, f"w={v:.2f}") for j, v in zip(ids, w)],
+                ds.points[near], [tile_title(j, f"d={d:.3g}") for j, d in zip(near, dist)], ds.image_shape)
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
     if "sensitivity" in which or "influence" in which:
@@ -206,22 +209,33 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                            top=int(opts.get("top", 6)))
         data |= {"training_ids": sens.training_ids, "influence": sens.influence}
         if "sensitivity" in which:
+            from cdm_core.analysis.sensitivity import numerical_zero
             k = min(i, len(sens.samples) - 1)
+            floor = numerical_zero(ds.points)
+            peak = sens.influence.max(1)
+            if peak[k] <= floor and (peak > floor).any():  # a figure of blank maps says nothing
+                say(f"sample #{k} has no influence above numerical dust: the sensitivity figure shows sample "
+                    f"#{int(np.argmax(peak))}, the one with the most")
+                k = int(np.argmax(peak))
             ok = sens.training_ids[k] >= 0
             data["jacobian"] = sens.jacobian[k]
+            data["sensitivity_sample"] = np.int64(k)
             if ds.is_image:
-                from cdm_core.analysis.sensitivity import numerical_zero
                 ids = sens.training_ids[k][ok]
                 out["sensitivity"] = figures.sensitivity_maps_figure(
-                    sens.jacobian[k][ok], ds.image_shape, [f"#{j}" for j in ids], zero_floor=numerical_zero(ds.points),
-                    images=ds.points[ids], colorbar_title="∂x/∂log π", aspect=_style(m).height_in / _style(m).width_in)
+                    sens.jacobian[k][ok], ds.image_shape, [f"#{j}" for j in ids], zero_floor=floor,
+                    images=ds.points[ids], colorbar_title=f"sample #{k}: ∂x/∂log π",
+                    aspect=_style(m).height_in / _style(m).width_in,
+                    zero_label=False)  # on paper the title's "‖J‖ ≈ 0" says it; a label would not fit the map
             else:
                 from cdm_core.analysis.sensitivity import jacobian
                 j = int(sens.training_ids[k][0])
                 jac, _ = jacobian(ds, cfg, [j])
                 out["sensitivity"] = figures.arrows_figure(ds.points[:, :2], res.samples[:, :2], jac[:, 0, :2], j)
         if "influence" in which:
-            out["influence"] = figures.influence_matrix_figure(sens.training_ids, sens.influence)
+            page = _style(m)  # labels spaced for the page's plot width at its font size
+            out["influence"] = figures.influence_matrix_figure(
+                sens.training_ids, sens.influence, plot_width_px=page.px[0] - 150, label_px=page.font_size * 96 / 72)
     if "map" in which:
         from cdm_core.analysis.embedding import (
             MapConfig,
@@ -236,14 +250,24 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         pos = place(emb, res.source_ids, res.source_weights)
         edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
-        # on paper the legend goes under the map, where a narrow column still has room for every entry
-        out["map"].update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="center", x=0.5))
+        # on paper: a compact legend under the map (narrow entries, two rows in a column) and markers
+        # sized for a column figure, so the samples do not hide the clusters they sit in
+        out["map"].update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="center", x=0.5,
+                                             entrywidth=0.165, entrywidthmode="fraction", itemwidth=30,
+                                             itemsizing="constant",
+                                             tracegroupgap=0))
+        out["map"].update_traces(selector=dict(name="samples"), marker_size=7, marker_line_width=0.5,
+                                 marker_opacity=0.9)
+        out["map"].update_traces(selector=lambda t: t.name != "samples" and t.mode == "markers" and
+                                 (t.marker.size or 0) <= 6, marker_size=3)
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "memorisation" in which:
         from cdm_core.analysis.sweep import sweep
         say("memorisation sweep")
-        sigmas = [float(s) for s in opts.get("sigmas", np.linspace(0.0, 2 * cfg.sigma or 1.0, 9).tolist())]
-        rows = sweep(ds, cfg.replace(n_samples=min(cfg.n_samples, 32)), sigmas, seeds=int(opts.get("seeds", 3)))
+        from cdm_core.analysis.sweep import default_sigmas
+        sigmas = [float(s) for s in opts.get("sigmas", default_sigmas(cfg.sigma))]
+        n_sweep = int(opts.get("sweep_n", min(cfg.n_samples, 32)))
+        rows = sweep(ds, cfg.replace(n_samples=n_sweep), sigmas, seeds=int(opts.get("seeds", 3)))
         out["memorisation"] = figures.sweep_figure(rows, current_sigma=cfg.sigma)
         data["sweep_rows"] = rows
     return out, data
@@ -271,14 +295,28 @@ def style_figure(fig: go.Figure, style: FigureStyle) -> go.Figure:
             traces.append(t)
     for k, t in enumerate(traces):
         t.uid = f"trace{k}"  # plotly.js otherwise names traces randomly, and SVGs would differ
+    own = fig.layout.margin  # a figure that asked for more room (multi-line titles, row labels) keeps it
     fig = go.Figure(data=traces, layout=fig.layout, frames=fig.frames)
     w, h = style.px
     bg = "rgba(0,0,0,0)" if style.background == "transparent" else "white"
     px = style.font_size * 96 / 72
     fig.update_layout(template="plotly_white", width=w, height=h, font=dict(family=style.font_family, size=px),
-                      paper_bgcolor=bg, plot_bgcolor=bg, margin=dict(l=30, r=10, t=30, b=30),
+                      paper_bgcolor=bg, plot_bgcolor=bg,
+                      margin=dict(l=max(30, own.l or 0), r=max(10, own.r or 0), t=max(30, own.t or 0),
+                                  b=max(30, own.b or 0)),
                       updatemenus=[], sliders=[])
     fig.update_annotations(font_size=px, font_family=style.font_family)  # panel titles in the chosen size
+    # every other text at the chosen size too: plotly draws axis titles 1.2x the base font (9.75 pt
+    # for 8 pt asked) and colour bars and legends at their own defaults
+    fig.update_xaxes(title_font_size=px, tickfont_size=px)
+    fig.update_yaxes(title_font_size=px, tickfont_size=px)
+    fig.update_layout(legend_font_size=px, title_font_size=px)
+    for t in fig.data:  # only colour bars that are drawn: touching another trace's would draw it
+        marker = getattr(t, "marker", None)
+        if isinstance(t, go.Heatmap) and t.showscale is not False:
+            t.colorbar.update(tickfont_size=px, title_font_size=px)
+        elif marker is not None and getattr(marker, "showscale", None):
+            marker.colorbar.update(tickfont_size=px, title_font_size=px)
     return fig
 
 

@@ -174,7 +174,7 @@ def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_n
     marker = dict(size=8, line=dict(width=0.5, color="white"))
     if values is not None:
         marker |= dict(color=values, colorscale=SEQUENTIAL, cmin=0, cmax=1, showscale=True,
-                       colorbar=dict(title=value_name, thickness=12))
+                       colorbar=dict(title=dict(text=value_name, side="right"), thickness=12))
     else:
         marker |= dict(color=SAMPLE_COLOUR)
     fig.add_trace(scatter_class(len(train) + len(samples))(x=samples[:, 0], y=samples[:, 1], mode="markers",
@@ -225,25 +225,32 @@ def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.nda
 def sources_images_figure(sample: np.ndarray, sample_title: str, sources: np.ndarray, source_titles: list[str],
                           nearest: np.ndarray, nearest_titles: list[str], image_shape: tuple,
                           title: str | None = None) -> go.Figure:
-    """A labelled sources figure for images: row 1 the sample and its blend sources (titles give
-    ids and weights), row 2 its nearest training items (titles give ids and distances)."""
+    """A labelled sources figure for images, on a grid with a label column: row 1 the sample, then
+    its blend sources (titles give ids and exact weights); row 2 a row label, then the nearest
+    training items under them (titles give ids and distances). Titles are short lines, so that
+    neighbouring titles never run together in a column-wide figure."""
     from plotly.subplots import make_subplots
     ncols = max(1 + len(sources), len(nearest), 2)
     tiles = [[sample, *sources], list(nearest)]
     titles = [[sample_title, *source_titles], list(nearest_titles)]
-    fig = make_subplots(rows=2, cols=ncols, horizontal_spacing=0.015, vertical_spacing=0.16,
+    fig = make_subplots(rows=2, cols=ncols, horizontal_spacing=0.03, vertical_spacing=0.22,
                         subplot_titles=[t for row in titles for t in row + [""] * (ncols - len(row))])
     for r, row in enumerate(tiles):
         for c, vec in enumerate(row):
-            fig.add_trace(go.Image(z=np.asarray(to_image(vec, image_shape).convert("RGB")), hoverinfo="skip"),
-                          r + 1, c + 1)
+            if vec is not None:
+                fig.add_trace(go.Image(z=np.asarray(to_image(vec, image_shape).convert("RGB")), hoverinfo="skip"),
+                              r + 1, c + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     for k in range(1, 2 * ncols + 1):  # square panels, so tiles keep the images' aspect
         fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // ncols + 1, col=(k - 1) % ncols + 1)
+    # row labels in the left margin, turned along the rows
+    for text, axis in (("sample, sources", ""), ("nearest (L2)", str(ncols + 1))):
+        fig.add_annotation(text=text, textangle=-90, showarrow=False, xref="paper", yref=f"y{axis} domain",
+                           x=0, xanchor="right", xshift=-4, y=0.5)
     fig.update_annotations(font_size=10)
     base_layout(fig, title, height=360)
-    fig.update_layout(margin=dict(l=5, r=5, t=40, b=5))
+    fig.update_layout(margin=dict(l=24, r=5, t=52, b=5))
     return fig
 
 
@@ -329,7 +336,7 @@ def best_columns(n: int, aspect: float, rows_per_item: int) -> int:
 def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: list[str],
                             title: str | None = None, zero_floor: float = 0.0, per_map_scale: bool = False,
                             images: np.ndarray | None = None, colorbar_title: str = "∂x/∂log π",
-                            aspect: float | None = None) -> go.Figure:
+                            aspect: float | None = None, zero_label: bool = True) -> go.Figure:
     """Signed per-pixel maps of J rows, centred at zero: one colour scale shared by the figure, or
     one per map (`per_map_scale`; each title then gives its own maximum). Maps whose largest
     |value| is at or below `zero_floor` are left blank and labelled numerically zero, never
@@ -349,8 +356,9 @@ def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: li
     rows = blocks * stride - 1
     labels = [""] * (rows * ncols)
     for k, (t, p, ok) in enumerate(zip(titles, peaks, live)):
-        labels[(k // ncols) * stride * ncols + k % ncols] = f"{t}<br>{compact_number(p) if ok else '≈ 0'}"
-    heights = ([1.0] * per_item + [0.45]) * blocks
+        labels[(k // ncols) * stride * ncols + k % ncols] = f"{t}<br>‖J‖ {compact_number(p) if ok else '≈ 0'}"
+    # the spacer row between blocks holds the next block's two-line titles: tall enough for them
+    heights = ([1.0] * per_item + [0.8]) * blocks
     fig = make_subplots(rows=rows, cols=ncols, subplot_titles=labels, horizontal_spacing=0.02,
                         vertical_spacing=0.02 / max(rows, 1), row_heights=heights[:rows])
     for k, m in enumerate(maps):
@@ -358,15 +366,18 @@ def sensitivity_maps_figure(jac_rows: np.ndarray, image_shape: tuple, titles: li
         if images is not None:
             fig.add_trace(go.Image(z=np.asarray(to_image(images[k], image_shape).convert("RGB")), hoverinfo="skip"),
                           top, col)
-        zmax = (peaks[k] if per_map_scale else shared) if live[k] else 1.0
-        z = m if live[k] else np.zeros_like(m)
-        fig.add_trace(go.Heatmap(z=z, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING,
-                                 showscale=not per_map_scale and k == n - 1 and any(live),
-                                 colorbar=dict(title=dict(text=colorbar_title, side="right"), thickness=10,
+        # per-map scale: each map divided by its own maximum (given under its title), so one colour
+        # bar (-1..1, "of each map's maximum") still reads for every map
+        zmax = 1.0 if per_map_scale or not live[k] else shared
+        z = (m / peaks[k] if per_map_scale else m) if live[k] else np.zeros_like(m)
+        bar_title = f"{colorbar_title}<br>÷ each map's max" if per_map_scale else colorbar_title
+        fig.add_trace(go.Heatmap(z=z, zmin=-zmax, zmax=zmax, zmid=0, colorscale=DIVERGING, customdata=m,
+                                 showscale=k == max(i for i, ok in enumerate(live) if ok) if any(live) else False,
+                                 colorbar=dict(title=dict(text=bar_title, side="right"), thickness=10,
                                                exponentformat="e"),
-                                 hovertemplate="pixel (%{y}, %{x})<br>%{z:.3g}<extra></extra>"),
+                                 hovertemplate="pixel (%{y}, %{x})<br>%{customdata:.3g}<extra></extra>"),
                       top + per_item - 1, col)
-        if not live[k]:
+        if not live[k] and zero_label:
             axis = (top + per_item - 2) * ncols + col  # make_subplots numbers axes row by row
             suffix = "" if axis == 1 else str(axis)
             fig.add_annotation(text="numerically<br>zero", showarrow=False, font=dict(size=10, color="#555"),
@@ -399,26 +410,40 @@ def addition_figure(displacement: np.ndarray, added_share: np.ndarray, tol: floa
     return base_layout(fig, title, height=320)
 
 
-def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, title: str | None = None) -> go.Figure:
-    """Samples x training items |J|, columns ordered by the sample they matter most to."""
+def influence_matrix_figure(training_ids: np.ndarray, influence: np.ndarray, title: str | None = None,
+                            plot_width_px: float = 600.0, label_px: float = 9.0) -> go.Figure:
+    """Samples x training items |J|, columns ordered by the sample they matter most to. Cells not
+    computed (the item is not among that sample's candidates) are left empty (NaN: the background
+    shows, distinct from small values) and said so on hover."""
     cols = np.unique(training_ids[training_ids >= 0])
-    mat = np.zeros((len(training_ids), len(cols)))
+    mat = np.full((len(training_ids), len(cols)), np.nan)
     pos = {c: k for k, c in enumerate(cols)}
     for i, (ids, inf) in enumerate(zip(training_ids, influence)):
         for j, v in zip(ids, inf):
             if j >= 0:
                 mat[i, pos[j]] = v
-    order = np.lexsort((-mat.max(0), mat.argmax(0)))  # block-diagonal-ish
+    filled = np.nan_to_num(mat, nan=-1.0)
+    order = np.lexsort((-filled.max(0), filled.argmax(0)))  # block-diagonal-ish
     mat, cols = mat[:, order], cols[order]
     # log scale: |J| spans many decades (a sample near a tie between two sources has a huge J)
     positive = mat[mat > 0]
     floor = max(float(positive.max()) * 1e-8, float(positive.min())) if positive.size else 1.0
-    logm = np.log10(np.maximum(mat, floor))
+    logm = np.where(np.isnan(mat), np.nan, np.log10(np.maximum(np.nan_to_num(mat, nan=floor), floor)))
+    text = np.where(np.isnan(mat), "not computed (not among this sample's candidates)",
+                    np.vectorize(lambda v: f"|J| = {v:.3g}")(np.nan_to_num(mat)))
     fig = go.Figure(go.Heatmap(z=logm, x=[f"#{c}" for c in cols], y=[f"sample {i}" for i in range(len(mat))],
-                               customdata=mat, colorscale=SEQUENTIAL,
+                               text=text, colorscale=SEQUENTIAL, hoverongaps=True,
                                colorbar=dict(title="log10 ‖∂x/∂log π‖", thickness=12),
-                               hovertemplate="%{y}, training %{x}<br>|J| = %{customdata:.3g}<extra></extra>"))
-    fig.update_xaxes(type="category", showticklabels=len(cols) <= 60, title_text="training item", tickangle=-60)
+                               hovertemplate="%{y}, training %{x}<br>%{text}<extra></extra>"))
+    # vertical column labels, every k-th, so that labels of `label_px` text never overlap across
+    # `plot_width_px` of plot (a label is about 1.7 font sizes wide, gap included); every column
+    # keeps its id on hover
+    names = [f"#{c}" for c in cols]
+    every = max(1, int(np.ceil(len(cols) * 1.7 * label_px / max(plot_width_px, 50))))
+    axis_title = "training item" + (f" (every {every}th labelled)" if every > 1 else "")
+    fig.update_xaxes(type="category", title_text=axis_title,
+                     tickangle=-90, tickfont=dict(size=label_px), showgrid=False, tickmode="array",
+                     tickvals=names[::every], ticktext=names[::every])
     fig.update_yaxes(autorange="reversed", title_text="sample")
     return base_layout(fig, title, height=max(260, 14 * len(mat) + 80))
 
@@ -566,7 +591,8 @@ def sweep_figure(rows: list[dict], current_sigma: float | None = None, title: st
         if k >= 2:  # σ under the bottom row only: a title under the top row would meet the panel titles
             fig.update_xaxes(title=dict(text="σ", standoff=2), row=k // 2 + 1, col=k % 2 + 1)
         if current_sigma is not None:
-            fig.add_vline(x=current_sigma, line=dict(dash="dot", color="black", width=1), row=k // 2 + 1,
+            # mid grey reads on the light and the dark theme (black vanished on dark)
+            fig.add_vline(x=current_sigma, line=dict(dash="dot", color="#888888", width=1.2), row=k // 2 + 1,
                           col=k % 2 + 1)
     fig.update_yaxes(range=[-0.03, 1.05], row=1, col=1)
     fig.update_yaxes(range=[-0.03, 1.05], row=1, col=2)
