@@ -227,17 +227,6 @@ def body() -> None:
         if state.selected_sample() >= n:
             st.caption(f"Sample #{state.selected_sample()} is beyond them: showing #{n - 1}.")
     sel = state.selected_sample(n)
-    # opening on a sample without influence showed only blank maps: on the first view of a run the
-    # page moves to the sample with the most, and says so (a sample picked here is kept)
-    floor = numerical_zero(ds.points)
-    peak = sens.influence.max(1) if sens.influence.size else np.zeros(n)
-    if st.session_state.get("sens_opened") != run.key:
-        st.session_state.sens_opened = run.key
-        if peak[sel] <= floor and (peak > floor).any():
-            best = int(np.argmax(peak))
-            st.caption(f"Sample #{sel} has no influence above numerical dust (‖J‖ ≤ {dust.fmt(floor, 2)}): showing "
-                       f"#{best}, the sample with the most.")
-            sel = best
     i = int(st.number_input("Sample", 0, n - 1, sel, key=f"w_sens_sample_{sel}",
                             help=f"Sensitivities are computed for the first {n} samples."))
     state.select_sample(i)

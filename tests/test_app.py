@@ -394,7 +394,6 @@ def test_sigma_moves_across_the_whole_range_are_never_lost(data):
 @pytest.mark.parametrize("page,query,words", [
     ("app_pages/map.py", {"map": "tsne"}, "map='tsne'"),
     ("app_pages/export.py", {"fig_w": "-1"}, "fig_w=-1"),
-    ("app_pages/sources.py", {"sample": "99999"}, "sample=99999"),
 ])
 def test_page_level_link_values_that_are_changed_are_said(page, query, words):
     """Page-level link values were clamped silently (the sampler's values got a notice)."""

@@ -498,3 +498,28 @@ def test_click_a_source_on_the_sources_scatter(server, page, artifacts):
         .first.wait_for()
     no_exception(page)
     page.screenshot(path=str(artifacts / "click-source.png"), full_page=True)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
+def test_pages_open_from_links_without_a_run_and_say_what_they_changed(server, page, artifacts):
+    """#26's journeys: the Map of a set that does not generate by itself opens without a run (it
+    raised 'colour_by'), and page-level link values that were clamped are said in the notice."""
+    open_page(page, f"{server}/map?data=fashion-mnist&map=pca")
+    no_exception(page)
+    assert page.get_by_text("Something went wrong").count() == 0
+    page.screenshot(path=str(artifacts / "link-map-fashion.png"), full_page=True)
+    open_page(page, f"{server}/export?data=digits&fig_w=-1")
+    no_exception(page)
+    page.get_by_text("This link needed changes").wait_for()
+    assert page.get_by_text("fig_w=-1").count() >= 1
+    page.screenshot(path=str(artifacts / "link-export-notice.png"), full_page=True)
+
+
+@pytest.mark.timeout(HEAVY_TEST_S)
+def test_sensitivity_matrix_says_what_empty_cells_are(server, page, artifacts):
+    open_page(page, f"{server}/sensitivity?data=digits&n=16&sigma=0.5&draws=4&steps=20")
+    no_exception(page)
+    wait_rendered(page)
+    page.get_by_text("Influence matrix").first.wait_for()
+    assert page.get_by_text("were not computed").count() >= 1  # the matrix says what empty cells are
+    page.screenshot(path=str(artifacts / "sensitivity-opening.png"), full_page=True)

@@ -149,10 +149,9 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
 
 # ---------------------------------------------------------------------------- point clouds
 
-# Point clouds up to this size are drawn as SVG: a browser without a GPU (headless, remote
-# desktops) rasterises WebGL in software, which made one slider move on moons take over a second;
-# larger clouds need WebGL.
-SVG_POINTS = 5000
+# Point clouds up to this size would be drawn as SVG (faster in a browser without a GPU), but the
+# click-to-select helper is only tested against WebGL traces: 0 keeps WebGL everywhere for now.
+SVG_POINTS = 0
 
 
 def scatter_class(n_points: int):
