@@ -83,9 +83,8 @@ def measure(url: str, data: str, moves: int) -> list[float]:
             slider.focus()
             t0 = page.evaluate("() => performance.now()")
             page.keyboard.press("ArrowRight")
-            step = page.wait_for_function("(o) => { const s = document.querySelector('input[type=range]'); "
+            page.wait_for_function("(o) => { const s = document.querySelector('input[type=range]'); "
                                           "return s && Number(s.getAttribute('aria-valuetext')) !== o; }", arg=old)
-            del step
             new = float(sigma_text(page))
             try:
                 done = page.wait_for_function(SETTLED, arg=[f"{new:g}", before], polling=10, timeout=60_000)

@@ -149,19 +149,10 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
 
 # ---------------------------------------------------------------------------- point clouds
 
-# Point clouds up to this size would be drawn as SVG (faster in a browser without a GPU), but the
-# click-to-select helper is only tested against WebGL traces: 0 keeps WebGL everywhere for now.
-SVG_POINTS = 0
-
-
-def scatter_class(n_points: int):
-    return go.Scatter if n_points <= SVG_POINTS else go.Scattergl
-
-
 def train_trace(points: np.ndarray, labels=None, max_points: int = 20000, name: str = "training data"):
     pts = points[:max_points]
     colour = TRAIN_COLOUR
-    return scatter_class(len(pts))(x=pts[:, 0], y=pts[:, 1], mode="markers", name=name,
+    return go.Scattergl(x=pts[:, 0], y=pts[:, 1], mode="markers", name=name,
                         marker=dict(size=4, color=colour, opacity=0.55),
                         customdata=np.arange(len(pts)), hovertemplate="training #%{customdata}<extra></extra>")
 
@@ -176,9 +167,8 @@ def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_n
                        colorbar=dict(title=dict(text=value_name, side="right"), thickness=12))
     else:
         marker |= dict(color=SAMPLE_COLOUR)
-    fig.add_trace(scatter_class(len(train) + len(samples))(x=samples[:, 0], y=samples[:, 1], mode="markers",
-                                                           name="samples", marker=marker,
-                                                           customdata=np.arange(len(samples)),
+    fig.add_trace(go.Scattergl(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples", marker=marker,
+                               customdata=np.arange(len(samples)),
                                hovertemplate="sample #%{customdata}<br>(%{x:.3f}, %{y:.3f})<extra></extra>"))
     if highlight is not None:
         fig.add_trace(go.Scatter(x=samples[[highlight], 0], y=samples[[highlight], 1], mode="markers",
