@@ -60,10 +60,10 @@ def body() -> None:
     scale = 4 if ds.is_image and ds.image_shape[0] <= 16 else 3
     if ds.is_image:
         left, right = st.columns([1, 4])
-        kind = "decoded blend" if res.latents is not None else "blend"
+        kind = "decoded blend" if res.config.space == "latent" else "blend"
         left.image(figures.to_image(res.samples[i], ds.image_shape, scale + 1), caption=f"sample #{i} ({kind})")
         with right:
-            if res.latents is not None:
+            if res.config.space == "latent":
                 latent_rows(ds, res, i, ids[shown], w[shown], scale)
             else:
                 st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
@@ -88,7 +88,7 @@ def body() -> None:
                             width="stretch", key="src_bar")
             st.dataframe(pd.DataFrame({"nearest": res.nn_ids[i], "distance (data units)": res.nn_dist[i]}),
                          hide_index=True, width="stretch", height=200)
-    blended = "its latent equals Σ w·z over these sources' latents" if res.latents is not None else \
+    blended = "its latent equals Σ w·z over these sources' latents" if res.config.space == "latent" else \
         "the sample equals Σ w·x over these sources"
     st.caption(f"Exact: {blended} (max truncation bound {res.truncation_bound[i]:.1e}).")
 

@@ -23,7 +23,7 @@ import ray
 from cdm_core import SamplerConfig, load, sample
 from cdm_core.data.shards import write_shard_blocks
 from cdm_core.engine import strategies
-from cdm_core.engine.sharded import ShardedSet
+from cdm_core.pipeline.shards import ShardedSet
 
 HERE = Path(__file__).resolve().parent
 TMP = Path("/tmp/cdm-ray-bench")

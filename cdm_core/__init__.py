@@ -1,9 +1,9 @@
 """cdm_core: closed-form (smoothed) diffusion models, their samples' sources and sensitivities.
 
 The engine behind cfdm-explorer; usable as a library and as a CLI (`python -m cdm_core`, or
-`cfdm`). It never imports Streamlit. Layers, each importing only those before it:
-`config`/`errors`/`settings` -> `data` -> `engine` -> `analysis` -> `report` -> `cli`
-(docs/architecture.md).
+`cfdm`). It never imports Streamlit. Each layer imports only those before it (docs/architecture.md):
+Layers, lowest first: foundation -> data -> engine -> latent -> pipeline -> analysis -> report -> cli
+(foundation: `config`, `errors`, `settings`, `runtime`; `engine` is pure, arrays in and out).
 """
 
 from cdm_core.config import SamplerConfig
@@ -15,11 +15,14 @@ __all__ = ["SamplerConfig", "Dataset", "REGISTRY", "load", "sample", "SampleResu
            "CdmInputError", "DatasetUnavailable"]
 __version__ = "0.2.0"
 
-_ENGINE = {"sample", "SampleResult"}  # imported on first use: torch takes about a second to import
 
 
 def __getattr__(name: str):
-    if name in _ENGINE:
-        from cdm_core.engine import sampler
-        return getattr(sampler, name)
+    # imported on first use: torch takes about a second to import
+    if name == "sample":
+        from cdm_core.pipeline.run import sample
+        return sample
+    if name == "SampleResult":
+        from cdm_core.engine.sampler import SampleResult
+        return SampleResult
     raise AttributeError(f"module 'cdm_core' has no attribute {name!r}")

@@ -17,6 +17,7 @@ INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("local", "ray")
 SPACES = ("data", "latent")
+MODELS = ("cfdm",)  # denoisers behind the engine's protocol (cdm_core/engine/models.py registers each)
 
 # Upper limits that keep a single request bounded; named in the error when exceeded.
 MAX_SAMPLES = 100_000
@@ -52,6 +53,7 @@ class SamplerConfig:
     space: str = "data"  # data (the data's own units) | latent (an autoencoder's latents; images only)
     latent_dim: int = 16  # latent: K, latent coordinates per image
     ae_weights: str = ""  # latent: a safetensors file of the built-in autoencoder ("" = train / cache)
+    model: str = "cfdm"  # the denoiser: cfdm (sigma-smoothed closed form; sigma = 0 is the exact empirical model)
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:
@@ -101,6 +103,8 @@ class SamplerConfig:
             raise CdmInputError("ae_weights needs space latent")
         if self.space == "latent" and self.backend != "local":
             raise CdmInputError("latent space runs in one process (backend local)")
+        if self.model not in MODELS:
+            raise CdmInputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.device not in DEVICES:
             raise CdmInputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -168,4 +172,5 @@ OPTIONS = {
     "truncation_tol": ("truncation_tol", float), "nprobe": ("nprobe", _int), "nlist": ("nlist", _int),
     "backend": ("backend", str), "shards": ("shards", _int), "ray_address": ("ray_address", str),
     "space": ("space", str), "latent_dim": ("latent_dim", _int), "ae_weights": ("ae_weights", str),
+    "model": ("model", str),
 }

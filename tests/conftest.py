@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("CDM_CACHE_DIR", str(ROOT / "test-artifacts" / "cache"))
+# Hermetic: every test session starts from an empty cache of its own (decoded data sets, trained
+# autoencoders, maps, shards), so a test takes the same path on every run, first or second, and
+# never reads what an earlier run or the user's dashboard left behind. Servers the browser tests
+# start inherit it.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="cfdm-test-cache-")
+os.environ["CDM_CACHE_DIR"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 ARTIFACTS = ROOT / "test-artifacts"
 

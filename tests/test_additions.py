@@ -7,8 +7,8 @@ from cdm_core import SamplerConfig
 from cdm_core.analysis.additions import add_items
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.registry import load
-from cdm_core.engine.sampler import sample
 from cdm_core.errors import CdmInputError
+from cdm_core.pipeline.run import sample
 
 CFG = SamplerConfig(n_samples=24, sigma=0.1, draws=4, steps=40)
 

@@ -12,9 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cdm_core import SamplerConfig, load
 from cdm_core.engine.blend import normalise_log_weights
 from cdm_core.engine.factory import make_strategy
+from cdm_core.engine.models import CFDM
 from cdm_core.engine.sampler import euler_steps, start_state, time_grid
 from cdm_core.engine.strategies import FactorisedStrategy
-from cdm_core.engine.training_set import prepare
+from cdm_core.pipeline.prepared import prepare
 
 
 class CountOps(TorchDispatchMode):
@@ -32,8 +33,10 @@ class CountOps(TorchDispatchMode):
 def ops_per_step(strategy, ts, cfg, n):
     ts.sq_norms, ts.norm_max  # computed once per training set, on first use: not part of any step
     lp = normalise_log_weights(None, ts.n)
-    x, scaled, _ = start_state(ts, lp, cfg, np.arange(n))
-    steps = euler_steps(strategy, x, scaled, time_grid(cfg.start, cfg.steps))
+    model = CFDM(ts, lp, cfg)
+    model.strategy = strategy
+    x, scaled, _ = start_state(model, cfg, np.arange(n))
+    steps = euler_steps(model, x, scaled, time_grid(cfg.start, cfg.steps))
     counts, results = [], []
     for _ in range(cfg.steps):
         with CountOps() as counter:

@@ -160,7 +160,7 @@ def test_the_gpu_plan_bounds_each_batch_with_its_own_states():
 
     from cdm_core.engine.blend import normalise_log_weights
     from cdm_core.engine.strategies import FactorisedStrategy
-    from cdm_core.engine.training_set import prepare
+    from cdm_core.pipeline.prepared import prepare
     pts = np.random.default_rng(0).standard_normal((50, 20)) * 5
     ts = prepare(pts, SamplerConfig(device="cpu"))
     strategy = FactorisedStrategy(ts, normalise_log_weights(None, ts.n))

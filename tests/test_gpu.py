@@ -28,7 +28,7 @@ def test_cuda_auto_is_the_batched_float64_plan_and_matches_cpu_exact():
     softmax chunk (no screen, no gathers): it agrees with the CPU reference to float64 rounding."""
     from cdm_core.engine.factory import make_strategy
     from cdm_core.engine.strategies import FactorisedStrategy
-    from cdm_core.engine.training_set import prepare
+    from cdm_core.pipeline.prepared import prepare
     ds = load("mnist")
     cfg = SamplerConfig(n_samples=8, sigma=1.0, draws=4, steps=20, seed=4)
     strategy = make_strategy(prepare(ds, cfg.replace(device="cuda")), model.normalise_log_weights(None, len(ds.points)))
@@ -43,7 +43,7 @@ def test_cuda_steps_launch_the_same_kernels_for_8_and_256_samples():
     from test_batched_path import ops_per_step
 
     from cdm_core.engine.factory import make_strategy
-    from cdm_core.engine.training_set import prepare
+    from cdm_core.pipeline.prepared import prepare
     ds = load("mnist")
     cfg = SamplerConfig(n_samples=256, sigma=1.0, draws=8, steps=10, seed=1, device="cuda")
     ts = prepare(ds, cfg)
@@ -74,13 +74,16 @@ def test_cuda_middle_steps_never_wait_for_the_gpu():
     a step of auto needs no host synchronisation: the CPU queues the next step's kernels at once."""
     from cdm_core.engine.factory import make_strategy
     from cdm_core.engine.sampler import euler_steps, start_state, time_grid
-    from cdm_core.engine.training_set import prepare
+    from cdm_core.pipeline.prepared import prepare
     ds = load("mnist")
     cfg = SamplerConfig(n_samples=64, sigma=1.0, draws=8, steps=10, seed=2, device="cuda")
     ts = prepare(ds, cfg)
     lp = model.normalise_log_weights(None, ts.n)
-    x, scaled, _ = start_state(ts, lp, cfg, np.arange(64))
-    steps = euler_steps(make_strategy(ts, lp), x, scaled, time_grid(0.0, cfg.steps))
+    from cdm_core.engine.models import CFDM
+    m = CFDM(ts, lp, cfg)
+    assert type(m.strategy) is type(make_strategy(ts, lp))
+    x, scaled, _ = start_state(m, cfg, np.arange(64))
+    steps = euler_steps(m, x, scaled, time_grid(0.0, cfg.steps))
     next(steps)
     torch.cuda.synchronize()
     try:

@@ -14,11 +14,11 @@ from cdm_core.analysis.sensitivity import jacobian, position_derivative, sensiti
 from cdm_core.analysis.sweep import sweep
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.registry import availability, load
-from cdm_core.engine.sampler import sample
 from cdm_core.errors import CdmInputError
 from cdm_core.latent import space as latent
 from cdm_core.latent.autoencoder import AutoencoderSpec, train
 from cdm_core.latent.space import LatentSpace, cache_path, latent_space, weights_bytes, weights_hash
+from cdm_core.pipeline.run import sample
 
 LATENT = SamplerConfig(n_samples=6, sigma=0.5, draws=3, steps=12, space="latent", latent_dim=8)
 
@@ -200,7 +200,7 @@ def test_latent_position_derivative_matches_finite_differences(digits, digits_sp
         pts = digits.points.astype(np.float64).copy()
         z = digits_space.latents.astype(np.float64).copy()
         z[j] = digits_space.encode(pts[j:j + 1] + sign * h * v)[0]
-        from cdm_core.engine.sampler import sample as plain
+        plain = sample
         lat = plain(z, cfg.replace(space="data", latent_dim=16)).samples
         return digits_space.decode(lat)
 
@@ -230,7 +230,15 @@ def test_colour_and_odd_sized_images_in_both_spaces(name):
     for space in ("data", "latent"):
         res = sample(ds, SamplerConfig(n_samples=3, sigma=0.5, draws=2, steps=6, space=space, latent_dim=8))
         assert res.samples.shape == (3, ds.dim) and np.all(np.isfinite(res.samples))
+        # the sources reproduce what was sampled (the images, or the latents they decode from)
+        points = ds.points.astype(np.float64) if space == "data" else res.train_latents
+        w = np.where(res.source_ids >= 0, res.source_weights, 0.0)
+        np.testing.assert_allclose(np.einsum("nk,nkd->nd", w, points[np.maximum(res.source_ids, 0)]),
+                                   res.blend_space_points, atol=1e-9 * np.abs(points).max())
+        # and every pixel stays inside the data's range (the decoder is squashed into it)
+        assert ds.points.min() - 1e-9 <= res.samples.min() and res.samples.max() <= ds.points.max() + 1e-9
     assert res.latents.shape == (3, 8)
+    np.testing.assert_allclose(res.samples, latent_space(ds, res.config).decode(res.latents), atol=0)
 
 
 def test_cli_sample_in_latent_space(tmp_path):
@@ -286,7 +294,7 @@ def test_cli_sensitivity_in_latent_space_records_the_autoencoder(tmp_path, digit
 
 
 def test_a_prepared_set_of_the_wrong_space_is_refused(digits, digits_space):
-    from cdm_core.engine.training_set import prepare
+    from cdm_core.pipeline.prepared import prepare
     pixels = prepare(digits, LATENT.replace(space="data"))
     with pytest.raises(CdmInputError, match="not this data set's latent space"):
         sample(digits, LATENT, prepared=pixels)

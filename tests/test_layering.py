@@ -2,11 +2,15 @@
 
 (a) nothing under `cdm_core/` imports Streamlit, in any form, at any depth (function bodies too);
 (b) the layers, lowest first, are foundation (config, errors, settings, runtime) -> data ->
-    engine -> analysis -> report -> cli; a module imports only from its own layer or lower ones
+    engine -> latent -> pipeline -> analysis -> report -> cli (`LAYERS`, and the lists in
+    docs/architecture.md, docs/README.md and the package docstring, checked to match); a module
+    imports only from its own layer or lower ones
     (absolute and relative imports, module-level and function-level alike). `cdm_core/__init__.py`
     and `cdm_core/__main__.py` may import anything; importing the package root from inside the
     package counts as importing everything the root imports;
-(c) the module import graph (function-level imports included) has no cycles.
+(c) the module import graph (function-level imports included) has no cycles;
+(d) the engine is pure: it imports only the foundation and the `Dataset` container, and calls no
+    file-system function (files, caches, the latent space and Ray live in cdm_core.pipeline).
 
 The checker works on a {path: source} mapping, so the tests at the bottom feed it synthetic
 packages with known violations and make sure each one is reported (and a clean one is not).
@@ -22,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "cdm_core"
-LAYERS = ("foundation", "data", "latent", "engine", "analysis", "report", "cli")  # lowest first
+LAYERS = ("foundation", "data", "engine", "latent", "pipeline", "analysis", "report", "cli")  # lowest first
 FOUNDATION = {"cdm_core.config", "cdm_core.errors", "cdm_core.settings", "cdm_core.runtime"}
 FREE = {"cdm_core", "cdm_core.__main__"}  # the package root and the entry point may import anything
 FORBIDDEN = "streamlit"
@@ -309,7 +313,7 @@ def test_cdm_core_imports_resolve(real_imports):
 
 def test_layers_import_only_their_own_or_lower_layers(real_imports):
     problems = layer_violations(real_imports)
-    assert not problems, "layer order foundation -> data -> engine -> analysis -> report -> cli broken:\n" + \
+    assert not problems, "layer order " + " -> ".join(LAYERS) + " broken:\n" + \
         "\n".join(problems)
 
 
@@ -453,6 +457,77 @@ def test_checker_finds_bad_imports_added_to_a_copy_of_the_real_package():
     upward = [p for p in layer_violations(imports) if p.startswith("cdm_core.data.files (data layer)")]
     assert len(upward) == 2, upward
     assert any(" imports cdm_core.report.export (report layer) " in p for p in upward)
-    assert any(" imports cdm_core (engine layer) (the package root" in p for p in upward)
+    assert any(" imports cdm_core (pipeline layer) (the package root" in p for p in upward)
     # data.files -> root -> data.registry -> data.files
     assert any(c.startswith("import cycle ") and "cdm_core.data.files -> cdm_core" in c for c in import_cycles(imports))
+
+
+# --------------------------------------------------------------------------------------------
+# the pure engine and the documented layers
+
+# What the engine may import from the rest of the package: the foundation and the data set
+# container (a Dataset is arrays with a name). Never files, caches, the latent space, Ray's
+# lifecycle, analysis, reports, the CLI or the UI (those sit in cdm_core.pipeline and above).
+ENGINE_MAY_IMPORT = FOUNDATION | {"cdm_core.data.dataset"}
+FILE_CALLS = {"open", "load", "save", "savez", "savez_compressed", "fromfile", "tofile", "read_bytes",
+              "read_text", "write_bytes", "write_text", "memmap", "mkdir", "unlink"}
+
+
+def engine_impurities(sources: dict[str, str]) -> list[str]:
+    """Imports of engine modules outside the engine and ENGINE_MAY_IMPORT, and file-system calls."""
+    problems = [f"{i.importer} imports {i.target} at {i.where()}" for i in collect_imports(sources)
+                if i.importer.startswith(f"{PKG}.engine") and i.target is not None
+                and not i.target.startswith(f"{PKG}.engine") and i.target not in ENGINE_MAY_IMPORT]
+    for path, source in sorted(sources.items()):
+        if not path.startswith(f"{PKG}/engine/"):
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                if name in FILE_CALLS:
+                    problems.append(f"{path}:{node.lineno} calls {name}() (the engine reads and writes no files)")
+    return problems
+
+
+def test_the_engine_is_pure(real_imports):
+    problems = engine_impurities(package_sources())
+    assert not problems, "\n".join(problems)
+    engine = {i.importer for i in real_imports if i.importer.startswith(f"{PKG}.engine")}
+    assert {"cdm_core.engine.sampler", "cdm_core.engine.models", "cdm_core.engine.sharded"} <= engine
+
+
+@pytest.mark.parametrize("source", [
+    "from cdm_core.latent.space import latent_space\n",
+    "def f():\n    from cdm_core.pipeline.prepared import prepare\n",
+    "from cdm_core.data.files import read_npy_bytes\n",
+    "def f(p):\n    return open(p, 'rb').read()\n",
+    "import numpy as np\ndef f(p):\n    return np.load(p)\n",
+])
+def test_the_purity_check_sees_an_impure_engine(source):
+    sources = package_sources() | {"cdm_core/engine/bad.py": source}
+    assert len(engine_impurities(sources)) == 1, source
+
+
+def documented_layers(text: str) -> tuple[str, ...]:
+    """The layer list written as `a` -> `b` -> ... (backticks optional, -> or →) on one line
+    that starts with 'Layers'."""
+    import re
+    for line in text.splitlines():
+        if line.lstrip("#>*- ").startswith("Layers"):
+            names = re.findall(r"`?([a-z]+)`?\s*(?:->|→)", line) + re.findall(r"(?:->|→)\s*`?([a-z]+)`?", line)[-1:]
+            if len(names) > 2:
+                return tuple(names)
+    return ()
+
+
+@pytest.mark.parametrize("doc", ["docs/architecture.md", "docs/README.md", "cdm_core/__init__.py"])
+def test_documented_layers_are_the_checked_ones(doc):
+    """The layer lists in the docs are the ones this file enforces."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    assert documented_layers(text) == LAYERS, f"{doc}: the line starting 'Layers' must list {' -> '.join(LAYERS)}"
+
+
+def test_documented_layers_parser():
+    assert documented_layers("Layers: `foundation` -> `data` → `engine`\n") == ("foundation", "data", "engine")
+    assert documented_layers("no list here -> at -> all\n") == ()

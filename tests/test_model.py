@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import blend_weights, denoiser, normalise_log_weights, score, smoothed_denoiser, velocity
 from cdm_core.engine.factory import make_strategy
-from cdm_core.engine.training_set import prepare
+from cdm_core.pipeline.prepared import prepare
 
 F64 = torch.float64
 

@@ -16,8 +16,8 @@ from cdm_core import SamplerConfig, load, sample
 from cdm_core.analysis.sensitivity import jacobian, sensitivity
 from cdm_core.analysis.sweep import sweep
 from cdm_core.data.shards import read_manifest, write_shards
-from cdm_core.engine.sharded import ShardedSet
 from cdm_core.errors import BackendError, CdmInputError
+from cdm_core.pipeline.shards import ShardedSet
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,7 +48,7 @@ def test_ray_samples_equal_one_process(name, sigma, index, shards, start):
 
 def test_ray_streams_shards_larger_than_the_float64_budget(monkeypatch):
     """Actors that stream their memory-mapped shard in chunks give the same results."""
-    from cdm_core.engine import sharded
+    from cdm_core.pipeline import shards as sharded
     monkeypatch.setenv("CDM_SHARD_KEEP_MB", "0")
     monkeypatch.setattr(sharded, "CHUNK_ROWS", 100)
     ds = load("digits")

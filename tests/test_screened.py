@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from cdm_core import SamplerConfig, load, sample
 from cdm_core.engine import factory, screen, strategies
 from cdm_core.engine.blend import blend_weights, logit_scales, normalise_log_weights
-from cdm_core.engine.training_set import prepare
+from cdm_core.pipeline.prepared import prepare
 
 F64 = torch.float64
 

@@ -38,7 +38,7 @@ def unpin() -> None:
 def in_pixel_space(res):
     """A latent run's result with its nearest neighbours measured in data units (to the decoded
     samples), so it compares with a run in the data space."""
-    if res.pixel_nn_dist is None:
+    if res.config.space != "latent":
         return res
     out = copy.copy(res)
     out.nn_ids, out.nn_dist = res.pixel_nn_ids, res.pixel_nn_dist

@@ -17,18 +17,18 @@ import numpy as np
 import streamlit as st
 
 from cdm_core import SamplerConfig, sample
-from cdm_core.config import OPTIONS
+from cdm_core.config import MODELS, OPTIONS
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import load_bytes
 from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
 from cdm_core.engine.sampler import fraction_done
-from cdm_core.engine.training_set import prepare
 from cdm_core.errors import CdmInputError
+from cdm_core.pipeline.prepared import prepare
 
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
+URL_PARAMS = ("model", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
               "space", "latent_dim")
 LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordinate, so one value suits every set
 
@@ -36,7 +36,7 @@ LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordi
 def defaults_for(name: str, space: str = "data") -> dict:
     entry = REGISTRY.get(name)
     sigma = LATENT_SIGMA if space == "latent" else entry.default_sigma if entry else 0.1
-    return {"sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
+    return {"model": "cfdm", "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
             "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0,
             "space": space, "latent_dim": 16}
 
@@ -54,7 +54,8 @@ def cached_prepared(content_hash: str, index: str, _dataset: Dataset):
 # The range each setting's widget offers: a link outside it is clamped, with a notice.
 UI_LIMITS = {"sigma": (0.0, 1e6), "draws": (1, 32), "steps": (1, 200), "start": (0.0, 0.95), "n": (1, 1024),
              "seed": (0, 2**31 - 1), "neighbours": (1, 1024), "shards": (0, 64), "latent_dim": (2, 64)}
-CHOICES = {"index": ("auto", "exact", "flat", "ivf"), "backend": ("local", "ray"), "space": ("data", "latent")}
+CHOICES = {"model": MODELS, "index": ("auto", "exact", "flat", "ivf"), "backend": ("local", "ray"),
+           "space": ("data", "latent")}
 # Page-level settings a link carries besides the sampler's (URL key -> default, as text).
 VIEW_PARAMS = {"map": "umap", "top": "6", "sweep": "", "figs": "samples,sources", "fig_w": "3.25", "fig_h": "2.6",
                "dpi": "300", "font": "", "fs": "8", "bg": "white", "fmt": "png,svg,pdf", "colour": "NN ratio",
@@ -385,8 +386,9 @@ def progress_callback(bar, label: str, every_s: float = 0.2):
         if "stage" in info:  # e.g. training the autoencoder before a first latent run
             bar.progress(fraction_done(info), text=f"{info['stage'].capitalize()}: step {info['step']}/{info['steps']}")
             return
-        bar.progress(fraction_done(info), text=f"{label}: step {info['step']}/{info['steps']}, "
-                                               f"batch {info['batch']}/{info['batches']}")
+        where = f"setting {info['setting']}/{info['settings']}" if "setting" in info else \
+            f"batch {info['batch']}/{info['batches']}"
+        bar.progress(fraction_done(info), text=f"{label}: {where}, step {info['step']}/{info['steps']}")
     return callback
 
 

@@ -17,7 +17,7 @@ def verdict(res, i: int) -> str:
     eff = float(metrics.effective_sources(res.source_weights[one])[0])
     nn, d = int(res.nn_ids[i, 0]), float(res.nn_dist[i, 0])
     main, w_main = int(res.source_ids[i, 0]), float(res.source_weights[i, 0])
-    where = " in latent space" if res.latents is not None else ""
+    where = " in latent space" if res.config.space == "latent" else ""
     if metrics.is_copy(res)[i]:
         near = metrics.nearest_tied(res)[i]
         dups = [int(j) for j in near if j != nn]

@@ -25,9 +25,9 @@ from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import check_points
 from cdm_core.engine.blend import normalise_log_weights
-from cdm_core.engine.sampler import sample
-from cdm_core.engine.training_set import as_dataset
 from cdm_core.errors import CdmInputError
+from cdm_core.pipeline.inputs import as_dataset
+from cdm_core.pipeline.run import sample
 
 MAX_ADDED = 10_000
 

@@ -30,11 +30,13 @@ import torch
 from cdm_core.analysis.dust import DUST, length_dust
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, logit_scales, normalise_log_weights
-from cdm_core.engine.factory import check_prepared, make_strategy, opened
-from cdm_core.engine.sampler import check_request, euler_steps, sample, start_state, time_grid
-from cdm_core.engine.training_set import TrainingSet, prepare
+from cdm_core.engine.models import build_model
+from cdm_core.engine.sampler import batches, check_request, euler_steps, step_info, time_grid
+from cdm_core.engine.training_set import TrainingSet
 from cdm_core.errors import CdmInputError
 from cdm_core.latent.space import latent_space
+from cdm_core.pipeline.prepared import check_prepared, opened, prepare
+from cdm_core.pipeline.run import sample
 
 log = logging.getLogger(__name__)
 
@@ -96,29 +98,35 @@ def _jacobian(config: SamplerConfig, ids, weights, callback, ts_set):
         ids = np.broadcast_to(ids, (config.n_samples, len(ids)))
     if ids.shape[0] != config.n_samples or ((ids < -1) | (ids >= n_train)).any():
         raise CdmInputError(f"training ids must be in [0, {n_train}) with one row per sample, got shape {ids.shape}")
-    strategy = make_strategy(ts_set, log_pi, config.neighbours, config.truncation_tol)
+    model = sensitive_model(ts_set, log_pi, config)
     grid = time_grid(config.start, config.steps)
     out = np.zeros((config.n_samples, ids.shape[1], dim))
     samples = np.zeros((config.n_samples, dim))
     bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw)
-    for lo in range(0, config.n_samples, bs):
-        rows = np.arange(lo, min(lo + bs, config.n_samples))
-        x, scaled, _ = start_state(ts_set, log_pi, config, rows)
+    for batch in batches(model, config, bs):
+        rows = batch.ids
         cols = torch.as_tensor(np.ascontiguousarray(ids[rows]), device=ts_set.device)
         jac = torch.zeros(len(rows), cols.shape[1], dim, dtype=F64, device=ts_set.device)
-        for step in euler_steps(strategy, x, scaled, grid, sources_at_end=False, draws=True):
+        for step in euler_steps(model, batch.x, batch.scaled, grid, sources_at_end=False, draws=True):
             d_smooth = step.result.draws.d_smoothed(ts_set.points, cols, jac, step.t)
             if step.k == len(grid) - 2:
                 jac = d_smooth  # the last step lands on D_sigma
             else:
                 jac = jac + step.h * (d_smooth - jac) / (1 - step.t)
             if callback is not None:
-                callback({"step": step.k + 1, "steps": config.steps, "batch": lo // bs + 1,
-                          "batches": -(-config.n_samples // bs)})
+                callback(step_info(step, batch, config, ts_set.centre))
             last = step
         out[rows] = jac.cpu().numpy()
         samples[rows] = ts_set.uncentred(last.x_next)
     return out, samples
+
+
+def sensitive_model(ts_set, log_pi, config: SamplerConfig):
+    """The model of `config`, refused in one line when it cannot hand over its draws' weights."""
+    model = build_model(ts_set, log_pi, config)
+    if not model.supports_sensitivity:
+        raise CdmInputError(f"model {config.model} has no sensitivity (it does not expose its blend weights)")
+    return model
 
 
 def candidate_ids(result, count: int) -> np.ndarray:
@@ -254,19 +262,17 @@ def position_derivative(data, config: SamplerConfig, j: int, direction, weights=
 def _position_derivative(prep, config, j, v, weights):
     n_train, dim = prep.points.shape
     log_pi = normalise_log_weights(weights, n_train)
-    strategy = make_strategy(prep, log_pi, config.neighbours, config.truncation_tol)
+    model = sensitive_model(prep, log_pi, config)
     grid = time_grid(config.start, config.steps)
     dev = prep.device
     vt = torch.as_tensor(v, dtype=F64, device=dev)
     xj = prep.points[j]  # centred: every difference below is unchanged by the centre
     out = np.zeros((config.n_samples, dim))
     samples = np.zeros((config.n_samples, dim))
-    bs = check_request(config, n_train, dim)
-    for lo in range(0, config.n_samples, bs):
-        rows = np.arange(lo, min(lo + bs, config.n_samples))
-        x, scaled, start_ids = start_state(prep, log_pi, config, rows)
-        u = config.start * torch.as_tensor(start_ids == j, dtype=F64, device=dev)[:, None] * vt
-        for step in euler_steps(strategy, x, scaled, grid, sources_at_end=False, draws=True):
+    for batch in batches(model, config, check_request(config, n_train, dim)):
+        rows, scaled = batch.ids, batch.scaled
+        u = config.start * torch.as_tensor(batch.start_ids == j, dtype=F64, device=dev)[:, None] * vt
+        for step in euler_steps(model, batch.x, scaled, grid, sources_at_end=False, draws=True):
             t, draws = step.t, step.result.draws
             y = step.x[:, None, :] + scaled  # (B, M, D) smoothing queries
             w_j = draws.weight_of(j)  # (B, M)

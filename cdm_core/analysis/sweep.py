@@ -12,10 +12,10 @@ import torch
 
 from cdm_core.analysis.metrics import mean_pairwise_distance, set_metrics
 from cdm_core.config import SamplerConfig
-from cdm_core.engine.factory import opened
-from cdm_core.engine.sampler import sample
-from cdm_core.engine.training_set import as_dataset
 from cdm_core.errors import CdmInputError
+from cdm_core.pipeline.inputs import as_dataset
+from cdm_core.pipeline.prepared import opened
+from cdm_core.pipeline.run import sample
 
 METRICS = ("copy_fraction", "memorised_fraction", "mean_nn_ratio", "mean_nn_distance", "mean_effective_sources",
            "diversity", "unique_nn_fraction")
@@ -57,18 +57,27 @@ def sweep(data, base: SamplerConfig, sigmas, draws=None, starts=None, weights=No
         for k, cfg in enumerate(configs):
             per_seed, seconds = [], 0.0
             for r in range(seeds):
-                res = sample(data, cfg.replace(seed=cfg.seed + r), weights=weights, prepared=prep)
+                res = sample(data, cfg.replace(seed=cfg.seed + r), weights=weights, prepared=prep,
+                             callback=None if callback is None else _within(callback, k * seeds + r, total))
                 per_seed.append(set_metrics(res, train_spread=spread).as_dict())
                 seconds += res.seconds
                 if keep_samples and r == 0:
                     results.append(res)
-                if callback is not None:
-                    callback({"step": k * seeds + r + 1, "steps": total, "batch": 1, "batches": 1})
             row = {"sigma": cfg.sigma, "draws": cfg.draws, "start": cfg.start, "seconds": seconds, "seeds": seeds}
             row |= per_seed[0] | {m: float(np.mean([d[m] for d in per_seed])) for m in METRICS}
             row |= {f"{m}_sd": float(np.std([d[m] for d in per_seed], ddof=1)) if seeds > 1 else 0.0 for m in METRICS}
             rows.append(row)
     return (rows, results) if keep_samples else rows
+
+
+def _within(callback, done: int, total: int):
+    """The sampler's per-step callback of one run among `total` (`done` before it): the same info
+    (i, t, x, denoised, ...), with `setting`/`settings` added and the batch counters spanning the
+    whole sweep, so `fraction_done` measures the sweep."""
+    def forward(info: dict) -> None:
+        callback(info | {"setting": done + 1, "settings": total, "batch": done * info["batches"] + info["batch"],
+                         "batches": total * info["batches"]})
+    return forward
 
 
 def training_spread(ts, max_points: int = 2000, seed: int = 0) -> float:

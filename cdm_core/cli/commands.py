@@ -11,7 +11,7 @@ from cdm_core.errors import CdmInputError
 
 def cmd_sample(a) -> int:
     from cdm_core.data.store import save_result
-    from cdm_core.engine.sampler import sample
+    from cdm_core.pipeline.run import sample
     check_out(a.out, ".npz")
     cfg = config_from_args(a, trajectory=a.trajectory)
     ds, weights = load_inputs(a)
@@ -20,7 +20,7 @@ def cmd_sample(a) -> int:
     print(f"wrote {a.out}: {res.samples.shape[0]} samples of {ds.name} (D={ds.dim}) in {res.seconds:.2f} s; "
           f"max truncation bound {res.truncation_bound.max():.2e}; "
           f"{100 * res.dense_fraction:.0f}% of queries over all points", file=sys.stderr)
-    if res.space:
+    if getattr(res, "space", None):
         print(f"latent space: K={res.space['latent_dim']}, autoencoder {res.space['autoencoder_hash']} "
               f"({res.space['origin']}), reconstruction RMSE {res.space['reconstruction_rmse']:.3g} data units "
               f"({100 * res.space['relative_error']:.1f}% of the pixel variance)", file=sys.stderr)

@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from cdm_core.config import BACKENDS, INDEX_KINDS, OPTIONS, SPACES, SamplerConfig
+from cdm_core.config import BACKENDS, INDEX_KINDS, MODELS, OPTIONS, SPACES, SamplerConfig
 from cdm_core.errors import CdmInputError
 
 
@@ -31,8 +31,10 @@ class Progress:
         self.last = now
         bar = "=" * int(20 * done)
         label = info.get("stage", self.label)
-        self.stream.write(f"\r{label}  [{bar:<20}] {100 * done:3.0f}%  batch {info['batch']}/"
-                          f"{info['batches']}  step {info['step']}/{info['steps']}  {now - self.t0:.1f} s")
+        where = f"setting {info['setting']}/{info['settings']}" if "setting" in info else \
+            f"batch {info['batch']}/{info['batches']}"
+        self.stream.write(f"\r{label}  [{bar:<20}] {100 * done:3.0f}%  {where}  step {info['step']}/"
+                          f"{info['steps']}  {now - self.t0:.1f} s")
         if done >= 1:
             self.stream.write("\n")
         self.stream.flush()
@@ -42,6 +44,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     d = SamplerConfig()
     p.add_argument("--data", required=True, help="registered data set (see `datasets`) or a file path")
     p.add_argument("--n", type=int, default=d.n_samples, help="number of samples")
+    p.add_argument("--model", choices=MODELS, default=d.model,
+                   help="the denoiser: cfdm, the sigma-smoothed closed-form model (sigma 0: the exact empirical one)")
     p.add_argument("--sigma", type=float, default=d.sigma, help="smoothing scale (data units)")
     p.add_argument("--draws", type=int, default=d.draws, help="smoothing draws M per sample")
     p.add_argument("--steps", type=int, default=d.steps, help="Euler steps S")
@@ -84,7 +88,7 @@ def load_inputs(a):
 
     from cdm_core.data.registry import load
     from cdm_core.data.shards import read_manifest
-    from cdm_core.engine.sampler import check_weights_file
+    from cdm_core.pipeline.run import check_weights_file
     p = Path(a.data)
     if p.name == "manifest.json" or (p.is_dir() and (p / "manifest.json").exists()):
         if getattr(a, "backend", "local") != "ray":

@@ -46,7 +46,7 @@ def npz_bytes(arrays: dict, config_json: str | None = None) -> bytes:
 def save_result(path, result) -> None:
     """Write a SampleResult as `.npz` with the documented keys plus `config` (JSON)."""
     cfg = {"sampler": result.config.to_dict(), "dataset": result.dataset,
-           "weights_given": result.weights_given}
-    if result.space:
+           "weights_given": result.weights_given, "ran": getattr(result, "ran", {})}
+    if getattr(result, "space", None):  # a latent run (cdm_core.latent.results)
         cfg["autoencoder"] = result.space
     atomic_write_bytes(path, npz_bytes(result.arrays(), json.dumps(cfg, sort_keys=True, default=str)))

@@ -31,6 +31,7 @@ import math
 import numpy as np
 import torch
 
+from cdm_core.engine.kernels import merge_nearest
 from cdm_core.errors import CdmInputError
 
 log = logging.getLogger(__name__)
@@ -144,13 +145,8 @@ class TorchIndex(NeighbourIndex):
             if excl is not None:
                 sel = excl[(excl >= lo) & (excl < hi)] - lo
                 d[:, sel] = math.inf
-            kb = min(k, hi - lo)
-            bd, bi = torch.topk(d, kb, dim=1, largest=False)
-            # merge this block's top-k with the running top-k
-            cat_d = torch.cat([best_d, bd], 1)
-            cat_i = torch.cat([best_i, bi + lo], 1)
-            best_d, pos = torch.topk(cat_d, k, dim=1, largest=False)
-            best_i = torch.gather(cat_i, 1, pos)
+            bd, bi = torch.topk(d, min(k, hi - lo), dim=1, largest=False)
+            best_i, best_d = merge_nearest([(best_i, best_d), (bi + lo, bd)], k)  # with the running top-k
         best_i = torch.where(torch.isinf(best_d), torch.full_like(best_i, -1), best_i)
         return best_d.cpu().numpy(), best_i.cpu().numpy()
 

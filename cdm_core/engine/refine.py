@@ -24,6 +24,7 @@ import math
 import torch
 
 from cdm_core.engine.blend import CHUNK_VALUES, F64
+from cdm_core.engine.kernels import row_blocks
 
 U64 = 2.0 ** -53  # float64 unit roundoff
 LN_FLUSH = math.log(1e30)  # weights below exp(-LN_FLUSH) of the largest are flushed
@@ -57,11 +58,10 @@ def refine_(lg: torch.Tensor, y: torch.Tensor, t: float, x: torch.Tensor, log_pi
     pairs = torch.nonzero(sub >= sub.amax(1, keepdim=True) - margin[:, None])  # (P, 2): (row in sub, point)
     vals = torch.empty(len(pairs), dtype=F64, device=lg.device)
     rows_of = x.__getitem__ if isinstance(x, torch.Tensor) else x
-    step = max(1, CHUNK_VALUES // max(1, y.shape[1]))
-    for lo in range(0, len(pairs), step):
-        pr = pairs[lo:lo + step]
+    for lo, hi in row_blocks(len(pairs), y.shape[1], CHUNK_VALUES):
+        pr = pairs[lo:hi]
         diff = y[rows[pr[:, 0]]] - t * rows_of(pr[:, 1])
-        vals[lo:lo + step] = log_pi[pr[:, 1]] - s * torch.einsum("pd,pd->p", diff, diff)
+        vals[lo:hi] = log_pi[pr[:, 1]] - s * torch.einsum("pd,pd->p", diff, diff)
     sub.fill_(-math.inf)
     sub[pairs[:, 0], pairs[:, 1]] = vals
     lg[rows] = sub

@@ -1,7 +1,7 @@
-"""Euler sampler for the (smoothed) closed-form diffusion model.
+"""Euler sampler for any denoiser of the engine's protocol (models.py), sigma-CFDM first.
 
-Pure function over arrays, in the style of k-diffusion: no I/O, no UI. Progress, trajectories and
-the blend of every step are reported through `callback(info: dict)`.
+Pure function over arrays, in the style of k-diffusion: no I/O, no UI. Progress, the states and
+the denoised values of every step are reported through `callback(info: dict)` (`step_info`).
 
 Steps (docs/maths.md), on the uniform grid t_k = T + (1 - T) k / S, k = 0..S:
     start    x_T = T x_i + (1 - T) z,  i ~ pi by inverse CDF of u,  z ~ N(0, I)
@@ -26,12 +26,8 @@ import torch
 
 from cdm_core import settings
 from cdm_core.config import SamplerConfig
-from cdm_core.engine.blend import F64, StepResult, normalise_log_weights
-from cdm_core.engine.factory import make_strategy, opened
-from cdm_core.engine.strategies import Strategy
-from cdm_core.engine.training_set import TrainingSet, prepare
+from cdm_core.engine.blend import F64, StepResult
 from cdm_core.errors import CdmInputError
-from cdm_core.latent.space import latent_space
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +108,18 @@ class Step:
     x_next: torch.Tensor  # (B, D) state after the step
 
 
-def euler_steps(strategy: Strategy, x: torch.Tensor, scaled: torch.Tensor, ts: np.ndarray,
+def euler_steps(model, x: torch.Tensor, scaled: torch.Tensor, ts: np.ndarray,
                 sources_at_end: bool = True, draws: bool = False):
-    """Yield each `Step` of the Euler integration from ts[0] to ts[-1] = 1. `scaled` holds the
-    draws sigma eps_m (B, M, D), fixed along the trajectory (M = 1 when sigma = 0: all smoothing
-    queries then coincide)."""
-    state = strategy.begin(scaled)
+    """Yield each `Step` of the Euler integration from ts[0] to ts[-1] = 1 of any model (models.py).
+    `scaled` holds the draws sigma eps_m (B, M, D), fixed along the trajectory (M = 1 when
+    sigma = 0: all smoothing queries then coincide)."""
+    state = model.begin(scaled)
     steps = len(ts) - 1
     for k in range(steps):
         t, h = float(ts[k]), float(ts[k + 1] - ts[k])
         last = k == steps - 1
         # D_sigma(x, t) = (1/M) sum_m D(x + sigma eps_m, t), the same eps_m at every step
-        res = strategy.step(state, x, t, sources=last and sources_at_end, draws=draws)
+        res = model.denoise(state, x, t, sources=last and sources_at_end, draws=draws)
         if last:
             x_next = res.smoothed  # Euler step of size (1 - t) lands exactly on D_sigma
         else:
@@ -132,18 +128,53 @@ def euler_steps(strategy: Strategy, x: torch.Tensor, scaled: torch.Tensor, ts: n
         x = x_next
 
 
-def start_state(ts: TrainingSet, log_pi: np.ndarray, config: SamplerConfig, ids: np.ndarray):
+def start_state(model, config: SamplerConfig, ids: np.ndarray):
     """Random numbers of samples `ids` and their centred start states x_T - T c = T (x_i - c) + (1 - T) z.
 
     Returns (x (B, D), sigma eps (B, M', D) with M' = 1 when sigma = 0, start ids (B,)), float64
     tensors on the compute device."""
+    ts = model.training_set
     u, z, eps = random_draws(config.seed, ids, ts.dim, config.draws)
-    start_ids = inverse_cdf(log_pi, u)
+    start_ids = inverse_cdf(model.log_pi, u)
     dev = ts.device
     z_t = torch.as_tensor(z, dtype=F64, device=dev)
     x = config.start * ts.rows(torch.as_tensor(start_ids, device=dev)) + (1 - config.start) * z_t
     eps_t = torch.as_tensor(eps[:, :1] if config.sigma == 0 else eps, dtype=F64, device=dev)
     return x, config.sigma * eps_t, start_ids
+
+
+@dataclass
+class Batch:
+    """One batch of samples at its start: the batch loop of every producer (`batches`)."""
+
+    number: int  # 1-based
+    count: int  # batches in the run
+    ids: np.ndarray  # (B,) sample ids
+    x: torch.Tensor  # (B, D) centred start states
+    scaled: torch.Tensor  # (B, M', D) smoothing draws sigma eps
+    start_ids: np.ndarray  # (B,) training point each start state was drawn around
+
+
+def batches(model, config: SamplerConfig, batch_size: int):
+    """The run's samples in batches of `batch_size`, each with its start states (per-sample seeds:
+    the batching never changes a sample)."""
+    n = config.n_samples
+    count = -(-n // batch_size)
+    for number, lo in enumerate(range(0, n, batch_size), 1):
+        ids = np.arange(lo, min(lo + batch_size, n))
+        x, scaled, start_ids = start_state(model, config, ids)
+        yield Batch(number, count, ids, x, scaled, start_ids)
+
+
+def step_info(step: Step, batch: Batch, config: SamplerConfig, centre: torch.Tensor) -> dict:
+    """The callback's one signature, for every producer (k-diffusion's): `i` the step (0-based),
+    `t` the time of the state, `x` the states (B, D) and `denoised` D(x, t) (B, D), both float64
+    tensors in the sampler's space and units (latents for a latent run) on the compute device;
+    `step`/`steps` and `batch`/`batches` count progress (`fraction_done`), `sample_ids` (B,)."""
+    c = centre.to(step.x.device)
+    return {"i": step.k, "t": step.t, "x": step.x + step.t * c, "denoised": step.result.smoothed + c,
+            "step": step.k + 1, "steps": config.steps, "batch": batch.number, "batches": batch.count,
+            "sample_ids": batch.ids}
 
 
 @dataclass
@@ -161,16 +192,9 @@ class SampleResult:
     dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
     seconds: float = 0.0
     weights_given: bool = False
-    # latent space only (config.space == "latent"); samples and trajectory are then decoded, and
-    # source ids, nn_ids and nn_dist refer to the latents
-    latents: np.ndarray | None = None  # (n, K) float64: the sampler's output, sum_k w_k z_{id_k}
-    train_latents: np.ndarray | None = None  # (N, K) float64: encoder outputs of the training set
-    latent_trajectory: np.ndarray | None = None  # (S + 1, n, K) when a trajectory is kept
-    pixel_nn_ids: np.ndarray | None = None  # (n, nearest): nearest training items to the decoded samples
-    pixel_nn_dist: np.ndarray | None = None  # (n, nearest): their distances in data units
-    space: dict = field(default_factory=dict)  # LatentSpace.describe(): autoencoder hash, errors
+    ran: dict = field(default_factory=dict)  # what ran: model, strategy, index, device, backend
 
-    OPTIONAL = ("trajectory", "latents", "train_latents", "latent_trajectory", "pixel_nn_ids", "pixel_nn_dist")
+    OPTIONAL = ("trajectory",)
 
     def arrays(self) -> dict:
         out = {k: getattr(self, k) for k in ("samples", "source_ids", "source_weights", "nn_ids",
@@ -180,8 +204,13 @@ class SampleResult:
 
     @property
     def blend_space_points(self) -> np.ndarray:
-        """The points the sources blend: latents in latent space, samples otherwise."""
-        return self.samples if self.latents is None else self.latents
+        """The points the sources blend (latents for a latent run)."""
+        return self.samples
+
+    @property
+    def data_nearest(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of the nearest training items measured in data units."""
+        return self.nn_ids, self.nn_dist
 
 
 def _merge_rows(blocks, fill):
@@ -190,64 +219,38 @@ def _merge_rows(blocks, fill):
                            for a in blocks])
 
 
-def sample(data, config: SamplerConfig, weights=None, callback=None,
-           prepared: TrainingSet | None = None) -> SampleResult:
-    """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array."""
-    space = latent_space(data, config, callback) if config.space == "latent" else None
-    t0 = time.perf_counter()  # after the autoencoder is ready: a first latent run's training is not sampling time
-    with opened(data, config, prepared) as ts_set:
-        res = _sample(ts_set, config, weights, callback, t0)
-    if space is not None:
-        res = _decoded(res, space, config)
-        res.seconds = time.perf_counter() - t0
-    return res
-
-
-def _decoded(res: SampleResult, space, config: SamplerConfig) -> SampleResult:
-    """A latent run in data units: samples (and trajectory) decoded, latents kept beside them,
-    and the nearest training items to each decoded sample measured in data units too."""
-    res.latents, res.train_latents = res.samples, space.latents.astype(np.float64)
-    res.samples = space.decode(res.latents)
-    if res.trajectory is not None:
-        res.latent_trajectory = res.trajectory
-        steps, n, k = res.trajectory.shape
-        res.trajectory = space.decode(res.trajectory.reshape(-1, k)).reshape(steps, n, -1)
-    pixels = prepare(space.data, config.replace(space="data", ae_weights="", index="exact"))
-    res.pixel_nn_ids, res.pixel_nn_dist = pixels.nearest(res.samples, config.nearest)
-    res.dataset, res.space = space.data.describe(), space.describe()
-    return res
-
-
-def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> SampleResult:
+def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
+    """Draw `config.n_samples` samples from `model` (a `Denoiser`, models.py) by the Euler steps of
+    the module docstring. Pure: arrays in, arrays out; `callback(info)` gets `step_info` after
+    every step."""
+    t0 = time.perf_counter()
+    ts_set = model.training_set
     n_train, dim = ts_set.n, ts_set.dim
     bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw)
-    log_pi = normalise_log_weights(weights, n_train)
-    strategy = make_strategy(ts_set, log_pi, config.neighbours, config.truncation_tol)
     grid = time_grid(config.start, config.steps)
     n = config.n_samples
-    batches = [np.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
     samples = np.empty((n, dim))
     bounds = np.zeros(n)
     start_ids = np.empty(n, np.int64)
     traj = np.empty((config.steps + 1, n, dim)) if config.trajectory else None
     src_ids, src_w = [], []
     dense_sum = 0.0
-    for bi, ids in enumerate(batches):
-        x, scaled, start_ids[ids] = start_state(ts_set, log_pi, config, ids)
+    for batch in batches(model, config, bs):
+        ids = batch.ids
+        start_ids[ids] = batch.start_ids
         if traj is not None:
-            traj[0, ids] = ts_set.uncentred(x, float(grid[0]))
+            traj[0, ids] = ts_set.uncentred(batch.x, float(grid[0]))
         # bounds and dense counts stay on the compute device until the batch ends: no host
         # synchronisation per step
-        bound = torch.zeros(len(ids), dtype=torch.float64, device=x.device)
-        dense = torch.zeros((), dtype=torch.float64, device=x.device)
-        for step in euler_steps(strategy, x, scaled, grid):
+        bound = torch.zeros(len(ids), dtype=torch.float64, device=batch.x.device)
+        dense = torch.zeros((), dtype=torch.float64, device=batch.x.device)
+        for step in euler_steps(model, batch.x, batch.scaled, grid):
             torch.maximum(bound, step.result.bound.to(bound.device), out=bound)
             dense += step.result.dense.sum().to(dense.device)
             if traj is not None:
                 traj[step.k + 1, ids] = ts_set.uncentred(step.x_next, float(grid[step.k + 1]))
             if callback is not None:
-                callback({"step": step.k + 1, "steps": config.steps, "t": float(grid[step.k + 1]),
-                          "batch": bi + 1, "batches": len(batches), "sample_ids": ids})
+                callback(step_info(step, batch, config, ts_set.centre))
             last = step
         bounds[ids] = bound.cpu().numpy()
         dense_sum += float(dense)
@@ -259,16 +262,4 @@ def _sample(ts_set, config: SamplerConfig, weights, callback, t0: float) -> Samp
         samples=samples, source_ids=_merge_rows(src_ids, -1), source_weights=_merge_rows(src_w, 0.0),
         nn_ids=nn_ids, nn_dist=nn_dist, truncation_bound=bounds, start_ids=start_ids, config=config,
         dataset=ts_set.describe, trajectory=traj, dense_fraction=dense_sum / (n * config.steps),
-        seconds=time.perf_counter() - t0, weights_given=weights is not None)
-
-
-def check_weights_file(path: str, n: int) -> np.ndarray:
-    """Load a `.npy` of N training weights (never unpickled) and validate it."""
-    from cdm_core.data.files import read_npy_bytes
-    try:
-        raw = open(path, "rb").read()
-    except OSError as e:
-        raise CdmInputError(f"{path}: cannot read weights ({e.strerror})") from None
-    w = read_npy_bytes(path, raw)
-    normalise_log_weights(w, n, name=path)
-    return w
+        seconds=time.perf_counter() - t0, ran=model.describe())

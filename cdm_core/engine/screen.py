@@ -37,6 +37,7 @@ from cdm_core.engine.blend import (
     pad_rows,
     weighted_sum,
 )
+from cdm_core.engine.kernels import expanded_logits
 from cdm_core.engine.refine import REFINE_NATS
 from cdm_core.engine.strategies import CACHE_VALUES, FactorisedStrategy
 
@@ -164,7 +165,7 @@ class ScreenedStrategy(FactorisedStrategy):
         """(R, N) bool for the samples `which` (default all): points that may carry weight
         >= 1e-30 in some draw of each sample."""
         which = torch.arange(len(x), device=x.device) if which is None else which
-        rows = torch.mm(x[which].to(F32), self.ts.points32_t.T).mul_(a).add_(static.to(F32))  # (R, N) float32
+        rows = expanded_logits(torch.mm(x[which].to(F32), self.ts.points32_t.T), a, static.to(F32))  # (R, N) float32
         slack = self.slack(a, x_norm[which], magnitude[which], draws, which)
         margin = (LN_FLUSH + 2 * slack).clamp(max=3e38).to(F32)  # (R,)
         if draws.fast is None:
@@ -191,7 +192,7 @@ class ScreenedStrategy(FactorisedStrategy):
             ids = pos.clamp_min(0)
             xc = self.x[ids]  # (g, W, D)
             samples = rows[group]
-            lg = static[ids] + a * torch.einsum("gd,gwd->gw", x[samples], xc)
+            lg = expanded_logits(torch.einsum("gd,gwd->gw", x[samples], xc), a, static[ids])
             lg = lg[:, None, :] + a * torch.einsum("gmd,gwd->gmw", draws.scaled[samples], xc)
             w = flush_tiny(torch.softmax(torch.where(valid[:, None, :], lg, -math.inf), dim=-1))  # (g, M, W)
             mean_w = flush_tiny(torch.where(valid, w.mean(1), 0.0))

@@ -1,7 +1,7 @@
-"""Training sets split across Ray actors (`--backend ray --shards K [--ray-address A]`).
+"""Training sets split across processes (Ray actors, `--backend ray --shards K`): the numerics.
 
 The blend weights are a softmax over all N points, so they split exactly across shards. For the
-queries of a batch each actor, holding one memory-mapped shard (centred on the *global* centre),
+queries of a batch each shard's process (one `ShardKernel`, centred on the *global* centre)
 returns per sample b and draw m its largest logit m_s and the sum z_s = sum_i exp(l_i - m_s). The
 driver merges them by log-sum-exp into the global log-partition
     log Z = M + log sum_s exp(m_s - M) z_s,   M = max_s m_s,
@@ -11,25 +11,16 @@ denoiser of one process (float64 throughout, the same flushing; only the order o
 differs). The same second round gives the sources at the last step, and for sensitivity every
 draw's denoiser and the partial sums X_s^T (wbar * X_s J) with the weights of the requested points.
 
-Each step moves O(B M + B D) numbers per shard (O(B M D) with sensitivity), never the points. An
-actor that dies stops the run with a one-line error (no sample is ever computed from fewer shards
-than the manifest lists).
+Each step moves O(B M + B D) numbers per shard (O(B M D) with sensitivity), never the points.
+Files, Ray's lifecycle and the actors are the pipeline's (cdm_core.pipeline.shards): the
+strategy here talks to any sharded set that answers `call(method, *args)` on every shard.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from contextlib import contextmanager
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from cdm_core import settings
-from cdm_core.config import SamplerConfig
-from cdm_core.data.dataset import Dataset
-from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
 from cdm_core.engine.blend import (
     F64,
     Sources,
@@ -39,48 +30,34 @@ from cdm_core.engine.blend import (
     logit_scales,
     shifted_moments,
 )
+from cdm_core.engine.kernels import expanded_logits, merge_nearest, row_blocks
 from cdm_core.engine.refine import REFINE_NATS, expanded_error, refine_
-from cdm_core.engine.training_set import sort_by_distance
-from cdm_core.errors import BackendError, CdmInputError
 
-log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------ the actor
 CHUNK_ROWS = 1 << 16  # rows of a shard turned into centred float64 at a time
-START_TIMEOUT = 600.0  # seconds for every actor to open and verify its shard
 
 
-class ShardWorker:
-    """One shard in one process. Its rows stay memory-mapped (float32, as written) and are used in
-    float64 centred on the global centre: converted once when that copy fits `keep_bytes`
-    (CDM_SHARD_KEEP_MB), otherwise chunk by chunk on each pass, so a large shard costs the actor
-    only its per-batch arrays (B x M x N_s)."""
+# ------------------------------------------------------------------ one shard
 
-    def __init__(self, folder: str, index: int, device: str = "cpu", verify: bool = True,
+
+class ShardKernel:
+    """The numerics of one shard, in the process that holds it (a Ray actor: see
+    cdm_core.pipeline.shards, which opens the shard's file). Its rows (N_s, D) stay as given
+    (float32, typically memory-mapped) and are used in float64 centred on the global centre:
+    converted once when that copy fits `keep_bytes`, otherwise chunk by chunk on each pass, so a
+    large shard costs its process only the per-batch arrays (B x M x N_s)."""
+
+    def __init__(self, rows, centre, offset: int, n_total: int, device: str = "cpu",
                  keep_bytes: int = 512 * 2**20, chunk_rows: int = CHUNK_ROWS):
-        # a refused shard is reported by `ping` (an error raised here would only say the actor died)
-        self.error = None
         self.keep_bytes, self.chunk_rows = keep_bytes, chunk_rows
-        try:
-            self._open(folder, index, device, verify)
-        except CdmInputError as e:
-            self.error = e
-        except Exception as e:  # reported in one line by `ping`, naming the shard
-            self.error = BackendError(f"shard {index} of {folder}: {type(e).__name__}: {e}")
-
-    def _open(self, folder: str, index: int, device: str, verify: bool) -> None:
-        m = read_manifest(folder)
-        shard = m.shards[index]
-        self.rows32 = open_shard(m, shard, verify)  # memory-mapped; refused if its hash does not match
+        self.rows32 = rows
         self.device = torch.device(device)
-        self.centre = torch.as_tensor(m.centre, dtype=F64, device=self.device)
-        self.offset, self.n = shard.offset, shard.rows
+        self.centre = torch.as_tensor(np.asarray(centre, np.float64), dtype=F64, device=self.device)
+        self.offset, self.n = int(offset), len(rows)
         self.kept = None
-        if self.n * m.dim * 8 <= self.keep_bytes:
+        if self.n * self.centre.shape[0] * 8 <= self.keep_bytes:
             self.kept = torch.cat([x for _, _, x in self._chunks()])
         self.sq = torch.cat([(c * c).sum(1) for _, _, c in self._chunks()])  # |x_i - c|^2
-        self.log_pi = torch.full((self.n,), -float(np.log(m.n)), dtype=F64, device=self.device)
+        self.log_pi = torch.full((self.n,), -float(np.log(n_total)), dtype=F64, device=self.device)
         self.p = self.lg = self.w = None
 
     def _chunks(self):
@@ -88,8 +65,7 @@ class ShardWorker:
         if self.kept is not None:
             yield 0, self.n, self.kept
             return
-        for lo in range(0, self.n, self.chunk_rows):
-            hi = min(lo + self.chunk_rows, self.n)
+        for lo, hi in row_blocks(self.n, 1, self.chunk_rows):
             rows = torch.from_numpy(self.rows32[lo:hi].astype(np.float64)).to(self.device)  # one converting copy
             yield lo, hi, rows.sub_(self.centre)
 
@@ -106,11 +82,6 @@ class ShardWorker:
         for lo, hi, x in self._chunks():
             out[:, lo:hi] = q @ x.T
         return out
-
-    def ping(self) -> int:
-        if self.error is not None:
-            raise self.error
-        return self.n
 
     def norm_max(self) -> float:
         """max |x_i - c| over this shard (c the global centre)."""
@@ -138,7 +109,7 @@ class ShardWorker:
     def _logits(self, x: torch.Tensor, t: float, m: int) -> torch.Tensor:
         a, c, _ = logit_scales(t)
         x = x.to(self.device)
-        base = self.log_pi + a * self._dots(x) - c * self.sq  # (B, N_s)
+        base = expanded_logits(self._dots(x), a, self.log_pi - c * self.sq)  # (B, N_s)
         lg = base[:, None, :].expand(-1, m, -1) if self.p is None else base[:, None, :] + a * self.p
         y_norm = torch.linalg.vector_norm(x, dim=1)[:, None] + torch.linalg.vector_norm(self.scaled, dim=-1)
         err = expanded_error(a, c, y_norm, self.r_max, self.log_pi_abs, x.shape[1])  # (B, M): global
@@ -207,179 +178,14 @@ class ShardWorker:
         for lo, hi, x in self._chunks():
             d = torch.cdist(q, x, compute_mode="donot_use_mm_for_euclid_dist")  # exact, not |q|^2 - 2 q.x + |x|^2
             ids = torch.arange(lo, hi, device=self.device).expand(len(q), -1)
-            cat_i, cat_d = sort_by_distance(torch.cat([best_i, ids], 1), torch.cat([best_d, d], 1))
-            best_i, best_d = cat_i[:, :k], cat_d[:, :k]
+            best_i, best_d = merge_nearest([(best_i, best_d), (ids, d)], k)
         return (best_i + self.offset).cpu().numpy(), best_d.cpu().numpy()
-
-
-# ------------------------------------------------------------------ the driver
-_SESSION_LOCK = threading.Lock()
-_SESSION = {"users": 0, "owned": False}  # runs of this process inside `ray_session`
-
-
-@contextmanager
-def ray_session(address: str = ""):
-    """Joins the cluster at `address`, or starts a local Ray instance, for the runs of this process
-    that need it, and stops it when the last of them ends; a Ray session the caller initialised
-    itself is reused and left running. (Concurrent runs share one session: the first run's
-    address is the one used.)"""
-    try:
-        import ray
-    except ImportError:
-        raise CdmInputError("--backend ray needs the ray package (pip install ray==2.60.0)") from None
-    with _SESSION_LOCK:
-        if _SESSION["users"] == 0:
-            _SESSION["owned"] = not ray.is_initialized()
-            if _SESSION["owned"]:
-                try:
-                    if address:
-                        ray.init(address=address, log_to_driver=False)
-                    else:
-                        ray.init(include_dashboard=False, log_to_driver=False)
-                except Exception as e:  # ConnectionError, RuntimeError, ...: one line for the user
-                    raise BackendError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
-                                       f"{' '.join(str(e).split())[:200]}") from None
-        _SESSION["users"] += 1
-    try:
-        yield ray
-    finally:
-        with _SESSION_LOCK:
-            _SESSION["users"] -= 1
-            if _SESSION["users"] == 0 and _SESSION["owned"]:
-                ray.shutdown()
-
-
-def shard_folder(ds: Dataset, k: int) -> Path:
-    return settings.cache_dir() / "shards" / f"{ds.content_hash}-k{k}"
-
-
-def manifest_for(data, config: SamplerConfig) -> ShardManifest:
-    """The shard manifest to run on: given, or written once into the cache for an in-memory set."""
-    if isinstance(data, ShardManifest):
-        if config.shards not in (0, len(data.shards)):
-            raise CdmInputError(f"--shards {config.shards} does not match the manifest's {len(data.shards)} shards")
-        return data
-    if isinstance(data, (str, Path)):
-        return manifest_for(read_manifest(data), config)
-    from cdm_core.engine.training_set import as_dataset
-    ds = as_dataset(data)
-    if config.shards < 1:
-        raise CdmInputError("--backend ray needs --shards K (the number of actors) for a data set held in memory")
-    folder = shard_folder(ds, config.shards)
-    try:
-        m = read_manifest(folder)
-        if m.content_hash == ds.content_hash and len(m.shards) == config.shards:
-            return m
-    except CdmInputError:
-        pass
-    return write_shards(ds, config.shards, folder)
-
-
-class ShardedSet:
-    """The training-set seam for a sharded set: what the sampler asks of a `TrainingSet`,
-    answered by the actors (the driver never holds the points)."""
-
-    points = None  # never in the driver
-
-    def __init__(self, manifest: ShardManifest, config: SamplerConfig, ray, actors, describe: dict | None = None):
-        self.manifest, self.ray, self.actors = manifest, ray, actors
-        self.n, self.dim, self.kind = manifest.n, manifest.dim, config.index
-        self.device = torch.device("cpu")
-        self.centre = torch.as_tensor(manifest.centre, dtype=F64)
-        self.describe = (describe or manifest.describe()) | {"backend": "ray", "shards": len(actors)}
-        self.rows_per_process = max(s.rows for s in manifest.shards)  # what one actor's batch buffers span
-        self.arrays_per_draw = 4.0  # an actor's float64 (B, M, N_s) arrays: projection, logits, exp, weights
-        self.bytes_moved = 0  # numbers sent to and received from the actors, in bytes
-        self.calls = 0
-
-    @staticmethod
-    @contextmanager
-    def open(data, config: SamplerConfig):
-        manifest = manifest_for(data, config)
-        describe = data.describe() if isinstance(data, Dataset) else None  # the data set's own words
-        with ray_session(config.ray_address) as ray:
-            gpu = 1 if config.device == "cuda" else 0
-            if config.device == "auto":  # a GPU for each actor when the cluster has enough of them
-                gpu = 1 if ray.cluster_resources().get("GPU", 0) >= len(manifest.shards) else 0
-            elif gpu and ray.cluster_resources().get("GPU", 0) < len(manifest.shards):
-                raise BackendError(f"device cuda needs a GPU for each of the {len(manifest.shards)} shard actors; "
-                                   f"the Ray cluster has {ray.cluster_resources().get('GPU', 0):g}")
-            worker = ray.remote(num_cpus=0, num_gpus=gpu)(ShardWorker)
-            device = "cuda" if gpu else "cpu"
-            keep = settings.shard_keep_bytes()
-            actors = [worker.remote(str(manifest.folder), i, device, True, keep, CHUNK_ROWS)
-                      for i in range(len(manifest.shards))]
-            s = ShardedSet(manifest, config, ray, actors, describe)
-            try:
-                s.call("ping", timeout=START_TIMEOUT)  # every shard opened and verified before the run
-                yield s
-            finally:
-                for a in actors:
-                    ray.kill(a)
-
-    # ------------------------------------------------------------ calls to the actors
-    def call(self, method: str, *args, per_actor=None, timeout: float | None = None):
-        """Call `method` on every actor (or `per_actor[i]` args on actor i) and wait for all."""
-        ray = self.ray
-        refs = [getattr(a, method).remote(*(per_actor[i] if per_actor is not None else args))
-                for i, a in enumerate(self.actors)]
-        self.calls += 1
-        self.bytes_moved += len(self.actors) * _nbytes(args) if per_actor is None else _nbytes(per_actor)
-        try:
-            out = ray.get(refs, timeout=timeout)
-        except ray.exceptions.GetTimeoutError:
-            for r in refs:
-                ray.cancel(r, force=True)
-            raise BackendError(f"the shard actors did not answer '{method}' within {timeout:g} s (not enough "
-                               "resources on the Ray cluster?); the run stopped") from None
-        except ray.exceptions.RayActorError as e:
-            raise BackendError(f"a shard actor died during '{method}' ({type(e).__name__}); the run stopped and "
-                               "no result was written") from None
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, CdmInputError):
-                raise cause from None
-            raise BackendError(f"shard actor failed in '{method}': {' '.join(str(cause or e).split())[:200]}") from None
-        except ray.exceptions.RayError as e:  # out of memory, lost objects, ...
-            raise BackendError(f"Ray could not finish '{method}' ({type(e).__name__}): "
-                               f"{' '.join(str(e).split())[:160]}; no result was written") from None
-        self.bytes_moved += _nbytes(out)
-        return out
-
-    # ------------------------------------------------------------ the TrainingSet seam
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = np.asarray(ids.cpu())
-        out = torch.empty(len(ids), self.dim, dtype=F64)
-        bounds = [(s.offset, s.offset + s.rows) for s in self.manifest.shards]
-        where = [np.flatnonzero((ids >= lo) & (ids < hi)) for lo, hi in bounds]
-        parts = self.call("rows", per_actor=[(ids[w],) for w in where])
-        for w, rows in zip(where, parts):
-            out[w] = rows
-        return out
-
-    def uncentred(self, x: torch.Tensor, t: float = 1.0) -> np.ndarray:
-        return (x.cpu() + t * self.centre).numpy()
-
-    def nearest(self, queries, k: int):
-        parts = self.call("nearest", np.asarray(queries, np.float64), k)
-        ids = torch.as_tensor(np.concatenate([p[0] for p in parts], 1))
-        dist = torch.as_tensor(np.concatenate([p[1] for p in parts], 1))
-        ids, dist = sort_by_distance(ids, dist)
-        return ids[:, :k].numpy(), dist[:, :k].numpy()
-
-
-def _nbytes(obj) -> int:
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return obj.nbytes if isinstance(obj, np.ndarray) else obj.element_size() * obj.nelement()
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(o) for o in obj)
-    return 8
 
 
 class ShardedStrategy:
     """Dense float64 weights over all shards, merged by log-sum-exp (index auto and exact)."""
 
-    def __init__(self, ts: ShardedSet, log_pi: np.ndarray):
+    def __init__(self, ts, log_pi: np.ndarray):
         self.ts, self.n = ts, ts.n
         r_max = max(ts.call("norm_max"))
         lp_abs = float(np.abs(log_pi[np.isfinite(log_pi)]).max())
@@ -411,7 +217,7 @@ class ShardedStrategy:
 class ShardedDrawWeights:
     """Every draw's weights, held by the actors: the sensitivity step from their partial sums."""
 
-    def __init__(self, ts: ShardedSet, per_draw: torch.Tensor):
+    def __init__(self, ts, per_draw: torch.Tensor):
         self.ts, self.per_draw = ts, per_draw  # per_draw: D(y_m, t), (B, M, D)
 
     def d_smoothed(self, _points, cols: torch.Tensor, jac: torch.Tensor, t: float) -> torch.Tensor:

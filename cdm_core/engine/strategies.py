@@ -40,6 +40,7 @@ from cdm_core.engine.blend import (
     logit_scales,
     weighted_sum,
 )
+from cdm_core.engine.kernels import expanded_logits, row_blocks
 from cdm_core.engine.refine import REFINE_NATS, expanded_error, refine_
 from cdm_core.engine.training_set import TrainingSet
 
@@ -99,6 +100,17 @@ class Strategy:
         """log pi_i - c |x_i|^2 (N,) float64, -inf where pi = 0."""
         return self.log_pi - c * self.ts.sq_norms
 
+    def dense_logits(self, y: torch.Tensor, t: float, far: bool | None = None) -> torch.Tensor:
+        """Logits (q, N) of queries y (q, D) over all N points, up to a constant per query: the
+        expanded form (kernels.py), with the queries whose rounding bound exceeds REFINE_NATS
+        recomputed in direct form (refine.py). `far`: the caller's `may_refine` verdict for these
+        queries (taken from |y| when not given)."""
+        a, c, _ = logit_scales(t)
+        lg = expanded_logits(y @ self.x.T, a, self.static_logits(c))
+        if self.may_refine(a, c, y, None) if far is None else far:
+            refine_(lg, y, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(y, dim=1)))
+        return lg
+
     def begin(self, scaled: torch.Tensor):
         """Per-batch state from the draws sigma eps (B, M, D), fixed along the trajectories."""
         return scaled
@@ -132,20 +144,13 @@ class DenseStrategy(Strategy):
         if t == 0.0:
             return self._at_zero(b, m, sources, draws)
         y = (x[:, None, :] + scaled).reshape(b * m, d)
-        a, c, _ = logit_scales(t)
         mean_w = torch.zeros(b, self.n, dtype=F64, device=x.device)
         per_draw = torch.empty(b * m, self.n, dtype=F64, device=x.device) if draws else None
+        a, c, _ = logit_scales(t)
         far = self.may_refine(a, c, x, scaled)
         # whole samples per chunk, so each sample's mean over its draws is formed in one place
-        rows = max(1, DENSE_CHUNK_VALUES // (self.n * m))
-        for lo in range(0, b, rows):
-            hi = min(lo + rows, b)
-            yq = y[lo * m:hi * m]
-            # log pi_i - s |y - t x_i|^2 up to a constant per query: a y . x_i - c |x_i|^2
-            lg = self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms
-            if far:
-                refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
-            w = flush_tiny(torch.softmax(lg, dim=1))
+        for lo, hi in row_blocks(b, self.n * m, DENSE_CHUNK_VALUES):
+            w = flush_tiny(torch.softmax(self.dense_logits(y[lo * m:hi * m], t, far), dim=1))
             mean_w[lo:hi] = w.reshape(hi - lo, m, self.n).mean(1)
             if per_draw is not None:
                 per_draw[lo * m:hi * m] = w
@@ -192,14 +197,12 @@ class FactorisedStrategy(Strategy):
             err = self.logit_error(a, c, x_norm[:, None] + (0.0 if noise is None else noise))  # (B, M or 1)
         # the two (B, N) blocks of a step live in the strategy's workspace: reallocating them every
         # step made the allocator hand memory back and fault it in again (BENCHMARKS.md)
-        base = torch.mm(x, self.x.T, out=self.workspace.get("base", (b, self.n)))
-        base.mul_(a).add_(self.static_logits(c))  # log pi_i - c |x_i|^2 + a x . x_i
+        base = expanded_logits(torch.mm(x, self.x.T, out=self.workspace.get("base", (b, self.n))), a,
+                               self.static_logits(c))  # log pi_i - c |x_i|^2 + a x . x_i
         mean_w = self.workspace.get("mean_w", (b, self.n))
         m_eff = 1 if projected is None else m
         per_draw = torch.empty(b, m_eff, self.n, dtype=F64, device=x.device) if draws else None
-        chunk = max(1, self.softmax_values // (m_eff * self.n))
-        for lo in range(0, b, chunk):
-            hi = min(lo + chunk, b)
+        for lo, hi in row_blocks(b, m_eff * self.n, self.softmax_values):
             if projected is None:
                 lg = base[lo:hi, None, :]
             else:

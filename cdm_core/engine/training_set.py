@@ -4,28 +4,26 @@
 their squared norms, a float32 copy for screens and searches, and the neighbour index (built on
 the centred float32 copy). Centring leaves the maths unchanged (docs/maths.md: the sampler run on
 x_i - c from x_T - T c gives x_1 - c) and makes every float32 shortcut accurate relative to the
-data's spread rather than to their distance from the origin (docs/numerics.md). A sharded or
-latent training set is another implementation of the same few members.
+data's spread rather than to their distance from the origin (docs/numerics.md). A sharded
+training set (cdm_core.pipeline.shards) is another implementation of the same few members.
 
-Prepared sets are cached (keyed by the data's content hash, device and index), so the dashboard
-and repeated library calls pay for them once.
+`build` makes one from a data set's points; caching prepared sets, latent spaces and files are
+the pipeline's business (cdm_core.pipeline), never the engine's.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from cdm_core.config import SamplerConfig
 from cdm_core.data.dataset import Dataset
-from cdm_core.data.files import check_points
 from cdm_core.engine.blend import F64
+from cdm_core.engine.kernels import row_blocks, sort_by_distance
 from cdm_core.engine.neighbours import NeighbourIndex, TorchIndex, build_index, faiss_gpus
 from cdm_core.errors import CdmInputError
 
@@ -59,6 +57,7 @@ class TrainingSet:
     index: NeighbourIndex | None  # top-K search over the centred points; None for dense strategies
     kind: str  # the sampler `index` option it was prepared for
     describe: dict  # Dataset.describe() plus the content hash
+    params: dict = field(default_factory=dict)  # index parameters it was built with (nlist, nprobe for ivf)
     arrays_per_draw = 1.5  # float64 (B, M, N) arrays a batch holds per draw (float64 and float32 projections)
 
     @property
@@ -131,9 +130,8 @@ class TrainingSet:
 
     def _dense_nearest(self, q: torch.Tensor, k: int):
         out_i, out_d = [], []
-        rows = max(1, (1 << 22) // self.n)
-        for lo in range(0, len(q), rows):
-            d = torch.cdist(q[lo:lo + rows], self.points, compute_mode="donot_use_mm_for_euclid_dist")  # exact
+        for lo, hi in row_blocks(len(q), self.n, 1 << 22):
+            d = torch.cdist(q[lo:hi], self.points, compute_mode="donot_use_mm_for_euclid_dist")  # exact
             ids = torch.arange(self.n, device=self.device).expand_as(d)
             i, dd = sort_by_distance(ids, d)
             out_i.append(i[:, :k])
@@ -141,35 +139,8 @@ class TrainingSet:
         return torch.cat(out_i), torch.cat(out_d)
 
 
-def sort_by_distance(ids: torch.Tensor, dist: torch.Tensor):
-    """Rows ordered by distance, ties by id (so the order never depends on the search)."""
-    by_id = torch.argsort(torch.where(ids >= 0, ids, torch.iinfo(torch.int64).max), dim=1, stable=True)
-    ids, dist = torch.gather(ids, 1, by_id), torch.gather(dist, 1, by_id)
-    order = torch.argsort(dist, dim=1, stable=True)
-    return torch.gather(ids, 1, order), torch.gather(dist, 1, order)
-
-
-_CACHE: "OrderedDict[tuple, TrainingSet]" = OrderedDict()
-_CACHE_SIZE = 4
-_LOCK = threading.Lock()
-
-
-def as_dataset(data) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().numpy()
-    if isinstance(data, np.ndarray):
-        return Dataset(name="array", points=check_points("array", data), source="in-memory array")
-    raise CdmInputError(f"data must be a Dataset or an (N, D) array, got {type(data).__name__}")
-
-
-def _centred(ds: Dataset, device: torch.device):
-    """The centred float64 points, their centre and float32 copy: shared by every index kind
-    prepared for the same data on the same device (they are the large part)."""
-    for other in _CACHE.values():
-        if other.describe["content_hash"] == ds.content_hash and other.device == device:
-            return other.points, other.centre, other.points32
+def centred_points(ds: Dataset, device: torch.device):
+    """The centred float64 points (N, D) on `device`, their centre (D,) and a float32 host copy."""
     arr = np.asarray(ds.points)
     if not arr.flags.writeable:  # a read-only memory map (cached decoded data): torch wants its own copy
         arr = arr.astype(np.float64)
@@ -179,26 +150,15 @@ def _centred(ds: Dataset, device: torch.device):
     return pts, centre, pts.to(torch.float32).cpu().numpy()
 
 
-def prepare(data, config: SamplerConfig) -> TrainingSet:
-    """The TrainingSet for `data` under `config` (device and index), from the cache when there."""
-    ds = as_dataset(data)
-    if config.space == "latent":  # the engine samples the training latents (cdm_core.latent)
-        from cdm_core.latent.space import latent_space
-        ds = latent_space(ds, config).dataset
+def build(ds: Dataset, config: SamplerConfig, centred=None) -> TrainingSet:
+    """The TrainingSet of data set `ds` for `config`'s device and index (nlist, nprobe for ivf).
+    `centred`: the (points, centre, float32 copy) of `centred_points` for this data set and
+    device, when a caller already holds them (every index kind shares them)."""
     device = resolve_device(config.device)
     backend = index_backend(config.index, device)
-    key = (ds.content_hash, str(device), config.index, config.nlist if backend == "ivf" else 0,
-           config.nprobe if backend == "ivf" else 0)
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    pts, centre, pts32 = _centred(ds, device)
+    pts, centre, pts32 = centred_points(ds, device) if centred is None else centred
     index = None if backend is None else build_index(pts32, backend, device=str(device),
                                                      nlist=config.nlist, nprobe=config.nprobe)
-    ts = TrainingSet(pts, centre, pts32, index, config.index, ds.describe() | {"content_hash": ds.content_hash})
-    with _LOCK:
-        _CACHE[key] = ts
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return ts
+    params = {"nlist": config.nlist, "nprobe": config.nprobe} if backend == "ivf" else {}
+    return TrainingSet(pts, centre, pts32, index, config.index, ds.describe() | {"content_hash": ds.content_hash},
+                       params)

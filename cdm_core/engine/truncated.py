@@ -34,9 +34,8 @@ from cdm_core.engine.blend import (
     logit_scales,
     pad_rows,
 )
-from cdm_core.engine.refine import refine_
+from cdm_core.engine.kernels import row_blocks, sort_by_distance
 from cdm_core.engine.strategies import DENSE_CHUNK_VALUES, Strategy
-from cdm_core.engine.training_set import sort_by_distance
 
 
 class TruncatedStrategy(Strategy):
@@ -70,10 +69,8 @@ class TruncatedStrategy(Strategy):
         # exact float64 distances of the candidates (in chunks: the gathered rows are large), then
         # every query's candidates ordered by (distance, id) at once
         e = torch.empty(cand.shape, dtype=F64, device=dev)
-        rows = max(1, CHUNK_VALUES // (self.fetch * self.x.shape[1]))
-        for lo in range(0, q, rows):
-            c = cand[lo:lo + rows]
-            e[lo:lo + rows] = ((y[lo:lo + rows, None, :] - t * self.x[c.clamp_min(0)]) ** 2).sum(-1)
+        for lo, hi in row_blocks(q, self.fetch * self.x.shape[1], CHUNK_VALUES):
+            e[lo:hi] = ((y[lo:hi, None, :] - t * self.x[cand[lo:hi].clamp_min(0)]) ** 2).sum(-1)
         cand, e = sort_by_distance(cand, torch.where(cand >= 0, e, math.inf))
         kept, e_kept = cand[:, :self.k], e[:, :self.k]
         e_next = e[:, self.k] if e.shape[1] > self.k else torch.full((q,), math.inf, dtype=F64, device=dev)
@@ -87,10 +84,9 @@ class TruncatedStrategy(Strategy):
         w = w / w.sum(1, keepdim=True)
         ids = torch.where(w > 0, kept, -1)
         denoised = torch.empty(q, self.x.shape[1], dtype=F64, device=dev)
-        rows = max(1, CHUNK_VALUES // (self.k * self.x.shape[1]))
-        for lo in range(0, q, rows):
-            gathered = self.x[kept[lo:lo + rows].clamp_min(0)]  # (c, K, D)
-            denoised[lo:lo + rows] = torch.einsum("ck,ckd->cd", w[lo:lo + rows], gathered)
+        for lo, hi in row_blocks(q, self.k * self.x.shape[1], CHUNK_VALUES):
+            gathered = self.x[kept[lo:hi].clamp_min(0)]  # (c, K, D)
+            denoised[lo:hi] = torch.einsum("ck,ckd->cd", w[lo:hi], gathered)
         # every omitted point is at least as far as the (K+1)-th nearest (when certified)
         n_omit = len(self.eligible) - valid.sum(1)
         log_b = torch.log(n_omit.to(F64).clamp_min(1)) + self.log_pi_max - e_next * s
@@ -111,14 +107,9 @@ class TruncatedStrategy(Strategy):
 
     def _dense(self, y: torch.Tensor, t: float, weights: bool = True):
         """Queries over all N points: D(y, t) and, when asked for, their non-zero weights."""
-        a, c, _ = logit_scales(t)
         out_i, out_w, out_d = [], [], []
-        rows = max(1, DENSE_CHUNK_VALUES // self.n)
-        for lo in range(0, len(y), rows):
-            yq = y[lo:lo + rows]
-            lg = self.log_pi + a * (yq @ self.x.T) - c * self.ts.sq_norms
-            refine_(lg, yq, t, self.x, self.log_pi, self.logit_error(a, c, torch.linalg.vector_norm(yq, dim=1)))
-            w = flush_tiny(torch.softmax(lg, dim=1))
+        for lo, hi in row_blocks(len(y), self.n, DENSE_CHUNK_VALUES):
+            w = flush_tiny(torch.softmax(self.dense_logits(y[lo:hi], t), dim=1))
             out_d.append(w @ self.x)
             if weights:
                 src = Sources.from_dense(w)

@@ -157,7 +157,7 @@ def resolve_dataset(m: dict, base_dir: Path | None = None):
 def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     """(figures by name: plotly Figure or PIL Image, arrays behind them by name)."""
     from cdm_core.analysis.metrics import nn_ratio
-    from cdm_core.engine.sampler import sample
+    from cdm_core.pipeline.run import sample
     say = callback or (lambda msg: None)
     cfg = SamplerConfig.from_dict(m["sampler"])
     opts = m.get("options", {})

@@ -1,0 +1,68 @@
+"""`sample`: from a data set and a configuration to a result, through the engine.
+
+The engine (cdm_core.engine) samples a model over prepared points; this layer owns what lies
+around it: the prepared set (cached or checked, prepared.py), Ray's actors (shards.py), the
+training weights file, and in latent space the autoencoder (the latent space wraps the engine:
+encode the training set, sample the latents, decode the samples).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+import numpy as np
+
+from cdm_core.config import SamplerConfig
+from cdm_core.data.files import read_npy_bytes
+from cdm_core.engine.blend import normalise_log_weights
+from cdm_core.engine.models import build_model
+from cdm_core.engine.sampler import SampleResult, sample_model
+from cdm_core.errors import CdmInputError
+from cdm_core.latent.results import LatentSampleResult
+from cdm_core.latent.space import latent_space
+from cdm_core.pipeline.prepared import opened, prepare
+
+
+def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=None) -> SampleResult:
+    """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array (a shard manifest
+    with backend ray); `weights`: N non-negative training weights (default uniform); `prepared`:
+    a training set from `prepare(data, config)`; `callback(info)` after every step (the engine's
+    `step_info`; also the autoencoder's training on a first latent run)."""
+    space = latent_space(data, config, callback) if config.space == "latent" else None
+    t0 = time.perf_counter()  # after the autoencoder is ready: a first latent run's training is not sampling time
+    with opened(data, config, prepared) as ts_set:
+        model = build_model(ts_set, normalise_log_weights(weights, ts_set.n), config)
+        res = sample_model(model, config, callback)
+    res.weights_given = weights is not None
+    if space is not None:
+        res = decoded(res, space, config)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def decoded(res: SampleResult, space, config: SamplerConfig) -> LatentSampleResult:
+    """A latent run in data units: samples (and trajectory) decoded, latents kept beside them,
+    and the nearest training items to each decoded sample measured in data units too."""
+    out = LatentSampleResult(**{f.name: getattr(res, f.name) for f in fields(SampleResult)})
+    out.latents, out.train_latents = res.samples, space.latents.astype(np.float64)
+    out.samples = space.decode(out.latents)
+    if res.trajectory is not None:
+        out.latent_trajectory = res.trajectory
+        steps, n, k = res.trajectory.shape
+        out.trajectory = space.decode(res.trajectory.reshape(-1, k)).reshape(steps, n, -1)
+    pixels = prepare(space.data, config.replace(space="data", ae_weights="", index="exact"))
+    out.pixel_nn_ids, out.pixel_nn_dist = pixels.nearest(out.samples, config.nearest)
+    out.dataset, out.space = space.data.describe(), space.describe()
+    return out
+
+
+def check_weights_file(path: str, n: int) -> np.ndarray:
+    """Load a `.npy` of N training weights (never unpickled) and validate it."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise CdmInputError(f"{path}: cannot read weights ({e.strerror})") from None
+    w = read_npy_bytes(path, raw)
+    normalise_log_weights(w, n, name=path)
+    return w
