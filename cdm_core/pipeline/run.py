@@ -32,8 +32,13 @@ def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=No
     space = latent_space(data, config, callback) if config.space == "latent" else None
     t0 = time.perf_counter()  # after the autoencoder is ready: a first latent run's training is not sampling time
     with opened(data, config, prepared) as ts_set:
+        sharded = getattr(ts_set, "sharded", False)
+        before = (ts_set.bytes_moved, ts_set.calls) if sharded else None
         model = build_model(ts_set, normalise_log_weights(weights, ts_set.n), config)
         res = sample_model(model, config, callback)
+        if sharded:
+            from cdm_core.pipeline.shards import sharded_result
+            res = sharded_result(res, ts_set, *before)
     res.weights_given = weights is not None
     if space is not None:
         res = decoded(res, space, config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from cdm_core.data.dataset import Dataset
 from cdm_core.data.shards import ShardManifest, open_shard, read_manifest, write_shards
 from cdm_core.engine.blend import F64
 from cdm_core.engine.kernels import merge_nearest
+from cdm_core.engine.sampler import SampleResult
 from cdm_core.engine.sharded import CHUNK_ROWS, ShardKernel
 from cdm_core.errors import BackendError, CdmInputError
 from cdm_core.pipeline.inputs import as_dataset
@@ -29,6 +31,15 @@ from cdm_core.pipeline.inputs import as_dataset
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 600.0  # seconds for every actor to open and verify its shard
+
+
+@dataclass
+class ShardedSampleResult(SampleResult):
+    """A run on Ray shards: the plain result, plus what the run cost in traffic."""
+
+    shards: int = 0  # actors (shards) the training set was split across
+    bytes_moved: int = 0  # bytes sent to and received from the actors during the run
+    calls: int = 0  # rounds of calls to all actors during the run
 
 
 class ShardWorker(ShardKernel):
@@ -206,6 +217,13 @@ class ShardedSet:
         parts = self.call("nearest", np.asarray(queries, np.float64), k)
         ids, dist = merge_nearest([(torch.from_numpy(np.array(i)), torch.from_numpy(np.array(d))) for i, d in parts], k)
         return ids.numpy(), dist.numpy()
+
+
+def sharded_result(res: SampleResult, ts: ShardedSet, bytes_before: int, calls_before: int) -> ShardedSampleResult:
+    """`res` with the traffic of the run on `ts` since the counters read (bytes_before, calls_before)."""
+    return ShardedSampleResult(**{f.name: getattr(res, f.name) for f in fields(SampleResult)},
+                               shards=len(ts.actors), bytes_moved=ts.bytes_moved - bytes_before,
+                               calls=ts.calls - calls_before)
 
 
 def _nbytes(obj) -> int:
