@@ -39,7 +39,9 @@ with st.sidebar:
     current = st.session_state.dataset_name
     if current not in choices:
         choices.append(current)
-    picked = st.selectbox("Data set", choices, index=choices.index(current), format_func=state.label_for,
+    # names only: the sidebar is too narrow for "name — summary", which Streamlit cut mid-word;
+    # the summary is the caption below, wrapped
+    picked = st.selectbox("Data set", choices, index=choices.index(current), format_func=state.name_for,
                           key=f"sidebar_dataset_{len(choices)}_{current}",
                           help="Registered data sets and your uploads (Data page).")
     if picked != current:
@@ -48,7 +50,8 @@ with st.sidebar:
     try:
         ds = state.current_dataset()
         kind = f"images {'x'.join(map(str, ds.image_shape))}" if ds.is_image else f"{ds.dim}-D points"
-        st.caption(f"**{ds.n:,}** training items · {kind}")
+        about = REGISTRY[current].summary + " · " if current in REGISTRY else ""
+        st.caption(f"{about}**{ds.n:,}** training items · {kind}")
     except Exception as e:  # a data set that fails to load must not take the app down
         st.error(f"Could not load the data set: {e}")
     summary = st.empty()  # filled after the page has run, so it shows this run's settings and result

@@ -61,6 +61,10 @@ def test_sources_page_for_images_and_item_users():
     at = app()
     at.session_state["params"] = at.session_state["params"] | {"n": 8}
     at.sidebar.selectbox[0].set_value("digits").run()
+    # the sidebar shows the name in the box and the whole summary, wrapped, below it
+    assert at.sidebar.selectbox[0].format_func("digits") == "digits"
+    assert any(c.value.startswith("scikit-learn 8x8 digits, 1,797 images · **1,797** training items")
+               for c in at.sidebar.caption)
     at.switch_page("app_pages/sources.py").run()
     assert not at.exception and not errors(at)
     # n = 8 survives the switch to digits (8 x 8 images, 64 pixels): 8 samples of 64 values
@@ -404,3 +408,14 @@ def test_page_level_link_values_that_are_changed_are_said(page, query, words):
     assert not at.exception
     notes = " ".join(w.value for w in at.warning)
     assert "This link needed changes" in notes and words in notes, notes
+
+
+def test_a_link_to_a_sample_beyond_the_run_says_which_one_is_shown():
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in {"data": "moons", "n": "8", "sample": "99999"}.items():
+        at.query_params[k] = v
+    at.switch_page("app_pages/sources.py").run()  # the link opens the Sources page itself
+    assert not at.exception and not errors(at)
+    assert "sample=99999 is beyond this run's 8 samples: showing #7." in notices(at)
+    at.switch_page("app_pages/generate.py").run()
+    assert notices(at).count("sample=99999") == 1  # said once, kept until dismissed

@@ -342,6 +342,13 @@ def dataset_choices() -> list[str]:
     return names + list(st.session_state.uploads)
 
 
+def name_for(name: str) -> str:
+    """A data set's short name: the registry name, or an upload's file name."""
+    if name.startswith(UPLOAD_PREFIX):
+        return f"⬆ {name[len(UPLOAD_PREFIX):].split('#')[0]}"
+    return name
+
+
 def label_for(name: str) -> str:
     if name.startswith(UPLOAD_PREFIX):
         return f"⬆ {name[len(UPLOAD_PREFIX):].split('#')[0]}"
@@ -467,7 +474,8 @@ def run_sampler(ds: Dataset, cfg: SamplerConfig) -> Run | None:
     run = Run(res, result_key(ds, cfg), st.session_state.dataset_name)
     st.session_state.result = run
     n = res.samples.shape[0]
-    if st.session_state.get("selected_sample", 0) >= n:
+    # a link's own sample number beyond the run is clamped with a notice by `selected_sample`
+    if st.session_state.get("selected_sample", 0) >= n and st.session_state.get("link_sample") is None:
         st.session_state.selected_sample = 0
     return run
 
