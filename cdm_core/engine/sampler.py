@@ -17,9 +17,8 @@ steps, shifted by t c at each time (docs/maths.md), so samples come back by addi
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -28,8 +27,6 @@ from cdm_core import settings
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, StepResult
 from cdm_core.errors import CdmInputError
-
-log = logging.getLogger(__name__)
 
 
 def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_process: int | None = None,
@@ -201,6 +198,10 @@ class SampleResult:
                                              "nn_dist", "truncation_bound", "start_ids")}
         out |= {k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None}
         return out
+
+    def extended(self, cls, **extra):
+        """This result as `cls`, a subclass with more fields (latent, sharded), those given in `extra`."""
+        return cls(**{f.name: getattr(self, f.name) for f in fields(SampleResult)}, **extra)
 
     @property
     def blend_space_points(self) -> np.ndarray:

@@ -9,7 +9,6 @@ encode the training set, sample the latents, decode the samples).
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 
 import numpy as np
 
@@ -49,7 +48,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=No
 def decoded(res: SampleResult, space, config: SamplerConfig) -> LatentSampleResult:
     """A latent run in data units: samples (and trajectory) decoded, latents kept beside them,
     and the nearest training items to each decoded sample measured in data units too."""
-    out = LatentSampleResult(**{f.name: getattr(res, f.name) for f in fields(SampleResult)})
+    out = res.extended(LatentSampleResult)
     out.latents, out.train_latents = res.samples, space.latents.astype(np.float64)
     out.samples = space.decode(out.latents)
     if res.trajectory is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -221,9 +221,8 @@ class ShardedSet:
 
 def sharded_result(res: SampleResult, ts: ShardedSet, bytes_before: int, calls_before: int) -> ShardedSampleResult:
     """`res` with the traffic of the run on `ts` since the counters read (bytes_before, calls_before)."""
-    return ShardedSampleResult(**{f.name: getattr(res, f.name) for f in fields(SampleResult)},
-                               shards=len(ts.actors), bytes_moved=ts.bytes_moved - bytes_before,
-                               calls=ts.calls - calls_before)
+    return res.extended(ShardedSampleResult, shards=len(ts.actors), bytes_moved=ts.bytes_moved - bytes_before,
+                        calls=ts.calls - calls_before)
 
 
 def _nbytes(obj) -> int:
