@@ -11,13 +11,16 @@ import json
 import math
 from dataclasses import dataclass
 
+from cdm_core import patches
 from cdm_core.errors import CdmInputError
 
 INDEX_KINDS = ("auto", "exact", "flat", "ivf", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("local", "ray")
 SPACES = ("data", "latent")
-MODELS = ("cfdm",)  # denoisers behind the engine's protocol (cdm_core/engine/models.py registers each)
+MODELS = ("cfdm", "gaussian", "ls", "els")  # denoisers behind the engine's protocol (cdm_core/engine/models.py)
+PATCH_MODELS = ("ls", "els")  # the local models: images only, sizes from `patch_schedule`
+MAX_PIXEL_SOURCES = 256
 
 # Upper limits that keep a single request bounded; named in the error when exceeded.
 MAX_SAMPLES = 100_000
@@ -53,7 +56,13 @@ class SamplerConfig:
     space: str = "data"  # data (the data's own units) | latent (an autoencoder's latents; images only)
     latent_dim: int = 16  # latent: K, latent coordinates per image
     ae_weights: str = ""  # latent: a safetensors file of the built-in autoencoder ("" = train / cache)
-    model: str = "cfdm"  # the denoiser: cfdm (sigma-smoothed closed form; sigma = 0 is the exact empirical model)
+    model: str = "cfdm"  # the denoiser: cfdm (sigma-smoothed closed form; sigma = 0 is the exact empirical
+    #                      model) | gaussian (the data's mean and covariance) | ls (local score) | els
+    #                      (equivariant local score); ls and els are for images (docs/maths.md)
+    patch_schedule: str = ""  # ls / els: window size in pixels, odd: one size ("7"), one per step
+    #                           ("3,3,5,..."), or a preset name (patches.PRESETS); "" = fashion-resnet
+    pixel_sources: int = 16  # ls / els: per-pixel sources kept per pixel (largest weights); the
+    #                          weight left out is bounded and recorded per pixel
 
     def __post_init__(self) -> None:
         def check_int(name: str, lo: int, hi: int) -> None:
@@ -105,6 +114,23 @@ class SamplerConfig:
             raise CdmInputError("latent space runs in one process (backend local)")
         if self.model not in MODELS:
             raise CdmInputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        check_int("pixel_sources", 1, MAX_PIXEL_SOURCES)
+        if not isinstance(self.patch_schedule, str):
+            raise CdmInputError(f"patch_schedule must be text, got {self.patch_schedule!r}")
+        if self.model != "cfdm":
+            if self.sigma != 0:
+                raise CdmInputError(f"sigma smooths model cfdm only; model {self.model} takes sigma 0")
+            if self.backend != "local":
+                raise CdmInputError(f"model {self.model} runs in one process (backend local)")
+        if self.model in PATCH_MODELS:
+            if self.space != "data":
+                raise CdmInputError(f"model {self.model} works on image pixels (space data), not latents")
+            try:
+                patches.parse(self.patch_schedule, self.steps)
+            except patches.ScheduleError as e:
+                raise CdmInputError(str(e)) from None
+        elif self.patch_schedule:
+            raise CdmInputError(f"patch_schedule applies to models ls and els, not {self.model}")
         if self.device not in DEVICES:
             raise CdmInputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
@@ -136,12 +162,29 @@ class SamplerConfig:
                 raise CdmInputError(f"{name} must be {wanted}, got {value!r}") from None
         return cls(**(fields | extra))
 
-    def work(self, n_train: int, dim: int) -> float:
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        """ls / els: the window size of each Euler step (patches.sizes_per_step); () otherwise."""
+        if self.model not in PATCH_MODELS:
+            return ()
+        return patches.sizes_per_step(self.patch_schedule, self.start, self.steps)
+
+    def work(self, n_train: int, dim: int, image_shape: tuple | None = None) -> float:
         """Floating-point work of one run (the one cost model: the sampler's limit and the
-        dashboard's "regenerate as you move a slider" both use it). `auto` needs two per-sample
-        products per step plus one per draw up front and a softmax over draws x N; the other
-        paths evaluate every draw over all (or the top-K) points at every step."""
+        dashboard's "regenerate as you move a slider" both use it). cfdm `auto` needs two
+        per-sample products per step plus one per draw up front and a softmax over draws x N;
+        the other paths evaluate every draw over all (or the top-K) points at every step. The
+        Gaussian model costs one eigendecomposition (cached) and two products per step; ls and
+        els count their window sums and softmaxes (patches.py); `image_shape` is needed for them."""
         n, m, s = self.n_samples, (1 if self.sigma == 0 else self.draws), self.steps
+        if self.model == "gaussian":
+            r = min(n_train, dim)
+            return 4.0 * n * dim * r * s + 2.0 * n * n_train * r
+        if self.model in PATCH_MODELS:
+            shape = tuple(image_shape) if image_shape else (dim, 1)
+            if self.model == "ls":
+                return n * s * patches.ls_work_per_step(shape, n_train)
+            return n * sum(patches.els_work_per_step(shape, k, n_train) for k in self.patch_sizes)
         softmax = 5.0 * n * m * n_train * s  # exp and sums over every draw's N logits
         if self.index == "auto":
             return n * n_train * dim * (2.0 * s + m) + softmax
@@ -172,5 +215,5 @@ OPTIONS = {
     "truncation_tol": ("truncation_tol", float), "nprobe": ("nprobe", _int), "nlist": ("nlist", _int),
     "backend": ("backend", str), "shards": ("shards", _int), "ray_address": ("ray_address", str),
     "space": ("space", str), "latent_dim": ("latent_dim", _int), "ae_weights": ("ae_weights", str),
-    "model": ("model", str),
+    "model": ("model", str), "patch_schedule": ("patch_schedule", str), "pixel_sources": ("pixel_sources", _int),
 }

@@ -29,6 +29,7 @@ class NearestMean:
 
     name = "nearest-mean"
     supports_sensitivity = False
+    source_kind = "convex"
 
     def __init__(self, training_set, log_pi):
         self.training_set, self.log_pi = training_set, log_pi
@@ -57,7 +58,7 @@ def test_cfdm_satisfies_the_protocol_and_is_registered(moons):
     model = build_model(ts, normalise_log_weights(None, ts.n), CFG)
     assert isinstance(model, Denoiser) and isinstance(model, CFDM) and MODELS["cfdm"] is CFDM
     assert model.describe() == {"model": "cfdm", "strategy": "factorised", "index": "auto", "device": "cpu",
-                                "backend": "local"}
+                                "backend": "local", "sources": "convex"}
 
 
 def test_a_new_model_is_one_class_and_starts_from_the_same_noise(moons):

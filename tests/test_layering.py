@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "cdm_core"
 LAYERS = ("foundation", "data", "engine", "latent", "pipeline", "analysis", "report", "cli")  # lowest first
-FOUNDATION = {"cdm_core.config", "cdm_core.errors", "cdm_core.settings", "cdm_core.runtime"}
+FOUNDATION = {"cdm_core.config", "cdm_core.errors", "cdm_core.settings", "cdm_core.runtime", "cdm_core.patches"}
 FREE = {"cdm_core", "cdm_core.__main__"}  # the package root and the entry point may import anything
 FORBIDDEN = "streamlit"
 

@@ -301,3 +301,4 @@ class StepResult:
     dense: torch.Tensor  # (B,) float64: fraction of the sample's draws evaluated over all N points
     sources: Sources | None = None  # when asked for: the weights `smoothed` was formed with
     draws: FullDrawWeights | SparseDrawWeights | None = None  # when asked for (sensitivity)
+    pixels: object | None = None  # local models, with the sources: per-pixel sources (local.PixelSources)

@@ -22,6 +22,8 @@ import torch
 from cdm_core.config import MODELS as MODEL_NAMES, SamplerConfig
 from cdm_core.engine.blend import StepResult
 from cdm_core.engine.factory import make_strategy, strategy_name
+from cdm_core.engine.gaussian import Gaussian
+from cdm_core.engine.local import EquivariantLocalScore, LocalScore
 from cdm_core.errors import CdmInputError
 
 
@@ -31,6 +33,9 @@ class Denoiser(Protocol):
     training_set: object  # TrainingSet or a sharded set: the centred points states are drawn around
     log_pi: np.ndarray  # (N,) float64 log training weights, -inf where pi = 0 (start points ~ pi)
     supports_sensitivity: bool  # whether `denoise(..., draws=True)` returns every draw's weights
+    source_kind: str  # what its sources are: "convex" (a blend of whole items that reproduces the
+    #                   sample), "affine" (signed weights summing to one that reproduce it), or
+    #                   "item shares" (each item's share of per-pixel sources, StepResult.pixels)
 
     def begin(self, scaled: torch.Tensor):
         """Per-batch state from the batch's smoothing draws sigma eps (B, M, D), fixed along its
@@ -51,6 +56,7 @@ class CFDM:
 
     name = "cfdm"
     supports_sensitivity = True
+    source_kind = "convex"  # non-negative weights over whole items that reproduce the sample
 
     def __init__(self, training_set, log_pi: np.ndarray, config: SamplerConfig):
         self.training_set, self.log_pi = training_set, log_pi
@@ -65,10 +71,11 @@ class CFDM:
     def describe(self) -> dict:
         ts = self.training_set
         return {"model": self.name, "strategy": strategy_name(self.strategy), "index": ts.kind,
-                "device": str(ts.device), "backend": "ray" if getattr(ts, "sharded", False) else "local"}
+                "device": str(ts.device), "backend": "ray" if getattr(ts, "sharded", False) else "local",
+                "sources": self.source_kind}
 
 
-MODELS = {"cfdm": CFDM}
+MODELS = {"cfdm": CFDM, "gaussian": Gaussian, "ls": LocalScore, "els": EquivariantLocalScore}
 
 
 def build_model(training_set, log_pi: np.ndarray, config: SamplerConfig) -> Denoiser:

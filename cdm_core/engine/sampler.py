@@ -189,9 +189,17 @@ class SampleResult:
     dense_fraction: float = 0.0  # fraction of queries evaluated over all N points
     seconds: float = 0.0
     weights_given: bool = False
-    ran: dict = field(default_factory=dict)  # what ran: model, strategy, index, device, backend
+    ran: dict = field(default_factory=dict)  # what ran: model, strategy, index, device, backend, sources
+    # local models (ls, els) only: pixel p of sample i is sum_k w x_{id_k}[pixel_k] (data units, all
+    # channels), up to pixel_source_omitted x max |x|
+    pixel_source_ids: np.ndarray | None = None  # (n, H*W, K) int64 training item, -1 padded
+    pixel_source_pixels: np.ndarray | None = None  # (n, H*W, K) int64 flat pixel index in that item, row-major
+    pixel_source_weights: np.ndarray | None = None  # (n, H*W, K) float64, 0 padded, largest first
+    pixel_source_omitted: np.ndarray | None = None  # (n, H*W) float64 weight left out of the K kept
+    pixel_entropy: np.ndarray | None = None  # (n, H*W) float64 entropy of each pixel's weights, nats
 
-    OPTIONAL = ("trajectory",)
+    OPTIONAL = ("trajectory", "pixel_source_ids", "pixel_source_pixels", "pixel_source_weights",
+                "pixel_source_omitted", "pixel_entropy")
 
     def arrays(self) -> dict:
         out = {k: getattr(self, k) for k in ("samples", "source_ids", "source_weights", "nn_ids",
@@ -234,7 +242,7 @@ def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
     bounds = np.zeros(n)
     start_ids = np.empty(n, np.int64)
     traj = np.empty((config.steps + 1, n, dim)) if config.trajectory else None
-    src_ids, src_w = [], []
+    src_ids, src_w, pixel = [], [], []
     dense_sum = 0.0
     for batch in batches(model, config, bs):
         ids = batch.ids
@@ -258,9 +266,26 @@ def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
         samples[ids] = ts_set.uncentred(last.x_next)
         src_ids.append(last.result.sources.ids.cpu().numpy())
         src_w.append(last.result.sources.weights.cpu().numpy())
+        if last.result.pixels is not None:
+            pixel.append(last.result.pixels)
     nn_ids, nn_dist = ts_set.nearest(samples, config.nearest)
     return SampleResult(
         samples=samples, source_ids=_merge_rows(src_ids, -1), source_weights=_merge_rows(src_w, 0.0),
         nn_ids=nn_ids, nn_dist=nn_dist, truncation_bound=bounds, start_ids=start_ids, config=config,
         dataset=ts_set.describe, trajectory=traj, dense_fraction=dense_sum / (n * config.steps),
-        seconds=time.perf_counter() - t0, ran=model.describe())
+        seconds=time.perf_counter() - t0, ran=model.describe(), **_pixel_arrays(pixel))
+
+
+def _pixel_arrays(blocks) -> dict:
+    """The per-pixel sources of every batch as the result's arrays (none for whole-item models)."""
+    if not blocks:
+        return {}
+    width = max(b.ids.shape[2] for b in blocks)
+
+    def cat(name, fill):
+        return np.concatenate([np.pad(getattr(b, name).cpu().numpy(), ((0, 0), (0, 0), (0, width - b.ids.shape[2])),
+                                      constant_values=fill) for b in blocks])
+    return {"pixel_source_ids": cat("ids", -1), "pixel_source_pixels": cat("pixels", -1),
+            "pixel_source_weights": cat("weights", 0.0),
+            "pixel_source_omitted": np.concatenate([b.omitted.cpu().numpy() for b in blocks]),
+            "pixel_entropy": np.concatenate([b.entropy.cpu().numpy() for b in blocks])}

@@ -1,0 +1,303 @@
+"""The local models of Kamb & Ganguli (arXiv 2412.20292, ICML 2025): LS and ELS, with per-pixel sources.
+
+Images are H x W x C, channels last; channels share a pixel's weights. With y = t x + (1 - t) z
+and s = 1 / (2 (1 - t)^2), for a window size k (odd, half-width r = k // 2):
+
+- **LS, local score**: pixel p weighs training image i by its clipped k x k window W_k(p) only,
+      logit_i(p) = log pi_i - s sum_{q in W_k(p)} |y_q - t x_{i,q}|^2,   D(y)_p = sum_i w_i(p) x_{i,p}.
+  Clipping at the border is the same as zero-padding both images. Window sums come from
+  cumulative sums (O(1) per pixel, not k^2).
+- **ELS, equivariant local score**: pixel p compares its clipped window with the windows of every
+  training image i at every position u clipped the same way (an interior pixel: every interior
+  position), and takes the weighted mean of those windows' centre pixels,
+      logit_{i,u}(p) = log pi_i - s sum_delta |y_{p+delta} - t x_{i,u+delta}|^2,
+      D(y)_p = sum_{i,u} w_{i,u}(p) x_{i,u}.
+  (The prior pi_i / |U(p)| of a pair is a constant per pixel and cancels in the softmax.)
+
+With k >= 2 max(H, W) - 1 every window covers the image and both equal the exact empirical model.
+The last Euler step lands on D, so every pixel of a sample is a convex combination of training
+pixels: its *per-pixel sources* (item, pixel inside that item, weight), the largest `keep` per
+pixel, with the weight left out and the entropy of the full weights recorded per pixel.
+
+Coordinates: ELS compares positions, so it is equivariant only to shifts that are the same at
+every pixel. Both models therefore work on the data minus the per-channel mean (a constant per
+channel), not on the per-feature centring of the training set, and convert back at the end.
+Softmaxes stream over chunks of items in float64 (running maximum, sum, weighted sum and
+entropy), so memory stays bounded at any N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cdm_core import patches
+from cdm_core.config import SamplerConfig
+from cdm_core.engine.blend import F64, FLUSH, Sources, StepResult, flush_tiny_
+from cdm_core.errors import CdmInputError
+
+CHUNK_ENTRIES = 1 << 18  # logits held at once per chunk (float64): small enough to stay in cache (measured
+#                          1.3 s against 2.1 s at 1 << 22 for digits, 64 samples, k = 3)
+CACHE_BYTES = 256 << 20  # ELS keeps a size's training windows when they fit in this much memory
+
+
+@dataclass
+class PixelSources:
+    """Per-pixel sources of a batch: pixel p of sample b is sum_k weights x_{ids, pixels} (in data
+    units) up to `omitted` times the largest value."""
+
+    ids: torch.Tensor  # (B, P, K) int64 training item, -1 padded
+    pixels: torch.Tensor  # (B, P, K) int64 flat pixel index inside that item (row-major), -1 padded
+    weights: torch.Tensor  # (B, P, K) float64, 0 padded, largest first
+    omitted: torch.Tensor  # (B, P) float64: weight left out of the K kept (plus flushed weights)
+    entropy: torch.Tensor  # (B, P) float64: entropy of the pixel's full weights, nats
+
+
+class _StreamingSoftmax:
+    """Softmax over entries arriving in chunks, per (sample, pixel): logits (b, E, P), entries
+    along dim 1. Keeps the running maximum m, sum s = sum e^(L - m), weighted values and
+    t1 = sum e^(L - m) L (the entropy is m + log s - t1 / s), and the `keep` largest logits."""
+
+    def __init__(self, b: int, p: int, c: int, keep: int, device):
+        self.m = torch.full((b, p), -torch.inf, dtype=F64, device=device)
+        self.s = torch.zeros(b, p, dtype=F64, device=device)
+        self.t1 = torch.zeros(b, p, dtype=F64, device=device)
+        self.a = torch.zeros(b, p, c, dtype=F64, device=device)
+        self.keep, self.entries = keep, 0
+        self.top = None  # (logits, ids, pixels), each (b, K, P)
+
+    def add(self, logits: torch.Tensor, weigh, ids: torch.Tensor, pixels: torch.Tensor) -> None:
+        """logits (b, E, P), consumed (overwritten); weigh(e) -> (b, P, C) the e-weighted values;
+        ids, pixels broadcastable to (b, E, P): the item and item pixel of each entry."""
+        if self.keep:  # the largest logits first: `logits` is overwritten below
+            k = min(self.keep, logits.shape[1])
+            tl, ti = logits.topk(k, dim=1)
+            shape = logits.shape
+            top = (tl, torch.gather(ids.expand(shape), 1, ti), torch.gather(pixels.expand(shape), 1, ti))
+            if self.top is not None:
+                cat = [torch.cat([old, new_], 1) for old, new_ in zip(self.top, top)]
+                tl, ti = cat[0].topk(min(self.keep, cat[0].shape[1]), dim=1)
+                top = (tl, torch.gather(cat[1], 1, ti), torch.gather(cat[2], 1, ti))
+            self.top = top
+        new = torch.maximum(self.m, logits.amax(1))
+        scale = torch.exp(self.m - new)
+        d = logits.sub_(new[:, None, :])  # L - m <= 0
+        e = torch.exp(d)
+        e.masked_fill_(e < FLUSH, 0.0)  # weights below 1e-30 of the max: 0 (no denormal products)
+        total = e.sum(1)
+        if self.keep:  # sum e^(L - m) L = sum e^d d + m sum e^d, for the entropy
+            self.t1 = self.t1 * scale + (e * d).sum(1) + new * total
+        self.s = self.s * scale + total
+        self.a = self.a * scale[..., None] + weigh(e)
+        self.m = new
+        self.entries += logits.shape[1]
+
+    def denoised(self) -> torch.Tensor:
+        return self.a / self.s[..., None]  # (b, P, C)
+
+    def sources(self) -> PixelSources:
+        tl, ti, tp = self.top
+        w = flush_tiny_(torch.exp(tl - self.m[:, None, :]) / self.s[:, None, :])
+        omitted = (1.0 - w.sum(1)).clamp_min(0.0) + self.entries * FLUSH
+        entropy = (self.m + torch.log(self.s) - self.t1 / self.s).clamp_min(0.0)
+        ok = w > 0
+        return PixelSources(torch.where(ok, ti, -1).transpose(1, 2), torch.where(ok, tp, -1).transpose(1, 2),
+                            w.transpose(1, 2), omitted, entropy)
+
+
+def box_sum(e: torch.Tensor, r: int) -> torch.Tensor:
+    """Sums of e (..., H, W) over the (2r+1) x (2r+1) window around each pixel, clipped at the
+    border, from cumulative sums along each axis."""
+    for dim in (-2, -1):
+        n = e.shape[dim]
+        c = torch.nn.functional.pad(torch.cumsum(e, dim), (0, 0, 1, 0) if dim == -2 else (1, 0))
+        pos = torch.arange(n, device=e.device)
+        hi, lo = (pos + r).clamp_max(n - 1) + 1, (pos - r).clamp_min(0)
+        e = c.index_select(dim, hi) - c.index_select(dim, lo)
+    return e
+
+
+def ls_evaluate(y: torch.Tensor, t: float, size: int, images: torch.Tensor, log_pi: torch.Tensor,
+                shape: tuple, keep: int) -> _StreamingSoftmax:
+    """LS for states y (B, P, C) over training images (N, P, C), in chunks of items."""
+    b, p, c = y.shape
+    h, w = shape
+    n = images.shape[0]
+    s = 1.0 / (2 * (1 - t) ** 2)
+    acc = _StreamingSoftmax(b, p, c, keep, y.device)
+    rows = max(1, min(n, CHUNK_ENTRIES // max(1, b * p)))
+    pix = torch.arange(p, device=y.device)[None, None, :]
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        x = images[lo:hi]
+        sq = torch.sub(y[:, None], x[None], alpha=t).square_()  # |y_q - t x_iq|^2 per channel, (b, n, P, C)
+        sq = (sq[..., 0] if c == 1 else sq.sum(-1)).reshape(b, hi - lo, h, w)
+        logits = log_pi[lo:hi, None] - s * box_sum(sq, size // 2).reshape(b, hi - lo, p)
+        ids = torch.arange(lo, hi, device=y.device)[None, :, None]
+        acc.add(logits, lambda e: torch.einsum("bnp,npc->bpc", e, x), ids, pix)
+    return acc
+
+
+class _ElsClass:
+    """The pixels of one clip class for one window size: flat indices (P_c,), the window's flat
+    offsets per pixel (P_c, f), and the training windows (N, P_c, f C) when cached."""
+
+    def __init__(self, rows, cols, cuts, r: int, width: int, device):
+        (ra, rb), (ca, cb) = cuts
+        dr = torch.arange(-r + ra, r - rb + 1, device=device)
+        dc = torch.arange(-r + ca, r - cb + 1, device=device)
+        rr = torch.as_tensor(rows, device=device)[:, None, None] + dr[None, :, None]
+        cc = torch.as_tensor(cols, device=device)[:, None, None] + dc[None, None, :]
+        win = (rr[:, None] * width + cc[None, :]).reshape(len(rows) * len(cols), -1)  # (P_c, f)
+        centre = torch.as_tensor(rows, device=device)[:, None] * width + torch.as_tensor(cols, device=device)[None, :]
+        self.pixels, self.window = centre.reshape(-1), win
+        self.cached = None  # (training windows (N, P_c, f C), their squared norms (N P_c,))
+
+    def windows(self, images: torch.Tensor, lo: int, hi: int):
+        """Training windows of items lo..hi at this class's positions, and their squared norms."""
+        if self.cached is not None:
+            return self.cached[0][lo:hi], self.cached[1][lo * len(self.pixels):hi * len(self.pixels)]
+        xp = images[lo:hi][:, self.window].reshape(hi - lo, len(self.pixels), -1)
+        return xp, (xp * xp).sum(-1).reshape(-1)
+
+
+def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor, log_pi: torch.Tensor,
+                 keep: int, device) -> tuple[torch.Tensor, PixelSources | None]:
+    """ELS for states y (B, P, C) over training images (N, P, C), one clip class at a time."""
+    b, p, c = y.shape
+    n = images.shape[0]
+    s = 1.0 / (2 * (1 - t) ** 2)
+    out = torch.empty(b, p, c, dtype=F64, device=device)
+    srcs = None
+    if keep:
+        srcs = PixelSources(torch.full((b, p, keep), -1, dtype=torch.int64, device=device),
+                            torch.full((b, p, keep), -1, dtype=torch.int64, device=device),
+                            torch.zeros(b, p, keep, dtype=F64, device=device),
+                            torch.zeros(b, p, dtype=F64, device=device), torch.zeros(b, p, dtype=F64, device=device))
+    for cls in classes:
+        pc, f = cls.window.shape
+        yp = y[:, cls.window].reshape(b, pc, f * c)  # (b, P_c, f C)
+        acc = _StreamingSoftmax(b, pc, c, keep, device)
+        items = max(1, min(n, CHUNK_ENTRIES // max(1, b * pc * pc)))
+        for lo in range(0, n, items):
+            hi = min(n, lo + items)
+            xp, xx = cls.windows(images, lo, hi)  # (n, P_c, f C), |x_u|^2 (n P_c,)
+            e_count = (hi - lo) * pc
+            # logit = log pi_i - s |y_p - t x_u|^2 = [log pi_i - s t^2 |x_u|^2] + 2 s t y_p . x_u - s |y_p|^2;
+            # the last term is the same for every entry of a pixel and cancels in its softmax (and
+            # its entropy), so it is left out
+            logits = torch.matmul(xp.reshape(e_count, f * c), yp.transpose(1, 2)).mul_(2 * s * t)
+            logits.add_((log_pi[lo:hi].repeat_interleave(pc) - (s * t * t) * xx)[None, :, None])
+            centres = images[lo:hi][:, cls.pixels].reshape(e_count, c)  # x_{i,u}: the windows' centre pixels
+            ids = torch.arange(lo, hi, device=device).repeat_interleave(pc)[None, :, None]
+            pix = cls.pixels.repeat(hi - lo)[None, :, None]
+            acc.add(logits, lambda e: torch.einsum("bep,ec->bpc", e, centres), ids, pix)
+        out[:, cls.pixels] = acc.denoised()
+        if keep:
+            got = acc.sources()
+            k = got.ids.shape[2]
+            srcs.ids[:, cls.pixels, :k], srcs.pixels[:, cls.pixels, :k] = got.ids, got.pixels
+            srcs.weights[:, cls.pixels, :k] = got.weights
+            srcs.omitted[:, cls.pixels], srcs.entropy[:, cls.pixels] = got.omitted, got.entropy
+    return out, srcs
+
+
+class _LocalModel:
+    """What LS and ELS share: the image layout, the step's window size, the coordinates and the
+    per-pixel sources (module docstring)."""
+
+    supports_sensitivity = False
+    source_kind = "item shares"  # whole-item sources: each item's share of the pixels' weight
+
+    def __init__(self, training_set, log_pi: np.ndarray, config: SamplerConfig):
+        shape = training_set.describe.get("image_shape")
+        if not shape:
+            raise CdmInputError(f"model {self.name} works on images; {training_set.describe.get('name', 'this data set')} "
+                                "is not an image data set")
+        self.training_set, self.log_pi = training_set, log_pi
+        self.h, self.w = int(shape[0]), int(shape[1])
+        self.c = int(shape[2]) if len(shape) > 2 else 1
+        dev = training_set.device
+        active = np.flatnonzero(np.isfinite(log_pi))  # items of weight zero never enter a softmax
+        self.item_ids = torch.as_tensor(active, device=dev)
+        # per-channel mean: the only shift every position shares (module docstring)
+        full_centre = training_set.centre.reshape(self.h * self.w, self.c)
+        self.channel_mean = full_centre.mean(0)
+        self.offset = (full_centre - self.channel_mean).reshape(-1)  # per-feature centre minus channel mean
+        pts = training_set.points[self.item_ids] + self.offset
+        self.images = pts.reshape(len(active), self.h * self.w, self.c)
+        self.log_pi_t = torch.as_tensor(log_pi[active], dtype=F64, device=dev)
+        self.sizes = config.patch_sizes
+        self.grid = config.start + (1.0 - config.start) * np.arange(config.steps) / config.steps
+        self.keep = config.pixel_sources
+
+    def begin(self, scaled):
+        return None  # no smoothing draws (sigma is 0 for local models)
+
+    def size_at(self, t: float) -> int:
+        return self.sizes[int(np.argmin(np.abs(self.grid - t)))]
+
+    def denoise(self, state, x, t, sources=False, draws=False):
+        b = len(x)
+        y = (x + t * self.offset).reshape(b, self.h * self.w, self.c)
+        den, pix = self.evaluate(y, t, self.size_at(t), self.keep if sources else 0)
+        smoothed = den.reshape(b, -1) - self.offset
+        src = None
+        if pix is not None:
+            pix.ids = torch.where(pix.ids >= 0, self.item_ids[pix.ids.clamp_min(0)], -1)
+            src = self.item_shares(pix)
+        bound = torch.full((b,), self.images.shape[0] * self.h * self.w * FLUSH, dtype=F64, device=x.device)
+        return StepResult(smoothed, bound, torch.ones(b, dtype=F64, device=x.device), src, pixels=pix)
+
+    def item_shares(self, pix: PixelSources) -> Sources:
+        """Each item's share of the kept per-pixel weight, averaged over pixels (sums to 1 minus
+        the mean omitted weight). Not a blend that reproduces the sample: the pixel sources do."""
+        b, p, _ = pix.ids.shape
+        shares = torch.zeros(b, self.training_set.n + 1, dtype=F64, device=pix.ids.device)
+        idx = torch.where(pix.ids >= 0, pix.ids, self.training_set.n).reshape(b, -1)
+        shares.scatter_add_(1, idx, pix.weights.reshape(b, -1) / p)
+        return Sources.from_dense(shares[:, :-1])
+
+    def describe(self) -> dict:
+        ts = self.training_set
+        return {"model": self.name, "strategy": "streamed softmax", "index": ts.kind, "device": str(ts.device),
+                "backend": "local", "sources": self.source_kind, "patch_sizes": list(self.sizes)}
+
+
+class LocalScore(_LocalModel):
+    """LS: each pixel weighs training images by its clipped window alone."""
+
+    name = "ls"
+
+    def evaluate(self, y, t, size, keep):
+        acc = ls_evaluate(y, t, size, self.images, self.log_pi_t, (self.h, self.w), keep)
+        return acc.denoised(), acc.sources() if keep else None
+
+
+class EquivariantLocalScore(_LocalModel):
+    """ELS: each pixel compares its window with every training window clipped the same way."""
+
+    name = "els"
+
+    def __init__(self, training_set, log_pi, config):
+        super().__init__(training_set, log_pi, config)
+        self._classes: dict[int, list] = {}
+
+    def classes(self, size: int) -> list:
+        """The clip classes of window size `size` (patches.clip_classes), built once per size;
+        their training windows cached when they fit in CACHE_BYTES."""
+        if size not in self._classes:
+            r, dev = size // 2, self.images.device
+            built = [_ElsClass(rows, cols, (rcut, ccut), r, self.w, dev)
+                     for rcut, rows in patches.clip_classes(self.h, r) for ccut, cols in patches.clip_classes(self.w, r)]
+            n = self.images.shape[0]
+            if sum(8 * n * cl.window.numel() * self.c for cl in built) <= CACHE_BYTES:
+                for cl in built:
+                    cl.cached = cl.windows(self.images, 0, n)
+            self._classes[size] = built
+        return self._classes[size]
+
+    def evaluate(self, y, t, size, keep):
+        return els_evaluate(y, t, self.classes(size), self.images, self.log_pi_t, keep, y.device)
