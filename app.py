@@ -73,8 +73,11 @@ if state.link_notices():
 with summary.container():
     p = st.session_state.params
     space = " · latent space" if p.get("space") == "latent" else ""
-    st.caption(f"σ = {p['sigma']:g} · M = {p['draws']} · S = {p['steps']} · T = {p['start']:g} · "
-               f"n = {p['n']} · seed {p['seed']}{space}")
+    model = p.get("model", "cfdm")
+    smoothing = f"σ = {p['sigma']:g} · M = {p['draws']}" if model == "cfdm" else model
+    if model in ("ls", "els"):
+        smoothing += f" · patches {p.get('patch_schedule') or 'fashion-resnet'}"
+    st.caption(f"{smoothing} · S = {p['steps']} · T = {p['start']:g} · n = {p['n']} · seed {p['seed']}{space}")
     run = state.current_run()
     if run is not None:
         st.caption(f"Last run: {run.result.samples.shape[0]} samples in {run.result.seconds:.2f} s")

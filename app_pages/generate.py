@@ -3,7 +3,8 @@
 import streamlit as st
 
 from cdm_core.analysis import metrics
-from cdm_core.config import INDEX_KINDS
+from cdm_core import patches
+from cdm_core.config import INDEX_KINDS, PATCH_MODELS
 from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
@@ -30,6 +31,71 @@ HELP = {
     "backend": "local: this process. ray: the training set split into shards held by Ray actors (a local Ray "
                "instance is started for the run and stopped after it); the same samples as local.",
 }
+
+
+MODEL_LABELS = {"cfdm": "σ-CFDM", "gaussian": "Gaussian", "ls": "Local (LS)", "els": "Equivariant local (ELS)"}
+MODEL_HELP = {
+    "cfdm": "The closed-form model of the training set, smoothed by σ: each sample is an exact blend of a few whole "
+            "training items (σ = 0 copies them).",
+    "gaussian": "The linear denoiser of the data's mean and covariance (Wang & Vastola 2024): its sources are signed "
+                "weights over every training item, summing to one.",
+    "ls": "The local score (Kamb & Ganguli 2025): each pixel is denoised from the same window of every training "
+          "image; every pixel is an exact blend of training pixels at the same place.",
+    "els": "The equivariant local score (Kamb & Ganguli 2025): each pixel from matching windows at any position of "
+           "any training image; samples are patch mosaics, every pixel an exact blend of training pixels.",
+}
+SCHEDULE_ONE, SCHEDULE_LIST = "one size", "one per step"
+# measured floating-point rates here (SamplerConfig.work per second), to say what a run will cost
+RATE = {"cfdm": 2e10, "gaussian": 2e10, "ls": 1.5e9, "els": 3e9}
+
+
+def model_controls(ds, p: dict) -> None:
+    """The model, its one-line explanation and its own settings (patch sizes for ls / els)."""
+    models = list(MODEL_LABELS) if ds.is_image else ["cfdm", "gaussian"]
+    if p.get("model") not in models:
+        p["model"] = "cfdm"
+    c1, c2 = st.columns([3, 4])
+    p["model"] = c1.segmented_control("Model", models, format_func=MODEL_LABELS.get, default=p["model"],
+                                      key="w_model", help="The denoiser the sampler runs: the same seeds under "
+                                      "every model, so runs of different models compare sample by sample.") \
+        or p["model"]
+    c2.caption(MODEL_HELP[p["model"]])
+    if p["model"] not in PATCH_MODELS:
+        return
+    h, w = ds.image_shape[:2]
+    cover = 2 * max(h, w) - 1
+    current = p.get("patch_schedule", "") or patches.DEFAULT_PRESET
+    kinds = list(patches.PRESETS) + [SCHEDULE_ONE, SCHEDULE_LIST]
+    kind = current if current in patches.PRESETS else SCHEDULE_ONE if "," not in current else SCHEDULE_LIST
+    c1, c2, c3 = st.columns([2, 2, 3])
+    kind = c1.selectbox("Patch sizes", kinds, index=kinds.index(kind), key="w_patch_kind",
+                        help="Window size k(t) per step: a published schedule (Kamb & Ganguli 2025, mapped to "
+                             "this time grid by signal-to-noise ratio), one size for every step, or one per step. "
+                             f"k ≥ {cover} covers the whole image: the exact empirical model.")
+    if kind == SCHEDULE_ONE:
+        size = int(current) if current.isdigit() else 5
+        p["patch_schedule"] = str(c2.slider("Window k (pixels)", 1, cover, min(size, cover) | 1, step=2,
+                                            key="w_patch_size"))
+    elif kind == SCHEDULE_LIST:
+        p["patch_schedule"] = c2.text_input("Sizes, first step first", current if "," in current else
+                                            ",".join(map(str, patches.sizes_per_step(current, p["start"],
+                                                                                     int(p["steps"])))),
+                                            key="w_patch_list", help="Odd sizes, one per step, comma-separated.")
+    else:
+        p["patch_schedule"] = kind
+
+
+def cost_caption(ds, cfg) -> None:
+    """What a patch-model run costs, said before it runs (ELS on a large set is a GPU workload)."""
+    if cfg.model not in PATCH_MODELS:
+        return
+    work = cfg.work(ds.n, ds.dim, ds.image_shape)
+    seconds = work / RATE[cfg.model]
+    when = "runs as you move a slider" if state.is_interactive(ds, cfg) else "press Generate to run it"
+    sizes = cfg.patch_sizes
+    st.caption(f"Patch sizes per step (first step first): {', '.join(map(str, sizes))}. This run is about "
+               f"{work:.1e} floating-point operations, roughly {seconds:.0f} s on this machine's CPU; {when}."
+               + (" On a large set use a training subset (Data page) or a GPU." if seconds > 60 else ""))
 
 
 def space_controls(ds, p: dict) -> None:
@@ -64,14 +130,19 @@ def space_controls(ds, p: dict) -> None:
 
 def controls(ds) -> dict:
     p = dict(state.params())
-    space_controls(ds, p)
+    model_controls(ds, p)
+    if p["model"] in PATCH_MODELS:
+        p["space"] = "data"  # local models work on pixels
+    else:
+        space_controls(ds, p)
     # the range is fixed per data set and space (state.sigma_range): a range that followed σ
     # changed one rerun late and swallowed the move that crossed its boundary
     sig_max, sig_step = state.sigma_range(state.dataset_name(), p.get("space", "data"), float(p["sigma"]))
     c1, c2, c3, c4 = st.columns(4)
-    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
-                           help=HELP["sigma"], key="w_sigma", format="%.4g")
-    p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
+    if p["model"] == "cfdm":  # σ and M smooth the closed-form model only
+        p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
+                               help=HELP["sigma"], key="w_sigma", format="%.4g")
+        p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
     p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")
     c5, c6, c7, c8 = st.columns(4)
@@ -174,14 +245,14 @@ def results(run, ds) -> None:
 def body() -> None:
     st.title("Generate")
     ds = state.current_dataset()
-    st.caption(f"Closed-form sampler on **{ds.name}** ({ds.n:,} items). "
-               "Every sample is an exact blend of training items.")
+    st.caption(f"Training-free samplers on **{ds.name}** ({ds.n:,} items), with the exact sources of every sample.")
     p = controls(ds)
     try:
         cfg = state.config_from(p, trajectory=not ds.is_image)
     except CdmInputError as e:
         st.error(f"Invalid settings: {e}")
         return
+    cost_caption(ds, cfg)
     run = state.current_run()
     fresh = run is not None and run.key == state.result_key(ds, cfg)
     auto = state.is_interactive(ds, cfg)

@@ -9,6 +9,7 @@ from cdm_core.report import figures
 from cdm_core.report.export import label_of
 from ui import state
 from ui.click_select import click_select
+from ui.mosaic_view import mosaic_section
 from ui.verdicts import users_of, verdict
 
 
@@ -58,6 +59,15 @@ def body() -> None:
     ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
     shown = w >= 1e-3
     scale = 4 if ds.is_image and ds.image_shape[0] <= 16 else 3
+    if getattr(res, "pixel_source_ids", None) is not None:  # ls / els: sources per pixel
+        mosaic_section(ds, res, i, scale)
+        st.markdown("**Nearest training items** (Euclidean distance, data units)")
+        image_row(ds, ds.points[res.nn_ids[i][:8]],
+                  [f"#{j}{label_of(ds, j)} · d={d:.3g}" for j, d in zip(res.nn_ids[i], res.nn_dist[i])], scale)
+        return
+    signed = res.ran.get("sources") == "affine"
+    if signed:
+        shown = abs(w) >= 1e-3
     if ds.is_image:
         left, right = st.columns([1, 4])
         kind = "decoded blend" if res.config.space == "latent" else "blend"
@@ -66,7 +76,9 @@ def body() -> None:
             if res.config.space == "latent":
                 latent_rows(ds, res, i, ids[shown], w[shown], scale)
             else:
-                st.markdown(f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
+                st.markdown(f"**Signed sources** ({int(shown.sum())} with |weight| ≥ 0.001 of {len(w)}; the Gaussian "
+                            "model's affine weights, summing to one)" if signed else
+                            f"**Blend sources** ({int(shown.sum())} with weight ≥ 0.001, exact weights)")
                 image_row(ds, ds.points[ids[shown][:16]],
                           [f"#{j}{label_of(ds, j)} · w={wt:.3f}" for j, wt in zip(ids[shown], w[shown])], scale)
                 st.markdown("**Nearest training items** (Euclidean distance, data units)")

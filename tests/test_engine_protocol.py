@@ -129,7 +129,8 @@ def test_results_record_what_ran(moons):
         cfg = CFG.replace(index=index)
         res = sample(moons, cfg, prepared=prepare(moons, cfg))
         assert res.config.index == index
-        assert res.ran == {"model": "cfdm", "strategy": strategy, "index": index, "device": "cpu", "backend": "local"}
+        assert res.ran == {"model": "cfdm", "strategy": strategy, "index": index, "device": "cpu", "backend": "local",
+                           "sources": "convex"}
 
 
 def test_an_unknown_model_is_one_line(capsys):

@@ -15,7 +15,7 @@ from cdm_core.analysis import metrics
 from cdm_core.report import figures
 from ui import state
 
-SETTINGS = (("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
+SETTINGS = (("model", "model"), ("patch_schedule", "patch sizes"), ("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
             ("index", "index"), ("space", "space"))
 METRICS = (("copy_fraction", "copies (exact sources)"), ("memorised_fraction", "memorised (d1/d2 < 1/3)"),
            ("mean_nn_ratio", "mean NN ratio"),
@@ -72,6 +72,41 @@ def samples_figure(res, ds, key: str):
     st.plotly_chart(fig, width="stretch", key=key, config={"displayModeBar": False})
 
 
+def same_seeds(a, b) -> bool:
+    """Sample i of both runs started from the same noise (seed, start time, data space)."""
+    ca, cb = a.config, b.config
+    return ca.seed == cb.seed and ca.start == cb.start and ca.space == cb.space == "data" \
+        and a.samples.shape[1] == b.samples.shape[1]
+
+
+def agreement_table(a, b) -> pd.DataFrame:
+    """Per sample of both runs (same seeds): pixel Pearson r and r^2 = 1 - SS_res / SS_tot (pinned as reference)."""
+    n = min(len(a.samples), len(b.samples))
+    r, r2 = metrics.agreement(a.samples[:n], b.samples[:n])
+    return pd.DataFrame({"sample": np.arange(n), "Pearson r": r, "r² = 1 − SS_res/SS_tot": r2})
+
+
+def agreement_panel(a, b) -> None:
+    """How closely the current run reproduces the pinned one, sample by sample, when both start
+    from the same noise: the comparison of Kamb & Ganguli between models."""
+    if not same_seeds(a, b):
+        st.caption("The runs differ in seed, start time or space, so sample i does not start from the same noise in "
+                   "both: no per-sample agreement.")
+        return
+    df = agreement_table(a, b)
+    r, r2 = df["Pearson r"].to_numpy(), df["r² = 1 − SS_res/SS_tot"].to_numpy()
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Median pixel Pearson r", f"{np.nanmedian(r):.3f}",
+              help="Per-sample Pearson correlation of the two runs' pixels (same seeds). Kamb & Ganguli's published "
+                   "\"r²\" of ELS against trained networks is this r.")
+    c2.metric("Median r² = 1 − SS_res/SS_tot", f"{np.nanmedian(r2):.3f}",
+              help="Coefficient of determination of the current sample against the pinned one (the reference).")
+    c3.metric("Samples compared", f"{len(df)}")
+    with st.expander("Agreement per sample"):
+        st.dataframe(df, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(df)),
+                     column_config={k: st.column_config.NumberColumn(format="%.4f") for k in df.columns[1:]})
+
+
 def compare_panel(run, ds) -> None:
     """The Pin button, and the comparison when a pinned run of this data set differs from `run`."""
     other = pinned()
@@ -97,7 +132,8 @@ def compare_panel(run, ds) -> None:
     for col, r, name in ((left, other, "pinned"), (right, run, "current")):
         cfg = r.result.config
         with col:
-            st.markdown(f"**{name.capitalize()}**: σ = {cfg.sigma:g}, M = {cfg.draws}, S = {cfg.steps}, "
+            smooth = f"σ = {cfg.sigma:g}, M = {cfg.draws}, " if cfg.model == "cfdm" else ""
+            st.markdown(f"**{name.capitalize()}**: {cfg.model}, {smooth}S = {cfg.steps}, "
                         f"T = {cfg.start:g}, seed {cfg.seed}" + (" · latent" if cfg.space == "latent" else ""))
             samples_figure(r.result, ds, key=f"cmp_{name}")
     df = table(other, run, ds)
@@ -105,6 +141,7 @@ def compare_panel(run, ds) -> None:
     if other.result.config.space != run.result.config.space:
         st.caption("The runs are in different spaces: nearest-neighbour metrics of both are measured in data units "
                    "(to the decoded samples).")
+    agreement_panel(other.result, run.result)
     same = other.result.config.replace(sigma=run.result.config.sigma) == run.result.config
     if same and len(other.result.samples) == len(run.result.samples):
         moved = np.linalg.norm(run.result.samples - other.result.samples, axis=1)

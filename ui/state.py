@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from cdm_core import SamplerConfig, sample
-from cdm_core.config import MODELS, OPTIONS
+from cdm_core.config import MODELS, OPTIONS, PATCH_MODELS
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import load_bytes
 from cdm_core.data.registry import DEFAULT_DATASET, REGISTRY, availability, load
@@ -28,7 +28,7 @@ from cdm_core.pipeline.prepared import prepare
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("model", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
+URL_PARAMS = ("model", "patch_schedule", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
               "space", "latent_dim")
 LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordinate, so one value suits every set
 
@@ -36,7 +36,7 @@ LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordi
 def defaults_for(name: str, space: str = "data") -> dict:
     entry = REGISTRY.get(name)
     sigma = LATENT_SIGMA if space == "latent" else entry.default_sigma if entry else 0.1
-    return {"model": "cfdm", "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
+    return {"model": "cfdm", "patch_schedule": "", "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
             "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0,
             "space": space, "latent_dim": 16}
 
@@ -216,7 +216,16 @@ def sigma_range(name: str, space: str, sigma: float) -> tuple[float, float]:
 
 
 def config_from(params: dict, **extra) -> SamplerConfig:
-    return SamplerConfig.from_options(params, **extra)
+    """The sampler configuration of the page's settings. Each model takes only its own settings:
+    sigma and draws smooth cfdm alone, a patch schedule belongs to ls and els; the others are kept
+    in the settings (and the link) for when the user switches back, but not sent."""
+    p = dict(params)
+    model = p.get("model", "cfdm")
+    if model != "cfdm":
+        p["sigma"], p["draws"] = 0.0, 1
+    if model not in PATCH_MODELS:
+        p["patch_schedule"] = ""
+    return SamplerConfig.from_options(p, **extra)
 
 
 # ------------------------------------------------------------------ typed accessors
@@ -355,13 +364,16 @@ def label_for(name: str) -> str:
     return f"{name} — {REGISTRY[name].summary}"
 
 
+INTERACTIVE_WORK = 2e10  # floating-point work (SamplerConfig.work) regenerated as a slider moves
+
+
 def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
     """Small enough (well under a second here) that moving a slider regenerates at once (never
     on Ray, whose actors take seconds to start)."""
     if cfg.space == "latent":  # only once the autoencoder exists: training takes seconds to minutes
         from cdm_core.latent.space import is_ready
-        return ds.is_image and is_ready(ds, cfg) and cfg.work(ds.n, cfg.latent_dim) <= 2e10
-    return cfg.backend == "local" and cfg.work(ds.n, ds.dim) <= 2e10
+        return ds.is_image and is_ready(ds, cfg) and cfg.work(ds.n, cfg.latent_dim) <= INTERACTIVE_WORK
+    return cfg.backend == "local" and cfg.work(ds.n, ds.dim, ds.image_shape) <= INTERACTIVE_WORK
 
 
 @dataclass
@@ -425,7 +437,7 @@ PROGRESS_MIN_WORK = 3e9
 def shows_progress(ds: Dataset, cfg: SamplerConfig) -> bool:
     if cfg.space == "latent" or cfg.backend != "local":  # autoencoder training, actors starting
         return True
-    return cfg.work(ds.n, ds.dim) > PROGRESS_MIN_WORK
+    return cfg.work(ds.n, ds.dim, ds.image_shape) > PROGRESS_MIN_WORK
 
 
 class _NoBar:

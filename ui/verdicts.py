@@ -25,6 +25,12 @@ def verdict(res, i: int) -> str:
         text = (f"**Copy** of training item #{nn}{where}{also} (exact sources): it carries "
                 f"{float(metrics.copy_weight_of(res)[i]):.2%} of the blend weight, and the sample lies "
                 f"{dust.fmt(d)} from it, its nearest item.")
+    elif res.ran.get("sources") == "item shares":  # ls / els: pixels from many items
+        text = (f"**New mosaic** of pixels from about {eff:.1f} training items (effective number, by each item's share "
+                f"of the exact per-pixel weights); the largest share is #{main}'s, {w_main:.3g}.")
+    elif res.ran.get("sources") == "affine":
+        text = (f"**Affine combination** of the training items (the Gaussian model's signed weights, summing to one): "
+                f"about {eff:.1f} effective items by |weight|; the largest is #{main} with weight {w_main:.3g}.")
     else:
         text = (f"**New blend** of about {eff:.1f} training items (effective number of exact sources); main source "
                 f"#{main} with weight {w_main:.3g}.")

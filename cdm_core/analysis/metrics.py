@@ -49,10 +49,26 @@ def nearest_tied(result) -> list[np.ndarray]:
 
 
 def copy_weight_of(result) -> np.ndarray:
-    """(n,) the exact blend weight carried by each sample's nearest item and its tied duplicates."""
+    """(n,) the exact blend weight carried by each sample's nearest item and its tied duplicates.
+
+    For the local models (per-pixel sources) it is the mean over pixels of the weight from that
+    item *at the same pixel*: an ELS mosaic of one item's patches moved elsewhere is not a copy.
+    For signed (affine) sources the others' absolute weight is subtracted, so a blend whose
+    large weights cancel is not called a copy of its largest one."""
     out = np.zeros(len(result.samples))
+    pixel_ids = getattr(result, "pixel_source_ids", None)
+    signed = getattr(result, "ran", {}).get("sources") == "affine"
     for i, near in enumerate(nearest_tied(result)):
-        out[i] = result.source_weights[i][np.isin(result.source_ids[i], near) & (result.source_ids[i] >= 0)].sum()
+        if pixel_ids is not None:
+            own = np.arange(pixel_ids.shape[1])[:, None]
+            hit = np.isin(pixel_ids[i], near) & (result.pixel_source_pixels[i] == own)
+            out[i] = result.pixel_source_weights[i][hit].sum() / pixel_ids.shape[1]
+            continue
+        ok = result.source_ids[i] >= 0
+        mine = np.isin(result.source_ids[i], near) & ok
+        out[i] = result.source_weights[i][mine].sum()
+        if signed:
+            out[i] -= np.abs(result.source_weights[i][~mine & ok]).sum()
     return out
 
 
@@ -80,10 +96,30 @@ def nn_ratio(nn_dist: np.ndarray) -> np.ndarray:
 
 
 def effective_sources(source_weights: np.ndarray) -> np.ndarray:
+    """exp(entropy) of each row of weights; signed (affine) weights by their absolute values,
+    normalised, so cancelling weights count as the sources they are."""
+    if (source_weights < 0).any():
+        a = np.abs(source_weights)
+        source_weights = a / np.where(a.sum(1, keepdims=True) > 0, a.sum(1, keepdims=True), 1.0)
     w = np.clip(source_weights, 0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.where(w > 0, w * np.log(np.where(w > 0, w, 1)), 0.0).sum(1)
     return np.exp(ent)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, how well samples b (n, D) match samples a from the same seeds: the pixel
+    Pearson r, and r^2 = 1 - SS_res / SS_tot with a as the reference (SS_tot about a's own mean;
+    Kamb & Ganguli's published "r^2" is the Pearson r). NaN where a sample is constant."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"agreement needs samples of the same shape, got {a.shape} and {b.shape}")
+    da, db = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    sa, sb = np.sqrt((da * da).sum(1)), np.sqrt((db * db).sum(1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((sa > 0) & (sb > 0), (da * db).sum(1) / (sa * sb), np.nan)
+        r2 = np.where(sa > 0, 1.0 - ((a - b) ** 2).sum(1) / (sa * sa), np.nan)
+    return r, r2
 
 
 def mean_pairwise_distance(x: np.ndarray, max_points: int = 2000, seed: int = 0) -> float:

@@ -20,6 +20,10 @@ def cmd_sample(a) -> int:
     print(f"wrote {a.out}: {res.samples.shape[0]} samples of {ds.name} (D={ds.dim}) in {res.seconds:.2f} s; "
           f"max truncation bound {res.truncation_bound.max():.2e}; "
           f"{100 * res.dense_fraction:.0f}% of queries over all points", file=sys.stderr)
+    if res.ran.get("patch_sizes"):
+        print(f"model {res.ran['model']}: patch sizes per step {','.join(map(str, res.ran['patch_sizes']))}; "
+              f"per-pixel sources leave out at most {res.pixel_source_omitted.max():.2e} of a pixel's weight",
+              file=sys.stderr)
     if getattr(res, "space", None):
         print(f"latent space: K={res.space['latent_dim']}, autoencoder {res.space['autoencoder_hash']} "
               f"({res.space['origin']}), reconstruction RMSE {res.space['reconstruction_rmse']:.3g} data units "

@@ -45,7 +45,14 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="registered data set (see `datasets`) or a file path")
     p.add_argument("--n", type=int, default=d.n_samples, help="number of samples")
     p.add_argument("--model", choices=MODELS, default=d.model,
-                   help="the denoiser: cfdm, the sigma-smoothed closed-form model (sigma 0: the exact empirical one)")
+                   help="the denoiser: cfdm, the sigma-smoothed closed-form model (sigma 0: the exact empirical one); "
+                   "gaussian, the linear denoiser of the data's mean and covariance; ls, the local score; els, the "
+                   "equivariant local score (ls and els: images, sigma 0)")
+    p.add_argument("--patch-schedule", default=d.patch_schedule,
+                   help="ls/els: odd window size(s) in pixels: one (7), one per step (3,3,5,...) or a preset: "
+                   "fashion-resnet (default), fashion-unet, mnist-resnet, mnist-unet, cifar-resnet")
+    p.add_argument("--pixel-sources", type=int, default=d.pixel_sources,
+                   help="ls/els: per-pixel sources kept per pixel (the weight left out is recorded)")
     p.add_argument("--sigma", type=float, default=d.sigma, help="smoothing scale (data units)")
     p.add_argument("--draws", type=int, default=d.draws, help="smoothing draws M per sample")
     p.add_argument("--steps", type=int, default=d.steps, help="Euler steps S")
