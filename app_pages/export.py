@@ -23,7 +23,8 @@ from cdm_core.report.export import (
 from ui import state
 
 LABELS = {"samples": "Sample grid", "sources": "Sources of a sample", "sensitivity": "Sensitivity maps",
-          "influence": "Influence matrix", "map": "Map", "memorisation": "Memorisation curves"}
+          "influence": "Influence matrix", "map": "Map", "memorisation": "Memorisation curves",
+          "mosaic": "Patch mosaic (ls, els)", "compare": "Pinned vs current run"}
 
 
 FONTS = ["Helvetica, Arial, sans-serif", "Times New Roman, serif", "DejaVu Sans, sans-serif"]
@@ -95,6 +96,21 @@ def body() -> None:
             sigmas = default_sigmas(float(state.params()["sigma"]))
         options |= {"sigmas": sigmas, "sweep_n": state.view_number("sweep_n", 4, 256, integer=True),
                     "seeds": state.view_number("seeds", 1, 8, integer=True)}
+    if "mosaic" in which and cfg.model not in ("ls", "els"):
+        st.info("The patch mosaic needs a run of a local model (ls or els): pick one on the Generate page.")
+        which = [w for w in which if w != "mosaic"]
+    if "compare" in which:
+        from ui.compare import pinned, same_seeds
+        other = pinned()
+        if other is None or other.key[0] != ds.content_hash or not same_seeds(other.result, run.result) \
+                or not ds.is_image:
+            st.info("The comparison needs a pinned run of this image data set from the same seeds (Pin a run on the "
+                    "Generate page, then change the model or a setting).")
+            which = [w for w in which if w != "compare"]
+        else:
+            options["compare"] = other.result.config.replace(trajectory=False).to_dict()
+    if not which:
+        return
     try:
         manifest = make_manifest(data_spec(), ds, cfg, which, options, style)
     except CdmInputError as e:

@@ -429,7 +429,11 @@ def test_batch_independence(model, schedule):
     np.testing.assert_array_equal(head.samples, full.samples[:2])
     np.testing.assert_array_equal(alone.samples, full.samples[:1])
     if model == "gaussian":
-        np.testing.assert_array_equal(dense_sources(singles, len(X)), dense_sources(full, len(X)))
+        # samples are bitwise identical; the signed sources differ across batch sizes in the last
+        # bit or two (~1e-16 seen, reported upstream), so they are compared to 1e-14
+        for other in (singles, pairs):
+            np.testing.assert_allclose(dense_sources(other, len(X)), dense_sources(full, len(X)), rtol=0, atol=1e-14)
+        np.testing.assert_allclose(dense_sources(alone, len(X)), dense_sources(full, len(X))[:1], rtol=0, atol=1e-14)
     else:
         for name in ("pixel_source_ids", "pixel_source_pixels", "pixel_source_weights",
                      "pixel_source_omitted", "pixel_entropy"):

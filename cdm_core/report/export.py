@@ -33,7 +33,7 @@ from cdm_core.report import figures
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation")
+FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation", "mosaic", "compare")
 SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
 FORMATS = ("png", "svg", "pdf")
 MANIFEST_KIND = "cfdm-explorer figure manifest"
@@ -261,6 +261,10 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         out["map"].update_traces(selector=lambda t: t.name != "samples" and t.mode == "markers" and
                                  (t.marker.size or 0) <= 6, marker_size=3)
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
+    if "mosaic" in which:
+        out["mosaic"] = _mosaic(res, ds, i, data)
+    if "compare" in which:
+        out["compare"] = _compare(res, ds, opts, data, say)
     if "memorisation" in which:
         from cdm_core.analysis.sweep import sweep
         say("memorisation sweep")
@@ -271,6 +275,43 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         out["memorisation"] = figures.sweep_figure(rows, current_sigma=cfg.sigma)
         data["sweep_rows"] = rows
     return out, data
+
+
+def _mosaic(res, ds, i: int, data: dict):
+    """The patch mosaic of sample i (ls / els): the sample, its main source per pixel, the entropy map."""
+    from cdm_core.analysis import mosaic
+    from cdm_core.report.mosaic_figures import mosaic_figure
+    if not mosaic.has_pixel_sources(res):
+        raise CdmInputError(f"figure mosaic needs a local model (ls or els), not {res.config.model}")
+    rank, items = mosaic.rank_map(res, i)
+    main = mosaic.main_sources(res, i)
+    data |= {"mosaic_sample": np.int64(i), "mosaic_items": np.asarray(items, np.int64), "mosaic_rank": rank,
+             "pixel_source_ids": res.pixel_source_ids[i], "pixel_source_pixels": res.pixel_source_pixels[i],
+             "pixel_source_weights": res.pixel_source_weights[i], "pixel_entropy": main.entropy}
+    return mosaic_figure(res.samples[i], ds.image_shape, rank, items, main.entropy,
+                         [f"#{j}{label_of(ds, j)}" for j in items])
+
+
+def _compare(res, ds, opts: dict, data: dict, say):
+    """The reference run (options.compare: its sampler configuration) above this one, from the same
+    seeds, with each sample's pixel Pearson r and r^2 = 1 - SS_res / SS_tot against the reference."""
+    from cdm_core.analysis.metrics import agreement
+    from cdm_core.pipeline.run import sample
+    from cdm_core.report.mosaic_figures import comparison_figure
+    if not ds.is_image:
+        raise CdmInputError("figure compare draws images: it needs an image data set")
+    if not isinstance(opts.get("compare"), dict):
+        raise CdmInputError("figure compare needs options.compare, the sampler configuration of the reference run")
+    ref_cfg = SamplerConfig.from_dict(opts["compare"])
+    if (ref_cfg.seed, ref_cfg.start, ref_cfg.space) != (res.config.seed, res.config.start, res.config.space):
+        raise CdmInputError("figure compare needs both runs from the same seeds (seed, start time and space)")
+    say("sampling")
+    ref = sample(ds, ref_cfg)
+    n = min(len(ref.samples), len(res.samples))
+    r, r2 = agreement(ref.samples[:n], res.samples[:n])
+    data |= {"compare_samples": ref.samples, "agreement_r": r, "agreement_r2": r2}
+    return comparison_figure(ref.samples, res.samples, ds.image_shape, (ref_cfg.model, res.config.model), r, r2,
+                             count=int(opts.get("compare_count", 6)))
 
 
 def label_of(ds, j: int) -> str:

@@ -31,7 +31,7 @@ def mosaic_figure(sample: np.ndarray, image_shape: tuple, rank: np.ndarray, item
     h, w = image_shape[:2]
     k = len(items)
     fig = make_subplots(1, 3, horizontal_spacing=0.06,
-                        subplot_titles=("sample", "main source per pixel", "weight entropy (nats)"))
+                        subplot_titles=("sample", "main source", "entropy"))
     img = np.clip(np.asarray(sample, np.float64).reshape(image_shape), 0, 1)
     if img.ndim == 3:
         fig.add_trace(go.Image(z=(img * 255).astype(np.uint8), hoverinfo="skip"), 1, 1)
@@ -77,7 +77,7 @@ def comparison_figure(reference: np.ndarray, other: np.ndarray, image_shape: tup
     """Two rows of images from the same seeds (reference above, the other below), each column
     titled with the sample number and its pixel Pearson r and r^2 = 1 - SS_res / SS_tot."""
     n = min(count, len(reference), len(other))
-    titles = [f"#{k}<br>r={r[k]:.2f}, r²={r2[k]:.2f}" for k in range(n)] + [""] * n
+    titles = [f"#{k}<br>r {r[k]:.2f}<br>r² {r2[k]:.2f}" for k in range(n)] + [""] * n
     fig = make_subplots(2, n, horizontal_spacing=0.01, vertical_spacing=0.04, subplot_titles=titles,
                         row_titles=list(names))
     for row, data in ((1, reference), (2, other)):
@@ -88,5 +88,5 @@ def comparison_figure(reference: np.ndarray, other: np.ndarray, image_shape: tup
     fig.update_yaxes(visible=False, autorange="reversed", constrain="domain")
     for k in range(2 * n):
         fig.layout[f"yaxis{'' if k == 0 else k + 1}"].scaleanchor = f"x{'' if k == 0 else k + 1}"
-    fig.update_layout(font=FONT, height=height, margin=dict(l=5, r=30, t=40, b=5), showlegend=False)
+    fig.update_layout(font=FONT, height=height, margin=dict(l=5, r=30, t=60, b=5), showlegend=False)
     return fig
