@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from cdm_core import SamplerConfig, sample
+from cdm_core import SamplerConfig, patches, sample
 from cdm_core.config import MODELS, OPTIONS, PATCH_MODELS
 from cdm_core.data.dataset import Dataset
 from cdm_core.data.files import load_bytes
@@ -70,6 +70,9 @@ def _link_params(qp, name: str, notices: list[str]) -> dict:
         if key not in qp:
             continue
         raw = qp[key]
+        if key == "model" and raw in PATCH_MODELS and name in REGISTRY and REGISTRY[name].kind != "image":
+            notices.append(f"model={raw} works on images and {name} is not an image data set: using cfdm.")
+            continue
         if key in CHOICES:
             if raw in CHOICES[key]:
                 params[key] = raw
@@ -88,6 +91,12 @@ def _link_params(qp, name: str, notices: list[str]) -> dict:
         if clamped != value:
             notices.append(f"{key}={raw} is outside {lo:g}–{hi:g}: clamped to {clamped:g}.")
         params[key] = clamped
+    if params.get("patch_schedule"):
+        try:
+            patches.parse(params["patch_schedule"], int(params["steps"]))
+        except patches.ScheduleError as e:
+            notices.append(f"patch_schedule={params['patch_schedule']!r}: {e}; using {patches.DEFAULT_PRESET}.")
+            params["patch_schedule"] = ""
     return params
 
 
