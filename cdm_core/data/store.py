@@ -47,6 +47,8 @@ def save_result(path, result) -> None:
     """Write a SampleResult as `.npz` with the documented keys plus `config` (JSON)."""
     cfg = {"sampler": result.config.to_dict(), "dataset": result.dataset,
            "weights_given": result.weights_given, "ran": getattr(result, "ran", {})}
+    if cfg["ran"].get("patch_sizes"):  # ls / els: the window size used at each step
+        cfg["patch_sizes"] = cfg["ran"]["patch_sizes"]
     if getattr(result, "space", None):  # a latent run (cdm_core.latent.results)
         cfg["autoencoder"] = result.space
     atomic_write_bytes(path, npz_bytes(result.arrays(), json.dumps(cfg, sort_keys=True, default=str)))
