@@ -3,7 +3,7 @@
 The engine behind cfdm-explorer; usable as a library and as a CLI (`python -m cdm_core`, or
 `cfdm`). It never imports Streamlit. Each layer imports only those before it (docs/architecture.md):
 Layers, lowest first: foundation -> data -> engine -> latent -> pipeline -> analysis -> report -> cli
-(foundation: `config`, `errors`, `settings`, `runtime`; `engine` is pure, arrays in and out).
+(foundation: `config`, `errors`, `settings`, `runtime`, `patches`; `engine` is pure, arrays in and out).
 """
 
 from cdm_core.config import SamplerConfig
