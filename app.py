@@ -49,9 +49,15 @@ with st.sidebar:
         st.rerun()
     try:
         ds = state.current_dataset()
-        kind = f"images {'x'.join(map(str, ds.image_shape))}" if ds.is_image else f"{ds.dim}-D points"
-        about = REGISTRY[current].summary + " · " if current in REGISTRY else ""
-        st.caption(f"{about}**{ds.n:,}** training items · {kind}")
+        shape = "x".join(map(str, ds.image_shape)) if ds.is_image else ""
+        about = REGISTRY[current].summary if current in REGISTRY else ""
+        # the count and the image size once: many summaries already say them
+        parts = [about] if about else []
+        if f"{ds.n:,}" not in about:
+            parts.append(f"**{ds.n:,}** training items")
+        if not ds.is_image or shape not in about:
+            parts.append(f"images {shape}" if ds.is_image else f"{ds.dim}-D points")
+        st.caption(" · ".join(parts))
     except Exception as e:  # a data set that fails to load must not take the app down
         st.error(f"Could not load the data set: {e}")
     summary = st.empty()  # filled after the page has run, so it shows this run's settings and result

@@ -61,6 +61,7 @@ def model_controls(ds, p: dict) -> None:
         or p["model"]
     c2.caption(MODEL_HELP[p["model"]])
     if p["model"] not in PATCH_MODELS:
+        p["subset"] = 0
         return
     h, w = ds.image_shape[:2]
     cover = 2 * max(h, w) - 1
@@ -83,13 +84,18 @@ def model_controls(ds, p: dict) -> None:
                                             key="w_patch_list", help="Odd sizes, one per step, comma-separated.")
     else:
         p["patch_schedule"] = kind
+    size = int(p.get("subset") or 0)
+    p["subset"] = int(c3.number_input("Training items used (0 = all)", 0, ds.n, min(size, ds.n), step=100,
+                                      key="w_subset", help="A seeded, class-balanced subset of the training set "
+                                      "(nested: the first 500 lie inside the first 1,000), so a local model runs on a "
+                                      "CPU; ids and pictures still refer to the whole set."))
 
 
 def cost_caption(ds, cfg) -> None:
     """What a patch-model run costs, said before it runs (ELS on a large set is a GPU workload)."""
     if cfg.model not in PATCH_MODELS:
         return
-    work = cfg.work(ds.n, ds.dim, ds.image_shape)
+    work = cfg.work(state.items_used(ds, cfg), ds.dim, ds.image_shape)
     seconds = work / RATE[cfg.model]
     when = "runs as you move a slider" if state.is_interactive(ds, cfg) else "press Generate to run it"
     sizes = cfg.patch_sizes

@@ -61,6 +61,8 @@ class SamplerConfig:
     #                      (equivariant local score); ls and els are for images (docs/maths.md)
     patch_schedule: str = ""  # ls / els: window size in pixels, odd: one size ("7"), one per step
     #                           ("3,3,5,..."), or a preset name (patches.PRESETS); "" = fashion-resnet
+    subset: int = 0  # use only this many training items, the first of one seeded, class-balanced
+    #                  order (nested: 500 lie inside 1000; data/subsets.py); 0 = all. Ids stay the full set's
     pixel_sources: int = 16  # ls / els: per-pixel sources kept per pixel (largest weights); the
     #                          weight left out is bounded and recorded per pixel
 
@@ -115,6 +117,9 @@ class SamplerConfig:
         if self.model not in MODELS:
             raise CdmInputError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         check_int("pixel_sources", 1, MAX_PIXEL_SOURCES)
+        check_int("subset", 0, 100_000_000)
+        if self.subset and (self.backend != "local" or self.space != "data"):
+            raise CdmInputError("subset needs backend local and space data")
         if not isinstance(self.patch_schedule, str):
             raise CdmInputError(f"patch_schedule must be text, got {self.patch_schedule!r}")
         if self.model != "cfdm":
@@ -216,4 +221,5 @@ OPTIONS = {
     "backend": ("backend", str), "shards": ("shards", _int), "ray_address": ("ray_address", str),
     "space": ("space", str), "latent_dim": ("latent_dim", _int), "ae_weights": ("ae_weights", str),
     "model": ("model", str), "patch_schedule": ("patch_schedule", str), "pixel_sources": ("pixel_sources", _int),
+    "subset": ("subset", _int),
 }

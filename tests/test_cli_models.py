@@ -87,3 +87,27 @@ def test_sensitivity_refuses_models_without_it(tmp_path, capsys):
     code, _, err = run(["sensitivity", "--data", "digits", "--model", "els", "--patch-schedule", "3", "--n", "2",
                         "--top", "2", "--out", str(tmp_path / "s.npz")], capsys)
     assert code == 2 and "has no sensitivity" in err
+
+
+def test_a_subset_is_nested_balanced_and_its_ids_index_the_whole_set(tmp_path, capsys):
+    from cdm_core import SamplerConfig, load, sample
+    from cdm_core.data.subsets import nested_order, subset
+    ds = load("digits")
+    order = nested_order(ds.n, ds.labels)
+    assert sorted(order) == list(range(ds.n))
+    counts = np.bincount(ds.labels[order[:100]], minlength=10)
+    assert counts.max() - counts.min() <= 1  # class-balanced prefix
+    small, ids_small = subset(ds, 50)
+    _, ids_big = subset(ds, 200)
+    assert set(ids_small) <= set(ids_big) and small.n == 50  # nested
+    res = sample(ds, SamplerConfig(n_samples=4, subset=50, steps=10))
+    alone = sample(small, SamplerConfig(n_samples=4, steps=10))
+    np.testing.assert_array_equal(res.samples, alone.samples)  # the same run as on the subset itself
+    used = res.source_ids[res.source_ids >= 0]
+    assert set(used) <= set(ids_small) and set(res.nn_ids.ravel()) <= set(ids_small)
+    ok = res.source_ids >= 0
+    recon = np.einsum("nk,nkd->nd", np.where(ok, res.source_weights, 0), ds.points[np.where(ok, res.source_ids, 0)])
+    np.testing.assert_allclose(recon, res.samples, atol=1e-9)  # full-set ids reproduce the samples
+    code, _, err = run(["sensitivity", "--data", "digits", "--subset", "50", "--n", "2", "--top", "2",
+                        "--out", str(tmp_path / "s.npz")], capsys)
+    assert code == 2 and "sensitivity runs on the whole training set" in err

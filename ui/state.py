@@ -28,7 +28,7 @@ from cdm_core.pipeline.prepared import prepare
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("model", "patch_schedule", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
+URL_PARAMS = ("model", "patch_schedule", "subset", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
               "space", "latent_dim")
 LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordinate, so one value suits every set
 
@@ -36,7 +36,7 @@ LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordi
 def defaults_for(name: str, space: str = "data") -> dict:
     entry = REGISTRY.get(name)
     sigma = LATENT_SIGMA if space == "latent" else entry.default_sigma if entry else 0.1
-    return {"model": "cfdm", "patch_schedule": "", "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
+    return {"model": "cfdm", "patch_schedule": "", "subset": 0, "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
             "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0,
             "space": space, "latent_dim": 16}
 
@@ -53,7 +53,8 @@ def cached_prepared(content_hash: str, index: str, _dataset: Dataset):
 
 # The range each setting's widget offers: a link outside it is clamped, with a notice.
 UI_LIMITS = {"sigma": (0.0, 1e6), "draws": (1, 32), "steps": (1, 200), "start": (0.0, 0.95), "n": (1, 1024),
-             "seed": (0, 2**31 - 1), "neighbours": (1, 1024), "shards": (0, 64), "latent_dim": (2, 64)}
+             "seed": (0, 2**31 - 1), "neighbours": (1, 1024), "shards": (0, 64), "latent_dim": (2, 64),
+             "subset": (0, 100_000_000)}
 CHOICES = {"model": MODELS, "index": ("auto", "exact", "flat", "ivf"), "backend": ("local", "ray"),
            "space": ("data", "latent")}
 # Page-level settings a link carries besides the sampler's (URL key -> default, as text).
@@ -373,6 +374,11 @@ def label_for(name: str) -> str:
     return f"{name} — {REGISTRY[name].summary}"
 
 
+def items_used(ds: Dataset, cfg: SamplerConfig) -> int:
+    """Training items a run uses: its subset, or all."""
+    return min(cfg.subset, ds.n) if cfg.subset else ds.n
+
+
 INTERACTIVE_WORK = 2e10  # floating-point work (SamplerConfig.work) regenerated as a slider moves
 
 
@@ -382,7 +388,7 @@ def is_interactive(ds: Dataset, cfg: SamplerConfig) -> bool:
     if cfg.space == "latent":  # only once the autoencoder exists: training takes seconds to minutes
         from cdm_core.latent.space import is_ready
         return ds.is_image and is_ready(ds, cfg) and cfg.work(ds.n, cfg.latent_dim) <= INTERACTIVE_WORK
-    return cfg.backend == "local" and cfg.work(ds.n, ds.dim, ds.image_shape) <= INTERACTIVE_WORK
+    return cfg.backend == "local" and cfg.work(items_used(ds, cfg), ds.dim, ds.image_shape) <= INTERACTIVE_WORK
 
 
 @dataclass
@@ -446,7 +452,7 @@ PROGRESS_MIN_WORK = 3e9
 def shows_progress(ds: Dataset, cfg: SamplerConfig) -> bool:
     if cfg.space == "latent" or cfg.backend != "local":  # autoencoder training, actors starting
         return True
-    return cfg.work(ds.n, ds.dim, ds.image_shape) > PROGRESS_MIN_WORK
+    return cfg.work(items_used(ds, cfg), ds.dim, ds.image_shape) > PROGRESS_MIN_WORK
 
 
 class _NoBar:

@@ -123,6 +123,8 @@ def _jacobian(config: SamplerConfig, ids, weights, callback, ts_set):
 
 def sensitive_model(ts_set, log_pi, config: SamplerConfig):
     """The model of `config`, refused in one line when it cannot hand over its draws' weights."""
+    if config.subset:
+        raise CdmInputError("sensitivity runs on the whole training set: set subset 0 (or pass the subset as data)")
     model = build_model(ts_set, log_pi, config)
     if not model.supports_sensitivity:
         raise CdmInputError(f"model {config.model} has no sensitivity (it does not expose its blend weights)")

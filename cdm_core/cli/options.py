@@ -51,6 +51,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-schedule", default=d.patch_schedule,
                    help="ls/els: odd window size(s) in pixels: one (7), one per step (3,3,5,...) or a preset: "
                    "fashion-resnet (default), fashion-unet, mnist-resnet, mnist-unet, cifar-resnet")
+    p.add_argument("--subset", type=int, default=d.subset,
+                   help="use only this many training items: the first of one seeded, class-balanced order (nested: "
+                   "the 500 lie inside the 1000); ids still index the whole set; 0 = all")
     p.add_argument("--pixel-sources", type=int, default=d.pixel_sources,
                    help="ls/els: per-pixel sources kept per pixel (the weight left out is recorded)")
     p.add_argument("--sigma", type=float, default=d.sigma, help="smoothing scale (data units)")

@@ -28,6 +28,8 @@ def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=No
     with backend ray); `weights`: N non-negative training weights (default uniform); `prepared`:
     a training set from `prepare(data, config)`; `callback(info)` after every step (the engine's
     `step_info`; also the autoencoder's training on a first latent run)."""
+    if config.subset:
+        return _on_subset(data, config, weights, callback, prepared)
     space = latent_space(data, config, callback) if config.space == "latent" else None
     t0 = time.perf_counter()  # after the autoencoder is ready: a first latent run's training is not sampling time
     with opened(data, config, prepared) as ts_set:
@@ -42,6 +44,33 @@ def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=No
     if space is not None:
         res = decoded(res, space, config)
     res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _on_subset(data, config: SamplerConfig, weights, callback, prepared) -> SampleResult:
+    """A run on the nested subset `config.subset` (data/subsets.py), its ids mapped back to the
+    full set's: sources, nearest items and start items index the data set as given."""
+    from cdm_core.data.subsets import subset
+    from cdm_core.pipeline.inputs import as_dataset
+    ds = as_dataset(data)
+    part, ids = subset(ds, config.subset)
+    if prepared is not None and getattr(prepared, "describe", {}).get("content_hash") != part.content_hash:
+        prepared = None  # prepared for the whole set, not this subset
+    w = None
+    if weights is not None:
+        w = np.asarray(weights)
+        if w.shape != (ds.n,):
+            raise CdmInputError(f"weights: expected {ds.n} training weights, got shape {w.shape}")
+        w = w[ids]
+    res = sample(part, config.replace(subset=0), weights=w, callback=callback, prepared=prepared)
+    res.config = config
+
+    def full(a):
+        return None if a is None else np.where(a >= 0, ids[np.clip(a, 0, None)], -1)
+    res.source_ids, res.nn_ids, res.start_ids = full(res.source_ids), full(res.nn_ids), ids[res.start_ids]
+    if res.pixel_source_ids is not None:
+        res.pixel_source_ids = full(res.pixel_source_ids)
+    res.dataset = dict(ds.describe()) | {"subset": int(len(ids)), "subset_of": ds.n}
     return res
 
 
