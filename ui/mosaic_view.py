@@ -20,7 +20,7 @@ def mosaic_section(ds, res, i: int, scale: int) -> None:
     rank, items = mosaic.rank_map(res, i, TOP_REGIONS)
     main = mosaic.main_sources(res, i)
     labels = [f"#{j}{label_of(ds, j)}" for j in items]
-    fig = mosaic_figures.mosaic_figure(res.samples[i], ds.image_shape, rank, items, main.entropy, labels)
+    fig = mosaic_figures.mosaic_figure(res.samples[i], ds.image_shape, rank, items, main.entropy, labels, height=400)
     st.markdown(f"**Patch mosaic** ({res.config.model}: every pixel is an exact blend of training pixels). "
                 "Click a pixel of the map to see where it came from.")
     st.plotly_chart(fig, width="stretch", key="mosaic_map", config={"displayModeBar": False})

@@ -262,7 +262,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                                  (t.marker.size or 0) <= 6, marker_size=3)
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "mosaic" in which:
-        out["mosaic"] = _mosaic(res, ds, i, data)
+        out["mosaic"] = _mosaic(res, ds, i, data, opts)
     if "compare" in which:
         out["compare"] = _compare(res, ds, opts, data, say)
     if "memorisation" in which:
@@ -277,13 +277,13 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     return out, data
 
 
-def _mosaic(res, ds, i: int, data: dict):
+def _mosaic(res, ds, i: int, data: dict, opts: dict):
     """The patch mosaic of sample i (ls / els): the sample, its main source per pixel, the entropy map."""
     from cdm_core.analysis import mosaic
     from cdm_core.report.mosaic_figures import mosaic_figure
     if not mosaic.has_pixel_sources(res):
         raise CdmInputError(f"figure mosaic needs a local model (ls or els), not {res.config.model}")
-    rank, items = mosaic.rank_map(res, i)
+    rank, items = mosaic.rank_map(res, i, top=int(opts.get("mosaic_top", 7)))  # a legend of two rows of 4
     main = mosaic.main_sources(res, i)
     data |= {"mosaic_sample": np.int64(i), "mosaic_items": np.asarray(items, np.int64), "mosaic_rank": rank,
              "pixel_source_ids": res.pixel_source_ids[i], "pixel_source_pixels": res.pixel_source_pixels[i],

@@ -53,11 +53,17 @@ def mosaic_figure(sample: np.ndarray, image_shape: tuple, rank: np.ndarray, item
                              colorbar=dict(title=dict(text="nats", side="right"), thickness=10, len=0.9, x=1.0),
                              customdata=pixel, hovertemplate="pixel (%{y}, %{x})<br>entropy %{z:.2f} nats"
                              "<extra></extra>"), 1, 3)
+    # the key to the colours: one square per item, in a compact legend under the panels
+    for label, colour in zip([f"#{j}" for j in items] + ["other"], colours):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, hoverinfo="skip",
+                                 marker=dict(symbol="square", size=8, color=colour)), 1, 2)
     for c in (1, 2, 3):
         fig.update_xaxes(visible=False, row=1, col=c, constrain="domain")
         fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=f"x{'' if c == 1 else c}", row=1, col=c,
                          constrain="domain")
-    fig.update_layout(font=FONT, height=height, margin=dict(l=5, r=5, t=30, b=5), showlegend=False)
+    fig.update_layout(font=FONT, height=height, margin=dict(l=5, r=5, t=30, b=5), showlegend=True,
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="center", x=0.5,
+                                  itemsizing="constant", itemwidth=30, tracegroupgap=0))
     return fig
 
 
