@@ -30,13 +30,13 @@ from cdm_core.errors import CdmInputError
 
 
 def check_request(config: SamplerConfig, n_train: int, dim: int, rows_per_process: int | None = None,
-                  arrays_per_draw: float = 1.5) -> int:
+                  arrays_per_draw: float = 1.5, image_shape: tuple | None = None) -> int:
     """Refuse requests over the work limit, before allocating; return a batch size whose draw
     buffers (eps and their projections, float64) fit the per-batch memory limit of one process,
     which holds `rows_per_process` training points (all N, or the largest shard on Ray). Batching
     never changes results (per-sample seeding), so shrinking it is safe."""
     lim = settings.limits()
-    work = config.work(n_train, dim)
+    work = config.work(n_train, dim, image_shape)
     if work > lim.max_work:
         raise CdmInputError(f"this request needs about {work:.1e} floating-point operations, "
                             f"over the limit of {lim.max_work:.1e} (CDM_MAX_WORK); ask for fewer samples, "
@@ -235,7 +235,8 @@ def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
     t0 = time.perf_counter()
     ts_set = model.training_set
     n_train, dim = ts_set.n, ts_set.dim
-    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw)
+    bs = check_request(config, n_train, dim, getattr(ts_set, "rows_per_process", n_train), ts_set.arrays_per_draw,
+                       ts_set.describe.get("image_shape"))
     grid = time_grid(config.start, config.steps)
     n = config.n_samples
     samples = np.empty((n, dim))
