@@ -24,7 +24,8 @@ from ui import state
 
 LABELS = {"samples": "Sample grid", "sources": "Sources of a sample", "sensitivity": "Sensitivity maps",
           "influence": "Influence matrix", "map": "Map", "memorisation": "Memorisation curves",
-          "mosaic": "Patch mosaic (ls, els)", "compare": "Pinned vs current run"}
+          "mosaic": "Patch mosaic (ls, els)", "compare": "Pinned vs current run",
+          "memorisation_size": "Memorisation against size"}
 
 
 FONTS = ["Helvetica, Arial, sans-serif", "Times New Roman, serif", "DejaVu Sans, sans-serif"]
@@ -96,6 +97,20 @@ def body() -> None:
             sigmas = default_sigmas(float(state.params()["sigma"]))
         options |= {"sigmas": sigmas, "sweep_n": state.view_number("sweep_n", 4, 256, integer=True),
                     "seeds": state.view_number("seeds", 1, 8, integer=True)}
+    if "memorisation_size" in which:  # the curves the Memorisation page's second tab shows
+        from ui.size_curves import default_sizes
+        try:
+            sizes = sorted({int(v) for v in parse_floats(state.view("mem_sizes"), "sizes")}) \
+                if state.view("mem_sizes") else default_sizes(ds.n)
+            size_sigmas = sorted(set(parse_floats(state.view("mem_sigmas"), "σ values"))) \
+                if state.view("mem_sigmas") else [0.0, float(state.params()["sigma"])]
+        except CdmInputError as e:
+            st.error(f"Memorisation against size: {e}")
+            return
+        models = [m for m in state.view("mem_models").split(",") if m] or list(dict.fromkeys(["cfdm", cfg.model]))
+        options |= {"sizes": sizes, "models": models, "size_sigmas": size_sigmas,
+                    "size_n": state.view_number("mem_n", 8, 1024, integer=True),
+                    "size_seeds": state.view_number("mem_seeds", 1, 8, integer=True)}
     if "mosaic" in which and cfg.model not in ("ls", "els"):
         st.info("The patch mosaic needs a run of a local model (ls or els): pick one on the Generate page.")
         which = [w for w in which if w != "mosaic"]
@@ -119,7 +134,7 @@ def body() -> None:
     preview(ds, manifest, style, which)
     if st.button("Build bundle", type="primary", key="w_exp_go"):
         bar = st.progress(0.0, text="Export: starting…")
-        stages = ["sampling", "sensitivity", "map", "memorisation sweep"]
+        stages = ["sampling", "sensitivity", "map", "memorisation sweep", "memorisation against size"]
 
         def progress(msg):
             done = (stages.index(msg) + 1) / (len(stages) + 1) if msg in stages else 0.5

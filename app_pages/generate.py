@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from cdm_core.analysis import metrics
 from cdm_core import patches
+from cdm_core.analysis import metrics
 from cdm_core.config import INDEX_KINDS, PATCH_MODELS
 from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError

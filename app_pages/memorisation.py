@@ -7,6 +7,7 @@ from cdm_core.analysis.sweep import default_sigmas as sweep_defaults, parse_floa
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
+from ui.size_curves import size_tab
 
 EXPLANATION = (
     "**How to read this.** Each point is one smoothing level σ, with the same seeds everywhere. "
@@ -32,6 +33,18 @@ def body() -> None:
     st.title("Memorisation")
     ds = state.current_dataset()
     p = state.params()
+    against_sigma, against_size = st.tabs(["Against σ", "Against training-set size"])
+    with against_size:
+        size_tab(ds, p)
+    with against_sigma:
+        if p.get("model", "cfdm") != "cfdm":
+            st.info(f"σ smooths σ-CFDM only; the current model is {p['model']}. Pick σ-CFDM on the Generate page "
+                    "for this sweep, or compare models against training-set size in the next tab.")
+            return
+        sigma_tab(ds, p)
+
+
+def sigma_tab(ds, p) -> None:
     c1, c2, c3 = st.columns([3, 1, 1])
     text = c1.text_input("σ values", state.view("sweep") or default_sigmas(p["sigma"]),
                          key=f"w_sweep_sigmas_{ds.content_hash}",

@@ -65,7 +65,8 @@ LOCAL_FIGURES = ("mosaic", "compare")  # a local model's run, compared with cfdm
 def bundle(request, tmp_path_factory):
     name, _, model = request.param.partition(":els")[0], None, "els" if request.param.endswith(":els") else "cfdm"
     ds = load(name)
-    opts = {"sample": 1, "seeds": 1, "sweep_n": 8}
+    opts = {"sample": 1, "seeds": 1, "sweep_n": 8, "sizes": [40, 160], "models": ["cfdm", "gaussian"],
+            "size_sigmas": [0.0, 0.3], "size_n": 16}
     if model == "els":
         cfg = SamplerConfig(n_samples=8, model="els", patch_schedule="5", steps=10)
         which = list(LOCAL_FIGURES)

@@ -14,8 +14,6 @@ Tolerances (stated once, used throughout):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 

@@ -15,7 +15,8 @@ from cdm_core.analysis import metrics
 from cdm_core.report import figures
 from ui import state
 
-SETTINGS = (("model", "model"), ("patch_schedule", "patch sizes"), ("sigma", "σ"), ("draws", "M"), ("steps", "S"), ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
+SETTINGS = (("model", "model"), ("patch_schedule", "patch sizes"), ("sigma", "σ"), ("draws", "M"), ("steps", "S"),
+            ("start", "T"), ("n_samples", "n"), ("seed", "seed"),
             ("index", "index"), ("space", "space"))
 METRICS = (("copy_fraction", "copies (exact sources)"), ("memorised_fraction", "memorised (d1/d2 < 1/3)"),
            ("mean_nn_ratio", "mean NN ratio"),

@@ -50,7 +50,8 @@ def mosaic_section(ds, res, i: int, scale: int) -> None:
     pixel = min(max(pixel, 0), h * w - 1)
     rows = mosaic.pixel_sources(res, i, pixel, w)
     st.markdown(f"**Pixel ({pixel // w}, {pixel % w})**: its kept sources (item, the position inside that item it "
-                f"came from, weight); weight left out {main.omitted[pixel]:.1e}, entropy {main.entropy[pixel]:.2f} nats.")
+                f"came from, weight); weight left out {main.omitted[pixel]:.1e}, entropy "
+                f"{main.entropy[pixel]:.2f} nats.")
     left, right = st.columns([1, 3])
     if rows:
         top = rows[0]

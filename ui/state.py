@@ -28,7 +28,8 @@ from cdm_core.pipeline.prepared import prepare
 UPLOAD_PREFIX = "upload:"
 # Query-string names of the parameters, and how to parse them.
 # The sampler settings a link carries, by their outside names (cdm_core.config.OPTIONS parses them).
-URL_PARAMS = ("model", "patch_schedule", "subset", "sigma", "draws", "steps", "start", "n", "seed", "neighbours", "index", "backend", "shards",
+URL_PARAMS = ("model", "patch_schedule", "subset", "sigma", "draws", "steps", "start", "n", "seed", "neighbours",
+              "index", "backend", "shards",
               "space", "latent_dim")
 LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordinate, so one value suits every set
 
@@ -36,7 +37,8 @@ LATENT_SIGMA = 0.5  # default latent smoothing: latents have unit RMS per coordi
 def defaults_for(name: str, space: str = "data") -> dict:
     entry = REGISTRY.get(name)
     sigma = LATENT_SIGMA if space == "latent" else entry.default_sigma if entry else 0.1
-    return {"model": "cfdm", "patch_schedule": "", "subset": 0, "sigma": sigma, "draws": 4, "steps": 100 if entry is None or entry.kind == "toy" else 20,
+    return {"model": "cfdm", "patch_schedule": "", "subset": 0, "sigma": sigma, "draws": 4,
+            "steps": 100 if entry is None or entry.kind == "toy" else 20,
             "start": 0.0, "n": 64, "seed": 0, "neighbours": 64, "index": "auto", "backend": "local", "shards": 0,
             "space": space, "latent_dim": 16}
 
@@ -60,7 +62,8 @@ CHOICES = {"model": MODELS, "index": ("auto", "exact", "flat", "ivf"), "backend"
 # Page-level settings a link carries besides the sampler's (URL key -> default, as text).
 VIEW_PARAMS = {"map": "umap", "top": "6", "sweep": "", "figs": "samples,sources", "fig_w": "3.25", "fig_h": "2.6",
                "dpi": "300", "font": "", "fs": "8", "bg": "white", "fmt": "png,svg,pdf", "colour": "NN ratio",
-               "place": "mean of blend sources", "sweep_n": "32", "seeds": "3"}
+               "place": "mean of blend sources", "sweep_n": "32", "seeds": "3",
+               "mem_sizes": "", "mem_models": "", "mem_sigmas": "", "mem_n": "64", "mem_seeds": "1"}
 
 
 def _link_params(qp, name: str, notices: list[str]) -> dict:

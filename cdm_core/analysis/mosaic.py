@@ -93,6 +93,7 @@ def pixel_sources(result, i: int, pixel: int, width: int) -> list[dict]:
     _check(result, i)
     if not 0 <= pixel < result.pixel_source_ids.shape[1]:
         raise CdmInputError(f"pixel must be in [0, {result.pixel_source_ids.shape[1]}), got {pixel}")
-    ids, pix, w = (a[i, pixel] for a in (result.pixel_source_ids, result.pixel_source_pixels, result.pixel_source_weights))
+    ids, pix, w = (a[i, pixel] for a in
+                   (result.pixel_source_ids, result.pixel_source_pixels, result.pixel_source_weights))
     return [{"item": int(j), "row": int(q // width), "col": int(q % width), "weight": float(v)}
             for j, q, v in zip(ids, pix, w) if j >= 0]

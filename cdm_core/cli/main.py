@@ -1,4 +1,4 @@
-"""Command line: `python -m cdm_core {sample,datasets,sensitivity,sweep,figure,shard}` (also `cfdm`).
+"""Command line: `python -m cdm_core {sample,datasets,sensitivity,sweep,memorisation,figure,shard}` (also `cfdm`).
 
 Same operations and parameter names as the Python API. Bad input exits with code 2 and one
 line on stderr; progress goes to stderr as a single updating line.

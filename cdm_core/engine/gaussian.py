@@ -63,8 +63,8 @@ def moments(points: torch.Tensor, log_pi: np.ndarray) -> Moments:
 
 
 def cached_moments(training_set, log_pi: np.ndarray) -> Moments:
-    key = (training_set.describe.get("content_hash"), hashlib.sha256(np.ascontiguousarray(log_pi).tobytes()).hexdigest(),
-           str(training_set.device))
+    weights_hash = hashlib.sha256(np.ascontiguousarray(log_pi).tobytes()).hexdigest()
+    key = (training_set.describe.get("content_hash"), weights_hash, str(training_set.device))
     if key[0] is None:
         return moments(training_set.points, log_pi)
     if key not in _CACHE:

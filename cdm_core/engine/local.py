@@ -214,8 +214,8 @@ class _LocalModel:
     def __init__(self, training_set, log_pi: np.ndarray, config: SamplerConfig):
         shape = training_set.describe.get("image_shape")
         if not shape:
-            raise CdmInputError(f"model {self.name} works on images; {training_set.describe.get('name', 'this data set')} "
-                                "is not an image data set")
+            name = training_set.describe.get("name", "this data set")
+            raise CdmInputError(f"model {self.name} works on images; {name} is not an image data set")
         self.training_set, self.log_pi = training_set, log_pi
         self.h, self.w = int(shape[0]), int(shape[1])
         self.c = int(shape[2]) if len(shape) > 2 else 1
@@ -291,7 +291,8 @@ class EquivariantLocalScore(_LocalModel):
         if size not in self._classes:
             r, dev = size // 2, self.images.device
             built = [_ElsClass(rows, cols, (rcut, ccut), r, self.w, dev)
-                     for rcut, rows in patches.clip_classes(self.h, r) for ccut, cols in patches.clip_classes(self.w, r)]
+                     for rcut, rows in patches.clip_classes(self.h, r)
+                     for ccut, cols in patches.clip_classes(self.w, r)]
             n = self.images.shape[0]
             if sum(8 * n * cl.window.numel() * self.c for cl in built) <= CACHE_BYTES:
                 for cl in built:

@@ -33,7 +33,8 @@ from cdm_core.report import figures
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation", "mosaic", "compare")
+FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation", "mosaic", "compare",
+           "memorisation_size")
 SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
 FORMATS = ("png", "svg", "pdf")
 MANIFEST_KIND = "cfdm-explorer figure manifest"
@@ -265,6 +266,8 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         out["mosaic"] = _mosaic(res, ds, i, data, opts)
     if "compare" in which:
         out["compare"] = _compare(res, ds, opts, data, say)
+    if "memorisation_size" in which:
+        out["memorisation_size"] = _size_curves(ds, cfg, opts, data, say)
     if "memorisation" in which:
         from cdm_core.analysis.sweep import sweep
         say("memorisation sweep")
@@ -312,6 +315,24 @@ def _compare(res, ds, opts: dict, data: dict, say):
     data |= {"compare_samples": ref.samples, "agreement_r": r, "agreement_r2": r2}
     return comparison_figure(ref.samples, res.samples, ds.image_shape, (ref_cfg.model, res.config.model), r, r2,
                              count=int(opts.get("compare_count", 6)))
+
+
+def _size_curves(ds, cfg: SamplerConfig, opts: dict, data: dict, say):
+    """Memorised fraction against training-set size (options.sizes, models, size_sigmas, size_n,
+    size_seeds, criterion_ratio), as the Memorisation page's second tab computes it."""
+    from cdm_core.analysis.memorisation import emm, memorisation_curves
+    from cdm_core.analysis.metrics import COPY_RATIO
+    from cdm_core.report.memorisation_figures import criterion_label, size_curves_figure
+    if not isinstance(opts.get("sizes"), list) or not opts["sizes"]:
+        raise CdmInputError("figure memorisation_size needs options.sizes, a list of training-set sizes")
+    ratio = float(opts.get("criterion_ratio", COPY_RATIO))
+    say("memorisation against size")
+    rows = memorisation_curves(ds, cfg.replace(n_samples=int(opts.get("size_n", cfg.n_samples)), subset=0),
+                               [int(v) for v in opts["sizes"]], list(opts.get("models", [cfg.model])),
+                               [float(v) for v in opts.get("size_sigmas", [cfg.sigma])],
+                               seeds=int(opts.get("size_seeds", 1)), ratio=ratio)
+    data["size_rows"] = rows
+    return size_curves_figure(rows, emm(rows), criterion_label(ratio))
 
 
 def label_of(ds, j: int) -> str:
