@@ -8,6 +8,7 @@ from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
 from ui.size_curves import size_tab
+from ui.split_half_view import split_half_tab
 
 EXPLANATION = (
     "**How to read this.** Each point is one smoothing level σ, with the same seeds everywhere. "
@@ -33,9 +34,11 @@ def body() -> None:
     st.title("Memorisation")
     ds = state.current_dataset()
     p = state.params()
-    against_sigma, against_size = st.tabs(["Against σ", "Against training-set size"])
+    against_sigma, against_size, halves = st.tabs(["Against σ", "Against training-set size", "Split-half"])
     with against_size:
         size_tab(ds, p)
+    with halves:
+        split_half_tab(ds, p)
     with against_sigma:
         if p.get("model", "cfdm") != "cfdm":
             st.info(f"σ smooths σ-CFDM only; the current model is {p['model']}. Pick σ-CFDM on the Generate page "

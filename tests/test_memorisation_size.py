@@ -78,3 +78,42 @@ def test_memorisation_page_tab_computes_curves_with_the_criterion_named():
                                                         (table["memorised"] <= table["hi"]))
     at.text_input(key="w_mem_sizes").set_value("40,99999").run()
     assert any("sizes must lie in" in e.value for e in at.error) and not at.exception
+
+
+def test_split_half_halves_are_disjoint_balanced_and_nested():
+    from cdm_core.analysis.split_half import halves
+    ds = load("digits")
+    a, b = halves(ds.n, ds.labels)
+    assert not set(a) & set(b) and len(a) + len(b) == ds.n
+    for h in (a, b):
+        counts = np.bincount(ds.labels[h[:100]], minlength=10)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_split_half_gaussian_converges_and_the_exact_model_does_not(tmp_path, capsys):
+    from cdm_core.analysis.split_half import split_half
+    ds = load("digits")
+    gauss = split_half(ds, SamplerConfig(n_samples=24, model="gaussian"), [20, 800])
+    exact = split_half(ds, SamplerConfig(n_samples=24, steps=50), [20, 800])
+    assert gauss[1]["similarity"] > 0.95 and gauss[1]["similarity"] > gauss[0]["similarity"] + 0.2
+    assert gauss[1]["distance"] < gauss[0]["distance"]
+    assert exact[1]["similarity"] < 0.85  # two different training items, not one sample
+    code = main(["split-half", "--data", "digits", "--sizes", "20,100", "--model", "gaussian", "--n", "8",
+                 "--out", str(tmp_path / "sh.csv")])
+    assert code == 0 and (tmp_path / "sh.csv").read_text().startswith("size,similarity,similarity_sd,distance")
+    capsys.readouterr()
+    code = main(["split-half", "--data", "digits", "--sizes", "5000", "--out", str(tmp_path / "x.csv")])
+    assert code == 2 and "must lie in [2, 896]" in capsys.readouterr().err
+
+
+def test_split_half_tab_shows_the_curve_and_pairs():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["data"] = "digits"
+    at.query_params["model"] = "gaussian"
+    at.switch_page("app_pages/memorisation.py").run()
+    at.text_input(key="w_sh_sizes").set_value("20,200").run()
+    next(b for b in at.button if b.key == "w_sh_go").click().run()
+    assert not at.exception and not [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "similarity" in d.value.columns)
+    assert list(table["size"]) == [20, 200] and table["similarity"].between(-1, 1).all()
+    assert any("σ smooths σ-CFDM only" in i.value for i in at.info)  # the σ tab for a model without σ

@@ -170,6 +170,32 @@ def register_memorisation(sub) -> None:
     s.set_defaults(func=cmd_memorisation)
 
 
+def cmd_split_half(a) -> int:
+    from cdm_core.analysis.memorisation import rows_to_csv
+    from cdm_core.analysis.split_half import COLUMNS, split_half
+    from cdm_core.analysis.sweep import parse_floats
+    from cdm_core.data.store import atomic_write_bytes
+    check_out(a.out, ".csv")
+    sizes = parse_floats(a.sizes, "--sizes")
+    if any(s != int(s) for s in sizes):
+        raise CdmInputError(f"--sizes must be whole numbers, got {a.sizes!r}")
+    cfg = config_from_args(a)
+    ds, _ = load_inputs(a)
+    rows = split_half(ds, cfg, [int(s) for s in sizes], callback=Progress("split-half"))
+    atomic_write_bytes(a.out, rows_to_csv(rows, COLUMNS).encode())
+    print(f"wrote {a.out}: {len(rows)} sizes; similarity "
+          + ", ".join(f"{r['size']:,}: {r['similarity']:.3f}" for r in rows), file=sys.stderr)
+    return 0
+
+
+def register_split_half(sub) -> None:
+    s = sub.add_parser("split-half", help="similarity of samples from models built on two disjoint halves")
+    add_sampler_options(s)
+    s.add_argument("--sizes", required=True, help="comma-separated items per half, e.g. 100,1000")
+    s.add_argument("--out", required=True, help="output .csv (one row per size)")
+    s.set_defaults(func=cmd_split_half)
+
+
 def cmd_figure(a) -> int:
     from pathlib import Path
 
@@ -210,4 +236,4 @@ def register_shard(sub) -> None:
 
 # Every sub-command, in the order `--help` lists them.
 COMMANDS = (register_sample, register_datasets, register_sensitivity, register_sweep, register_memorisation,
-            register_figure, register_shard)
+            register_split_half, register_figure, register_shard)
