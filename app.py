@@ -22,6 +22,7 @@ PAGES = [
     st.Page("app_pages/map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
     st.Page("app_pages/memorisation.py", title="Memorisation", icon=":material/stacked_line_chart:",
             url_path="memorisation"),
+    st.Page("app_pages/attribute.py", title="Attribute", icon=":material/fact_check:", url_path="attribute"),
     st.Page("app_pages/export.py", title="Export", icon=":material/download:", url_path="export"),
 ]
 nav = st.navigation(PAGES)

@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 APP = str(ROOT / "app.py")
 TITLES = {"app_pages/data.py": "Data", "app_pages/generate.py": "Generate", "app_pages/sources.py": "Sources",
           "app_pages/sensitivity.py": "Sensitivity", "app_pages/map.py": "Map",
-          "app_pages/memorisation.py": "Memorisation", "app_pages/export.py": "Export"}
+          "app_pages/memorisation.py": "Memorisation", "app_pages/attribute.py": "Attribute your samples",
+          "app_pages/export.py": "Export"}
 PAGES = list(TITLES)
 
 

@@ -1,5 +1,5 @@
 """Command line: `python -m cdm_core <command>` (also `cfdm`): sample, datasets, sensitivity, sweep,
-memorisation, split-half, figure, shard.
+memorisation, split-half, attribute, figure, shard.
 
 Same operations and parameter names as the Python API. Bad input exits with code 2 and one
 line on stderr; progress goes to stderr as a single updating line.

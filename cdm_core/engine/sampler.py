@@ -152,14 +152,18 @@ class Batch:
     start_ids: np.ndarray  # (B,) training point each start state was drawn around
 
 
-def batches(model, config: SamplerConfig, batch_size: int):
+def batches(model, config: SamplerConfig, batch_size: int, noise: np.ndarray | None = None):
     """The run's samples in batches of `batch_size`, each with its start states (per-sample seeds:
-    the batching never changes a sample)."""
+    the batching never changes a sample). `noise` (n, D): given start states at t = 0 (someone
+    else's start noise) instead of the seeded z; the smoothing draws still come from the seeds."""
     n = config.n_samples
     count = -(-n // batch_size)
     for number, lo in enumerate(range(0, n, batch_size), 1):
         ids = np.arange(lo, min(lo + batch_size, n))
         x, scaled, start_ids = start_state(model, config, ids)
+        if noise is not None:  # at t = 0 the centred state is the noise itself (x_0 - 0 c = z)
+            x = torch.as_tensor(np.asarray(noise[ids], np.float64), dtype=F64, device=x.device)
+            start_ids = np.full(len(ids), -1, np.int64)
         yield Batch(number, count, ids, x, scaled, start_ids)
 
 
@@ -228,10 +232,20 @@ def _merge_rows(blocks, fill):
                            for a in blocks])
 
 
-def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
+def sample_model(model, config: SamplerConfig, callback=None, noise: np.ndarray | None = None) -> SampleResult:
     """Draw `config.n_samples` samples from `model` (a `Denoiser`, models.py) by the Euler steps of
     the module docstring. Pure: arrays in, arrays out; `callback(info)` gets `step_info` after
-    every step."""
+    every step. `noise` (n, D): start from these states at t = 0 (config.start must be 0); start
+    ids are then -1."""
+    if noise is not None:
+        noise = np.asarray(noise)
+        if config.start != 0:
+            raise CdmInputError("a run from given noise starts at t = 0: set start 0")
+        if noise.shape != (config.n_samples, model.training_set.dim):
+            raise CdmInputError(f"noise must have shape ({config.n_samples}, {model.training_set.dim}), "
+                                f"got {noise.shape}")
+        if not np.all(np.isfinite(noise)):
+            raise CdmInputError("noise contains NaN or infinite values")
     t0 = time.perf_counter()
     ts_set = model.training_set
     n_train, dim = ts_set.n, ts_set.dim
@@ -245,7 +259,7 @@ def sample_model(model, config: SamplerConfig, callback=None) -> SampleResult:
     traj = np.empty((config.steps + 1, n, dim)) if config.trajectory else None
     src_ids, src_w, pixel = [], [], []
     dense_sum = 0.0
-    for batch in batches(model, config, bs):
+    for batch in batches(model, config, bs, noise):
         ids = batch.ids
         start_ids[ids] = batch.start_ids
         if traj is not None:

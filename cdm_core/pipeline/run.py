@@ -23,11 +23,14 @@ from cdm_core.latent.space import latent_space
 from cdm_core.pipeline.prepared import opened, prepare
 
 
-def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=None) -> SampleResult:
+def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=None, noise=None) -> SampleResult:
     """Draw `config.n_samples` samples. `data`: a `Dataset` or an (N, D) array (a shard manifest
     with backend ray); `weights`: N non-negative training weights (default uniform); `prepared`:
     a training set from `prepare(data, config)`; `callback(info)` after every step (the engine's
-    `step_info`; also the autoencoder's training on a first latent run)."""
+    `step_info`; also the autoencoder's training on a first latent run); `noise` (n, D): start
+    states at t = 0 to run from instead of the seeded noise (data space, start 0)."""
+    if noise is not None and (config.space != "data" or config.subset):
+        raise CdmInputError("a run from given noise needs space data and no subset")
     if config.subset:
         return _on_subset(data, config, weights, callback, prepared)
     space = latent_space(data, config, callback) if config.space == "latent" else None
@@ -36,7 +39,7 @@ def sample(data, config: SamplerConfig, weights=None, callback=None, prepared=No
         sharded = getattr(ts_set, "sharded", False)
         before = (ts_set.bytes_moved, ts_set.calls) if sharded else None
         model = build_model(ts_set, normalise_log_weights(weights, ts_set.n), config)
-        res = sample_model(model, config, callback)
+        res = sample_model(model, config, callback, noise=noise)
         if sharded:
             from cdm_core.pipeline.shards import sharded_result
             res = sharded_result(res, ts_set, *before)
