@@ -56,7 +56,8 @@ def test_cli_writes_curves_and_emm(tmp_path, capsys):
     assert lines[0].startswith("model,sigma,size,samples,memorised,lo,hi") and len(lines) == 1 + 3 * 2
     assert (tmp_path / "mem.emm.csv").read_text().splitlines()[0] == "model,sigma,emm,every_size"
     assert "d1/d2 < 1/3 (Gu et al. 2025)" in err and "EMM (largest size memorised >= 90%)" in err
-    for bad, message in ((["--sizes", "50,99999"], "sizes must lie in"), (["--sizes", "50", "--models", "nope"], "--models must be"),
+    for bad, message in ((["--sizes", "50,99999"], "sizes must lie in"),
+                         (["--sizes", "50", "--models", "nope"], "--models must be"),
                          (["--sizes", "5.5"], "whole numbers")):
         code = main(["memorisation", "--data", "digits", "--n", "4", *bad, "--out", str(out)])
         assert code == 2 and message in capsys.readouterr().err

@@ -223,7 +223,8 @@ def cmd_attribute(a) -> int:
 def register_attribute(sub) -> None:
     s = sub.add_parser("attribute", help="nearest items, the criterion and the closest blend for samples of any model")
     add_sampler_options(s)
-    s.add_argument("--samples", required=True, help="the samples: .npy, .npz, .csv or a .zip of PNGs (data set's shape)")
+    s.add_argument("--samples", required=True,
+                   help="the samples: .npy, .npz, .csv or a .zip of PNGs (the data set's shape)")
     s.add_argument("--noise", help="each sample's start noise (its state at t = 0), same formats: run --model from it")
     s.add_argument("--blend-k", type=int, default=64, help="nearest items the closest blend is fitted over")
     s.add_argument("--criterion-ratio", type=float, default=1 / 3,
