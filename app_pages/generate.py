@@ -54,7 +54,7 @@ def model_controls(ds, p: dict) -> None:
     models = list(MODEL_LABELS) if ds.is_image else ["cfdm", "gaussian"]
     if p.get("model") not in models:
         p["model"] = "cfdm"
-    c1, c2 = st.columns([3, 4])
+    c1, c2 = st.columns([3, 2])  # the four options need about 420 px: their column never cuts them
     p["model"] = c1.segmented_control("Model", models, format_func=MODEL_LABELS.get, default=p["model"],
                                       key="w_model", help="The denoiser the sampler runs: the same seeds under "
                                       "every model, so runs of different models compare sample by sample.") \
@@ -144,11 +144,20 @@ def controls(ds) -> dict:
     # the range is fixed per data set and space (state.sigma_range): a range that followed σ
     # changed one rerun late and swallowed the move that crossed its boundary
     sig_max, sig_step = state.sigma_range(state.dataset_name(), p.get("space", "data"), float(p["sigma"]))
+    if p["model"] != "cfdm":  # σ, M, neighbours, index and Ray belong to the closed-form model
+        c1, c2, c3, c4 = st.columns(4)
+        p["steps"] = c1.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
+        p["start"] = c2.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"],
+                               key="w_start")
+        p["n"] = int(c3.number_input("Samples n", 1, 1024, int(p["n"]), help=HELP["n"], key="w_n"))
+        p["seed"] = int(c4.number_input("Seed", 0, 2**31 - 1, int(p["seed"]), help=HELP["seed"], key="w_seed"))
+        p["backend"], p["shards"] = "local", 0
+        state.set_params(p)
+        return p
     c1, c2, c3, c4 = st.columns(4)
-    if p["model"] == "cfdm":  # σ and M smooth the closed-form model only
-        p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
-                               help=HELP["sigma"], key="w_sigma", format="%.4g")
-        p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
+    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
+                           help=HELP["sigma"], key="w_sigma", format="%.4g")
+    p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
     p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")
     c5, c6, c7, c8 = st.columns(4)

@@ -52,6 +52,12 @@ def table(a, b, ds) -> pd.DataFrame:
     rows = []
     for key, label in SETTINGS:
         va, vb = getattr(a.result.config, key), getattr(b.result.config, key)
+        if key in ("sigma", "draws"):  # smoothing settings belong to cfdm: "—" for a model without them
+            va = va if a.result.config.model == "cfdm" else "—"
+            vb = vb if b.result.config.model == "cfdm" else "—"
+        if key == "patch_schedule":
+            va = ",".join(map(str, a.result.ran.get("patch_sizes", []))) or "—"
+            vb = ",".join(map(str, b.result.ran.get("patch_sizes", []))) or "—"
         rows.append((label, str(va), str(vb), "" if va == vb else "changed"))
     ra, rb = a.result, b.result
     if ra.config.space != rb.config.space:

@@ -21,8 +21,9 @@ def mosaic_section(ds, res, i: int, scale: int) -> None:
     main = mosaic.main_sources(res, i)
     labels = [f"#{j}{label_of(ds, j)}" for j in items]
     fig = mosaic_figures.mosaic_figure(res.samples[i], ds.image_shape, rank, items, main.entropy, labels, height=400)
-    st.markdown(f"**Patch mosaic** ({res.config.model}: every pixel is an exact blend of training pixels). "
-                "Click a pixel of the map to see where it came from.")
+    st.markdown(f"**Patch mosaic** ({res.config.model}: every pixel is an exact blend of training pixels; the "
+                f"{res.pixel_source_ids.shape[2]} largest weights of each are kept). Click a pixel of the map to see "
+                "where it came from.")
     st.plotly_chart(fig, width="stretch", key="mosaic_map", config={"displayModeBar": False})
     key = f"w_mosaic_pixel_{i}"
 

@@ -188,6 +188,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     if "sources" in which:
         ok = res.source_ids[i] >= 0
         ids, w = res.source_ids[i][ok], res.source_weights[i][ok]
+        weight_word = "share" if res.ran.get("sources") == "item shares" else "w"  # a local model's item shares
         if ds.is_image:
             keep = (w >= 1e-3)
             ids, w = ids[keep][:6], w[keep][:6]
@@ -199,7 +200,8 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
                 label = label_of(ds, j).strip(" ()")
                 return f"#{j}<br>{'class ' + label + '<br>' if label else ''}{line}"
             out["sources"] = figures.sources_images_figure(
-                res.samples[i], f"sample<br>#{i}", srcs, [tile_title(j, f"w={v:.2f}") for j, v in zip(ids, w)],
+                res.samples[i], f"sample<br>#{i}", srcs,
+                [tile_title(j, f"{weight_word}={v:.2f}") for j, v in zip(ids, w)],
                 ds.points[near], [tile_title(j, f"d={d:.3g}") for j, d in zip(near, dist)], ds.image_shape)
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])

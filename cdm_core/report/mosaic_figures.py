@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from cdm_core.report.figures import CATEGORICAL, FONT, SEQUENTIAL, to_image
 
-OTHER_COLOUR = "#E8E8E8"  # pixels whose main source is outside the top regions
+OTHER_COLOUR = "#D4D4D4"  # pixels whose main source is outside the top regions
 
 
 def _grey(vec: np.ndarray, image_shape: tuple) -> np.ndarray:
@@ -48,7 +48,7 @@ def mosaic_figure(sample: np.ndarray, image_shape: tuple, rank: np.ndarray, item
     pixel = np.arange(h * w).reshape(h, w)
     fig.add_trace(go.Heatmap(z=grid + 0.5, zmin=0, zmax=k + 1, colorscale=steps, showscale=False,
                              customdata=pixel, text=names[grid], xgap=0.5, ygap=0.5,
-                             hovertemplate="pixel (%{y}, %{x})<br>main source %{text}<extra></extra>"), 1, 2)
+                             hovertemplate="pixel (%{y}, %{x})<br>main source: %{text}<extra></extra>"), 1, 2)
     fig.add_trace(go.Heatmap(z=entropy.reshape(h, w), colorscale=SEQUENTIAL, zmin=0,
                              colorbar=dict(title=dict(text="nats", side="right"), thickness=10, len=0.9, x=1.0),
                              customdata=pixel, hovertemplate="pixel (%{y}, %{x})<br>entropy %{z:.2f} nats"
