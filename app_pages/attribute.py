@@ -66,16 +66,9 @@ def body() -> None:
         return
     key = (ds.content_hash, up.file_id, getattr(up_noise, "file_id", None), cfg.to_json(), k, ratio)
 
-    def compute():
-        bar = st.progress(0.0, text="Attributing…")
-        out = attribute(ds, samples, cfg, noise=noise, k=k, ratio=ratio,
-                        callback=state.progress_callback(bar, f"{cfg.model} from your noise"))
-        bar.empty()
-        return out
-    try:
-        att = state.session_cache("attribution", key, compute)
-    except CdmInputError as e:
-        st.error(f"Could not attribute: {e}. Nothing else changed.")
+    att = state.computed("attribution", key, f"{cfg.model} from your noise" if noise is not None else "Attributing",
+                         lambda callback: attribute(ds, samples, cfg, noise=noise, k=k, ratio=ratio, callback=callback))
+    if att is None:
         return
     n = len(samples)
     table = pd.DataFrame({"sample": np.arange(n), "nearest": att.nn_ids[:, 0], "d1": att.nn_dist[:, 0],

@@ -141,3 +141,11 @@ def point_position(page, chart_key: str, index: int) -> dict:
         const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis, r = g.getBoundingClientRect();
         return {x: r.left + xa._offset + xa.l2p(tr.x[i]), y: r.top + ya._offset + ya.l2p(tr.y[i])};
     }""", [chart_key, index])
+
+
+def open_page(page, url):
+    """Open a page and wait until its first run (however heavy) has finished."""
+    page.goto(url)
+    page.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
+    wait_idle(page, timeout=HEAVY_TIMEOUT)
+    assert page.get_by_text("Page not found").count() == 0, url

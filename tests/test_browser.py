@@ -17,6 +17,7 @@ from tests.browser_util import (
     browser,
     have_chromium,
     new_context,
+    open_page,
     point_position,
     stable_box,
     streamlit_server,
@@ -50,14 +51,6 @@ def page(chromium):
     pg = ctx.new_page()
     yield pg
     ctx.close()
-
-
-def open_page(page, url):
-    """Open a page and wait until its first run (however heavy) has finished."""
-    page.goto(url)
-    page.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
-    wait_idle(page, timeout=HEAVY_TIMEOUT)
-    assert page.get_by_text("Page not found").count() == 0, url
 
 
 def no_exception(page):

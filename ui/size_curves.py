@@ -74,17 +74,8 @@ def size_tab(ds, p: dict) -> None:
     runs = len(sizes) * seeds * (len(sigmas) * ("cfdm" in models) + len([m for m in models if m != "cfdm"]))
     if done is None and st.button(f"Compute the curves ({runs} runs of {n} samples)", type="primary",
                                   key="w_mem_go"):
-        def compute():
-            bar = st.progress(0.0, text="Memorisation against size…")
-            rows = memorisation_curves(ds, base, sizes, models, sigmas, seeds=seeds, ratio=ratio,
-                                       callback=state.progress_callback(bar, "Curves"))
-            bar.empty()
-            return rows
-        try:
-            done = state.session_cache("size_curves", key, compute)
-        except CdmInputError as e:
-            st.error(f"Could not compute the curves: {e}")
-            return
+        done = state.computed("size_curves", key, "Memorisation against size", lambda callback: memorisation_curves(
+            ds, base, sizes, models, sigmas, seeds=seeds, ratio=ratio, callback=callback))
     if done is None:
         st.markdown(ABOUT)
         return

@@ -54,16 +54,8 @@ def split_half_tab(ds, p: dict) -> None:
     done = state.session_cache("split_half", key)
     if done is None and st.button(f"Run the split-half test ({2 * len(sizes)} runs of {n} samples)", type="primary",
                                   key="w_sh_go"):
-        def compute():
-            bar = st.progress(0.0, text="Split-half…")
-            out = split_half(ds, base, sizes, callback=state.progress_callback(bar, "Split-half"), keep_samples=True)
-            bar.empty()
-            return out
-        try:
-            done = state.session_cache("split_half", key, compute)
-        except CdmInputError as e:
-            st.error(f"Could not run the test: {e}")
-            return
+        done = state.computed("split_half", key, "Split-half", lambda callback: split_half(
+            ds, base, sizes, callback=callback, keep_samples=True))
     if done is None:
         st.markdown(ABOUT)
         return

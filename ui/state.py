@@ -307,6 +307,22 @@ def session_cache(name: str, key, compute=None):
     return cache[key]
 
 
+def computed(name: str, key, label: str, work):
+    """`session_cache(name, key)` of `work(callback)`, with a progress bar while it runs; an input
+    error becomes one error line (nothing else changes) and None."""
+    def compute():
+        bar = st.progress(0.0, text=f"{label}…")
+        try:
+            return work(progress_callback(bar, label))
+        finally:
+            bar.empty()
+    try:
+        return session_cache(name, key, compute)
+    except CdmInputError as e:
+        st.error(f"Could not finish ({label}): {e}. Nothing else changed.")
+        return None
+
+
 def current_dataset() -> Dataset:
     name = st.session_state.dataset_name
     if name.startswith(UPLOAD_PREFIX):

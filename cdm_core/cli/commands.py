@@ -126,6 +126,15 @@ def register_sweep(sub) -> None:
     s.set_defaults(func=cmd_sweep)
 
 
+def parse_sizes(text: str) -> list[int]:
+    """--sizes: comma-separated whole numbers of training items."""
+    from cdm_core.analysis.sweep import parse_floats
+    sizes = parse_floats(text, "--sizes")
+    if any(s != int(s) for s in sizes):
+        raise CdmInputError(f"--sizes must be whole numbers, got {text!r}")
+    return [int(s) for s in sizes]
+
+
 def cmd_memorisation(a) -> int:
     from cdm_core.analysis.memorisation import emm, memorisation_curves, rows_to_csv
     from cdm_core.analysis.metrics import criterion_name
@@ -133,9 +142,7 @@ def cmd_memorisation(a) -> int:
     from cdm_core.config import MODELS
     from cdm_core.data.store import atomic_write_bytes
     check_out(a.out, ".csv")
-    sizes = parse_floats(a.sizes, "--sizes")
-    if any(s != int(s) for s in sizes):
-        raise CdmInputError(f"--sizes must be whole numbers, got {a.sizes!r}")
+    sizes = parse_sizes(a.sizes)
     sigmas = parse_floats(a.sigmas, "--sigmas")
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
@@ -143,7 +150,7 @@ def cmd_memorisation(a) -> int:
         raise CdmInputError(f"--models must be among {', '.join(MODELS)}, got {a.models!r}")
     cfg = config_from_args(a)
     ds, _ = load_inputs(a)
-    rows = memorisation_curves(ds, cfg, [int(s) for s in sizes], models, sigmas, seeds=a.seeds,
+    rows = memorisation_curves(ds, cfg, sizes, models, sigmas, seeds=a.seeds,
                                ratio=a.criterion_ratio, callback=Progress("memorisation"))
     atomic_write_bytes(a.out, rows_to_csv(rows).encode())
     levels = emm(rows)
@@ -175,15 +182,12 @@ def register_memorisation(sub) -> None:
 def cmd_split_half(a) -> int:
     from cdm_core.analysis.memorisation import rows_to_csv
     from cdm_core.analysis.split_half import COLUMNS, split_half
-    from cdm_core.analysis.sweep import parse_floats
     from cdm_core.data.store import atomic_write_bytes
     check_out(a.out, ".csv")
-    sizes = parse_floats(a.sizes, "--sizes")
-    if any(s != int(s) for s in sizes):
-        raise CdmInputError(f"--sizes must be whole numbers, got {a.sizes!r}")
+    sizes = parse_sizes(a.sizes)
     cfg = config_from_args(a)
     ds, _ = load_inputs(a)
-    rows = split_half(ds, cfg, [int(s) for s in sizes], callback=Progress("split-half"))
+    rows = split_half(ds, cfg, sizes, callback=Progress("split-half"))
     atomic_write_bytes(a.out, rows_to_csv(rows, COLUMNS).encode())
     print(f"wrote {a.out}: {len(rows)} sizes; similarity "
           + ", ".join(f"{r['size']:,}: {r['similarity']:.3f}" for r in rows), file=sys.stderr)
