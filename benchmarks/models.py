@@ -111,7 +111,8 @@ def ls_case(name: str, repeats: int) -> dict:
     c = cfg(n_samples=64, steps=20, model="ls", patch_schedule=PRESET, trajectory=True)
     sample(ds, c.replace(steps=1, trajectory=False))  # warm-up: the prepared set, the allocator
     lib_s, res = timed(lambda: sample(ds, c), repeats)
-    base_s, base = timed(lambda: plain_ls(res.trajectory[0], ds.points, ds.image_shape, c.patch_sizes, c.steps), repeats)
+    base_s, base = timed(lambda: plain_ls(res.trajectory[0], ds.points, ds.image_shape, c.patch_sizes, c.steps),
+                         repeats)
     dev = float(np.abs(base - res.samples).max())
     assert dev < 1e-8, f"plain ls differs from the library by {dev:.1e} on {name}"
     return {"case": f"{LABEL[name]}, 64 samples, S = 20, {PRESET}", "repeats": repeats, "lib": lib_s,
@@ -211,7 +212,8 @@ from cdm_core import SamplerConfig, load, sample
 from cdm_core.pipeline.prepared import prepare
 if sys.argv[3] == "adapted":
     from cdm_core.runtime import adapt_allocator; adapt_allocator()
-ds, c = load("digits"), SamplerConfig(n_samples=64, steps=20, model=sys.argv[2], patch_schedule="fashion-resnet", device="cpu")
+ds = load("digits")
+c = SamplerConfig(n_samples=64, steps=20, model=sys.argv[2], patch_schedule="fashion-resnet", device="cpu")
 prepare(ds, c)
 t0 = time.perf_counter(); sample(ds, c); first = time.perf_counter() - t0
 t0 = time.perf_counter(); sample(ds, c); second = time.perf_counter() - t0
