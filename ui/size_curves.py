@@ -58,12 +58,15 @@ def size_tab(ds, p: dict) -> None:
     if not models:
         st.info("Choose at least one model.")
         return
+    if p.get("space") == "latent":
+        st.info("Curves against size run in pixel space (they sample the data themselves): pick it on the "
+                "Generate page.")
+        return
     try:
         sizes = sorted({int(v) for v in parse_floats(sizes_text, "sizes")})
         sigmas = sorted(set(parse_floats(sigmas_text, "σ values")))
         base = state.config_from(p | {"model": "cfdm", "sigma": 0.0}).replace(n_samples=n, subset=0)
-        if base.space != "data":
-            raise CdmInputError("curves against size run in pixel space: pick it on the Generate page")
+
         if sizes[0] < 2 or sizes[-1] > ds.n:
             raise CdmInputError(f"sizes must lie in [2, {ds.n:,}]")
     except (CdmInputError, ValueError) as e:

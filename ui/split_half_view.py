@@ -37,11 +37,14 @@ def split_half_tab(ds, p: dict) -> None:
     text = c1.text_input("Items per half", default_sizes(half), key="w_sh_sizes",
                          help=f"Comma-separated sizes up to {half:,} (nested within each half).")
     n = int(c2.number_input("Sample pairs", 4, 512, 32, key="w_sh_n"))
+    if p.get("space") == "latent":
+        st.info("The split-half test runs in pixel space (it samples the data themselves): pick it on the "
+                "Generate page.")
+        return
     try:
         sizes = sorted({int(v) for v in parse_floats(text, "sizes")})
         base = state.config_from(p).replace(n_samples=n, subset=0, start=0.0)
-        if base.space != "data":
-            raise CdmInputError("the split-half test runs in pixel space: pick it on the Generate page")
+
         if sizes[0] < 2 or sizes[-1] > half:
             raise CdmInputError(f"items per half must lie in [2, {half:,}]")
     except (CdmInputError, ValueError) as e:
