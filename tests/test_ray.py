@@ -45,7 +45,8 @@ def test_ray_samples_equal_one_process(name, sigma, index, shards, start):
     assert far.dataset["backend"] == "ray" and far.dataset["shards"] == shards
     assert far.config.backend == "ray" and far.config.shards == shards
     # what ran, and what it cost: each step moves a few numbers per sample and shard, never the points
-    assert far.ran == {"model": "cfdm", "strategy": "sharded", "index": index, "device": "cpu", "backend": "ray"}
+    assert far.ran == {"model": "cfdm", "strategy": "sharded", "index": index, "device": "cpu", "backend": "ray",
+                       "sources": "convex"}
     assert far.shards == shards and far.calls >= 2 * cfg.steps
     assert far.bytes_moved > 0
     if ds.dim > 10:  # digits: the whole run moves less than the float32 points themselves
