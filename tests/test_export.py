@@ -25,14 +25,29 @@ needs_chromium = pytest.mark.skipif(not have_chromium(), reason="Debian chromium
 def test_every_builder_returns_a_valid_figure(name, sigma):
     ds = load(name)
     cfg = CFG.replace(sigma=sigma)
-    m = make_manifest(name, ds, cfg, FIGURES, {"sample": 1, "sigmas": [0.0, sigma], "map": {"method": "pca"}})
+    which = [f for f in FIGURES if f not in ("mosaic", "compare")]  # those two: a local model's run, below
+    m = make_manifest(name, ds, cfg, which, {"sample": 1, "sigmas": [0.0, sigma], "map": {"method": "pca"},
+                                             "sizes": [40, 120], "models": ["cfdm", "gaussian"], "size_n": 8})
     figs, data = build(m, ds)
-    assert set(figs) == set(FIGURES)
+    assert set(figs) == set(which)
     for k, f in figs.items():
         assert isinstance(f, (go.Figure, Image.Image)), k
         if isinstance(f, go.Figure):
             f.to_dict()  # validates
     assert data["samples"].shape == (8, ds.dim)
+
+
+def test_mosaic_and_comparison_need_a_local_model_and_the_same_seeds():
+    ds = load("digits")
+    els = CFG.replace(sigma=0.0, model="els", patch_schedule="5")
+    ref = CFG.replace(sigma=0.0).to_dict()
+    figs, data = build(make_manifest("digits", ds, els, ["mosaic", "compare"], {"sample": 1, "compare": ref}), ds)
+    assert set(figs) == {"mosaic", "compare"} and data["agreement_r"].shape == (8,)
+    assert data["pixel_source_ids"].shape[0] == 64  # the exported sample's per-pixel sources
+    with pytest.raises(CdmInputError, match="needs a local model"):
+        build(make_manifest("digits", ds, CFG, ["mosaic"], {"sample": 1}), ds)
+    with pytest.raises(CdmInputError, match="same seeds"):
+        build(make_manifest("digits", ds, els, ["compare"], {"compare": CFG.replace(seed=9).to_dict()}), ds)
 
 
 def test_style_and_manifest_validation():
