@@ -1,18 +1,20 @@
 """The analytic models (#23) on one machine: `ls`, `gaussian` and `els` through the library's
 `sample`, each against a baseline measured in the same run (BENCHMARKS.md, "The analytic models").
 
-    python benchmarks/models.py [--repeats 3] [--mnist-repeats 1] [--quick]
+    python benchmarks/models.py [--repeats 3] [--mnist-repeats 1] [--quick] [--fresh]
 
 1. `ls` against a plain float64 torch implementation written here from the maths (`plain_ls`):
    per step, every training item's per-pixel |y_q - t x_iq|^2, zero-padded box sums of the window
-   (two separable `avg_pool2d` passes x k), logits log(1/N) - window / (2 (1 - t)^2), a softmax over
+   (two separable `avg_pool2d` passes, times k^2), logits log(1/N) - window / (2 (1 - t)^2), a softmax over
    items per pixel and the weighted sum of the training pixels; Euler steps from the library's own
    start state (`trajectory=True`, `res.trajectory[0]`). Its final samples must match the library's
    to 1e-8, which shows both compute the same thing. Ratio = library / plain.
 2. `gaussian`: the one-off eigendecomposition (first call with `gaussian._CACHE` cleared, minus a
-   warm call) and the cost per step of a warm call, beside cfdm `auto` (sigma 0) on the same set.
+   warm call) and the cost per step of a warm call (its seconds / S, and the marginal step: 30
+   steps minus 20, / 10), beside cfdm `auto` (sigma 0) on the same set.
 3. `els` against cfdm `exact` on digits, and on a 500-item Fashion-MNIST subset its work estimate
    (`SamplerConfig.work`) against the measured time.
+`--fresh` also times a first call in a fresh process (what a CLI run pays) against a second one.
 
 Every timed case follows a warm-up call that prepares the set and settles the allocator (a shorter
 run where a full one is long); each figure is the median of `--repeats` timed calls unless the
@@ -135,7 +137,7 @@ def ls_table(rows: list) -> str:
 def gaussian_case(name: str, repeats: int) -> dict:
     ds = load(name)
     g, a = cfg(n_samples=64, steps=20, model="gaussian"), cfg(n_samples=64, steps=20)  # cfdm auto, sigma 0
-    sample(ds, a)  # warm-up: the prepared set (shared by both models), the allocator
+    sample(ds, a.replace(steps=1))  # warm-up: the prepared set (shared by both models), the allocator
     colds = []
     for _ in range(repeats):
         gaussian._CACHE.clear()
@@ -143,13 +145,13 @@ def gaussian_case(name: str, repeats: int) -> dict:
         sample(ds, g)
         colds.append(time.perf_counter() - t0)
     warm, _ = timed(lambda: sample(ds, g), repeats)
-    warm40, _ = timed(lambda: sample(ds, g.replace(steps=40)), repeats)
+    warm30, _ = timed(lambda: sample(ds, g.replace(steps=30)), repeats)
     auto, _ = timed(lambda: sample(ds, a), repeats)
-    auto40, _ = timed(lambda: sample(ds, a.replace(steps=40)), repeats)
+    auto30, _ = timed(lambda: sample(ds, a.replace(steps=30)), repeats)
     return {"case": LABEL[name], "n": ds.n, "repeats": repeats, "eig": statistics.median(colds) - warm,
             "cold": statistics.median(colds), "warm": warm, "auto": auto,
             "g_step": warm / 20, "a_step": auto / 20,
-            "g_marg": (warm40 - warm) / 20, "a_marg": (auto40 - auto) / 20}
+            "g_marg": (warm30 - warm) / 10, "a_marg": (auto30 - auto) / 10}
 
 
 def gaussian_table(rows: list) -> str:
@@ -171,7 +173,7 @@ def els_digits(n: int, repeats: int) -> dict:
     e = cfg(n_samples=n, steps=20, model="els", patch_schedule=PRESET)
     x = cfg(n_samples=n, steps=20, index="exact")
     sample(ds, x)  # warm-up (the exact set)
-    sample(ds, e)  # warm-up (the auto set the local models run on, the allocator)
+    sample(ds, e.replace(steps=1))  # warm-up (the auto set the local models run on, the allocator)
     els_s, _ = timed(lambda: sample(ds, e), repeats)
     exact_s, _ = timed(lambda: sample(ds, x), repeats)
     work = e.work(ds.n, ds.dim, ds.image_shape)
@@ -237,14 +239,25 @@ def fresh_table(rows: list) -> str:
     return "\n".join(out)
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="timed calls per median (small cases)")
     p.add_argument("--mnist-repeats", type=int, default=1, help="timed calls of the long MNIST-5k ls case")
     p.add_argument("--quick", action="store_true", help="leave out the long cases (MNIST-5k ls, Fashion-MNIST els)")
+    p.add_argument("--fresh", action="store_true", help="also time a first call in a fresh process (digits ls, els)")
     a = p.parse_args()
     t_start = time.perf_counter()
-    print(f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, "
+    print(f"Measured {datetime.date.today()} on {cpu_name()}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
           f"load average at start {os.getloadavg()[0]:.2f}.\n", flush=True)
 
@@ -261,8 +274,9 @@ def main() -> None:
         rows.append(els_fashion(500, 4))
     print("### els against cfdm exact\n\n" + els_table(rows) + "\n", flush=True)
 
-    rows = [fresh_case(m, mode) for m in ("ls", "els") for mode in ("plain", "adapted")]
-    print("### first call in a fresh process\n\n" + fresh_table(rows) + "\n", flush=True)
+    if a.fresh:
+        rows = [fresh_case(m, mode) for m in ("ls", "els") for mode in ("plain", "adapted")]
+        print("### first call in a fresh process\n\n" + fresh_table(rows) + "\n", flush=True)
 
     print(f"Load average at end {os.getloadavg()[0]:.2f}; {time.perf_counter() - t_start:.0f} s in all.")
 
