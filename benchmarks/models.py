@@ -10,16 +10,17 @@
    start state (`trajectory=True`, `res.trajectory[0]`). Its final samples must match the library's
    to 1e-8, which shows both compute the same thing. Ratio = library / plain.
 2. `gaussian`: the one-off eigendecomposition (first call with `gaussian._CACHE` cleared, minus a
-   warm call) and the cost per step of a warm call (its seconds / S, and the marginal step: 30
-   steps minus 20, / 10), beside cfdm `auto` (sigma 0) on the same set.
+   warm call) and the cost per step of a warm call (its seconds / S, and the marginal step: 40
+   steps minus 20, / 20), beside cfdm `auto` (sigma 0) on the same set.
 3. `els` against cfdm `exact` on digits, and on a 500-item Fashion-MNIST subset its work estimate
    (`SamplerConfig.work`) against the measured time.
 `--fresh` also times a first call in a fresh process (what a CLI run pays) against a second one.
 
 Every timed case follows a warm-up call that prepares the set and settles the allocator (a shorter
 run where a full one is long); each figure is the median of `--repeats` timed calls unless the
-table says "1 run". The machine's load average is printed before and after: this VM's timings
-move by 10-20% between runs, and far more when other work shares its cores.
+table says "1 run". About 11 minutes on a 2-core VM (`--quick`: about 3). The machine's load
+average is printed before and after: this VM's timings move by 10-20% between runs, and by
+several times when other work shares its two cores (a run under load is not a measurement).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def ls_table(rows: list) -> str:
 def gaussian_case(name: str, repeats: int) -> dict:
     ds = load(name)
     g, a = cfg(n_samples=64, steps=20, model="gaussian"), cfg(n_samples=64, steps=20)  # cfdm auto, sigma 0
-    sample(ds, a.replace(steps=1))  # warm-up: the prepared set (shared by both models), the allocator
+    sample(ds, a)  # warm-up: the prepared set (shared by both models), the allocator
     colds = []
     for _ in range(repeats):
         gaussian._CACHE.clear()
@@ -145,13 +146,13 @@ def gaussian_case(name: str, repeats: int) -> dict:
         sample(ds, g)
         colds.append(time.perf_counter() - t0)
     warm, _ = timed(lambda: sample(ds, g), repeats)
-    warm30, _ = timed(lambda: sample(ds, g.replace(steps=30)), repeats)
+    warm40, _ = timed(lambda: sample(ds, g.replace(steps=40)), repeats)
     auto, _ = timed(lambda: sample(ds, a), repeats)
-    auto30, _ = timed(lambda: sample(ds, a.replace(steps=30)), repeats)
+    auto40, _ = timed(lambda: sample(ds, a.replace(steps=40)), repeats)
     return {"case": LABEL[name], "n": ds.n, "repeats": repeats, "eig": statistics.median(colds) - warm,
             "cold": statistics.median(colds), "warm": warm, "auto": auto,
             "g_step": warm / 20, "a_step": auto / 20,
-            "g_marg": (warm30 - warm) / 10, "a_marg": (auto30 - auto) / 10}
+            "g_marg": (warm40 - warm) / 20, "a_marg": (auto40 - auto) / 20}
 
 
 def gaussian_table(rows: list) -> str:
@@ -173,7 +174,7 @@ def els_digits(n: int, repeats: int) -> dict:
     e = cfg(n_samples=n, steps=20, model="els", patch_schedule=PRESET)
     x = cfg(n_samples=n, steps=20, index="exact")
     sample(ds, x)  # warm-up (the exact set)
-    sample(ds, e.replace(steps=1))  # warm-up (the auto set the local models run on, the allocator)
+    sample(ds, e)  # warm-up (the auto set the local models run on, the allocator)
     els_s, _ = timed(lambda: sample(ds, e), repeats)
     exact_s, _ = timed(lambda: sample(ds, x), repeats)
     work = e.work(ds.n, ds.dim, ds.image_shape)
@@ -249,6 +250,15 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def gemm_rate() -> float:
+    """This machine's float64 GEMM rate now, GFLOP/s (2048^2 products, best of 3 x 5): the yardstick
+    for the achieved rates, and a check of how fast this VM runs today."""
+    x, y = torch.randn(2048, 2048, dtype=torch.float64), torch.randn(2048, 2048, dtype=torch.float64)
+    x @ y
+    best = min(timed(lambda: [x @ y for _ in range(5)], 1)[0] for _ in range(3)) / 5
+    return 2 * 2048 ** 3 / best / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="timed calls per median (small cases)")
@@ -259,7 +269,7 @@ def main() -> None:
     t_start = time.perf_counter()
     print(f"Measured {datetime.date.today()} on {cpu_name()}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
-          f"load average at start {os.getloadavg()[0]:.2f}.\n", flush=True)
+          f"load average at start {os.getloadavg()[0]:.2f}; float64 GEMM {gemm_rate():.1f} GFLOP/s.\n", flush=True)
 
     rows = [ls_case("digits", max(a.repeats, 5))]
     if not a.quick:
