@@ -19,7 +19,7 @@ import numpy as np
 from cdm_core.analysis.metrics import mean_pairwise_distance
 from cdm_core.analysis.sweep import _within
 from cdm_core.config import SamplerConfig
-from cdm_core.data.subsets import SUBSET_SEED, nested_order
+from cdm_core.data.subsets import SUBSET_SEED, nested_order, rank_within_class
 from cdm_core.errors import CdmInputError
 from cdm_core.pipeline.inputs import as_dataset
 from cdm_core.pipeline.run import sample
@@ -31,11 +31,7 @@ def halves(n: int, labels=None, seed: int = SUBSET_SEED) -> tuple[np.ndarray, np
     """Two disjoint halves of 0..n-1, each in nested (prefix = subset) order: items alternate
     between the halves by their rank within their class in `nested_order`."""
     order = nested_order(n, labels, seed)
-    lab = np.zeros(n, np.int64) if labels is None else np.asarray(labels)[order]
-    rank = np.empty(n, np.int64)
-    for c in np.unique(lab):
-        where = np.flatnonzero(lab == c)
-        rank[where] = np.arange(len(where))
+    rank = rank_within_class(np.zeros(n, np.int64) if labels is None else np.asarray(labels)[order])
     return order[rank % 2 == 0], order[rank % 2 == 1]
 
 

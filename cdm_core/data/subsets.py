@@ -21,11 +21,16 @@ def nested_order(n: int, labels: np.ndarray | None = None, seed: int = SUBSET_SE
         return perm
     lab = np.asarray(labels)[perm]
     # rank of each item within its class (in permuted order), then round-robin over the classes
-    rank = np.empty(n, np.int64)
-    for c in np.unique(lab):
-        where = np.flatnonzero(lab == c)
+    return perm[np.lexsort((lab, rank_within_class(lab)))]
+
+
+def rank_within_class(labels: np.ndarray) -> np.ndarray:
+    """(n,) each item's position among the items of its class, in the given order."""
+    rank = np.empty(len(labels), np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
         rank[where] = np.arange(len(where))
-    return perm[np.lexsort((lab, rank))]
+    return rank
 
 
 def subset(ds: Dataset, size: int, seed: int = SUBSET_SEED) -> tuple[Dataset, np.ndarray]:

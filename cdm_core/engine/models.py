@@ -25,6 +25,7 @@ from cdm_core.engine.factory import make_strategy, strategy_name
 from cdm_core.engine.gaussian import Gaussian
 from cdm_core.engine.local import EquivariantLocalScore, LocalScore
 from cdm_core.errors import CdmInputError
+from cdm_core.runtime import adapt_allocator
 
 
 @runtime_checkable
@@ -80,6 +81,7 @@ MODELS = {"cfdm": CFDM, "gaussian": Gaussian, "ls": LocalScore, "els": Equivaria
 
 def build_model(training_set, log_pi: np.ndarray, config: SamplerConfig) -> Denoiser:
     """The model `config.model` over a prepared training set."""
+    adapt_allocator()  # every model, not only cfdm's strategies: steady step latency (cdm_core/runtime.py)
     try:
         cls = MODELS[config.model]
     except KeyError:
