@@ -1,16 +1,21 @@
 """Attribute your samples: what did a model (your own trained network, say) copy from the training set?"""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from cdm_core.analysis.attribution import attribute
+from cdm_core.analysis.embedding import MapConfig, place_by_sources
 from cdm_core.analysis.metrics import COPY_RATIO
 from cdm_core.data.files import load_bytes
 from cdm_core.errors import CdmInputError
-from cdm_core.report import figures
-from cdm_core.report.export import label_of
+from cdm_core.report import attribution_figures, figures
+from cdm_core.report.export import export_bundle, label_of, make_manifest, zip_bundle
 from ui import state
+from ui.maps import cached_map
 
 ABOUT = (
     "Upload samples of any model with this data set's shape (`.npy`/`.npz` arrays (n, D) or images (n, H, W[, 3]), "
@@ -103,9 +108,49 @@ def body() -> None:
         st.image(figures.image_grid(np.asarray(ds.points)[att.nn_ids[i, :8]], ds.image_shape, ncols=8, scale=scale),
                  caption="its nearest training items: " + ", ".join(f"#{j} (d={d:.3g})" for j, d in
                                                                     zip(att.nn_ids[i, :8], att.nn_dist[i, :8])))
-    st.download_button("Attribution as CSV", table.to_csv(index=False).encode(), file_name="attribution.csv",
+    map_position(ds, att, i)
+    c1, c2 = st.columns(2)
+    c1.download_button("Attribution as CSV", table.to_csv(index=False).encode(), file_name="attribution.csv",
                        mime="text/csv", key="w_att_csv", on_click="ignore")
+    export_bundle_button(c2, ds, cfg, samples, noise, k, ratio, i, key)
     st.markdown(ABOUT)
+
+
+def map_position(ds, att, i: int) -> None:
+    """The samples on the training map, each at the weighted position of its closest blend's items."""
+    st.subheader("Map position")
+    method = state.map_method()
+    emb = cached_map(ds.content_hash, MapConfig(method=method), ds)
+    pos = place_by_sources(emb, att.blend_ids, att.blend_weights)
+    st.plotly_chart(attribution_figures.map_figure(ds, att, emb, pos, i), width="stretch", key="att_map")
+    st.caption(f"{method.upper()} map of the training set (the Map page's settings). Each uploaded sample (×) sits at "
+               f"the weighted map position of its closest blend's items, coloured by d1/d2 on a fixed 0–1 scale; "
+               f"edges join sample #{i} to its blend (width by weight).")
+
+
+def export_bundle_button(where, ds, cfg, samples, noise, k: int, ratio: float, i: int, key) -> None:
+    """Paper figures (the shown sample, the map), data and a manifest that regenerates them, as one zip."""
+    bundle = st.session_state.get("att_zip")
+    if bundle is None or bundle[1] != (key, i, state.map_method()):
+        if not where.button("Build figures and data (.zip)", key="w_att_build"):
+            return
+        with st.spinner("Rendering the attribution figures…"):
+            out = Path(tempfile.mkdtemp(prefix="cfdm-attribution-"))
+            np.save(out / attribution_figures.SAMPLES_FILE, samples)
+            if noise is not None:
+                np.save(out / attribution_figures.NOISE_FILE, noise)
+            opts = attribution_figures.options(k, ratio, i, noise is not None, state.map_method())
+            try:
+                manifest = make_manifest(state.data_spec(), ds, cfg, list(attribution_figures.FIGURES), opts)
+                res = export_bundle(manifest, out, base_dir=out, ds=ds)
+            except CdmInputError as e:
+                where.error(f"Export failed: {e}. Nothing was lost.")
+                return
+            if res["message"]:
+                st.warning(res["message"])
+            bundle = st.session_state.att_zip = (zip_bundle(out), (key, i, state.map_method()))
+    where.download_button("Download figures and data (.zip)", bundle[0], file_name="cfdm-attribution.zip",
+                          mime="application/zip", key="w_att_zip", on_click="ignore", type="primary")
 
 
 state.guard(body)

@@ -11,7 +11,6 @@ from cdm_core.errors import CdmInputError
 from cdm_core.report.export import (
     FIGURES,
     SIZE_PRESETS,
-    UPLOADED_DATA,
     FigureStyle,
     build,
     export_bundle,
@@ -64,11 +63,6 @@ def bundle_key(manifest: dict) -> str:
     return json.dumps({k: v for k, v in manifest.items() if k != "created"}, sort_keys=True, default=str)
 
 
-def data_spec() -> str:
-    """How the manifest names the data: the registry name, or the bundled file for an upload."""
-    return UPLOADED_DATA if state.is_upload() else state.dataset_name()
-
-
 def body() -> None:
     st.title("Export")
     ds = state.current_dataset()
@@ -76,8 +70,9 @@ def body() -> None:
     if run is None:
         return
     cfg = run.result.config.replace(trajectory=False)
-    wanted = [f for f in state.view("figs").split(",") if f in FIGURES]
-    which = st.multiselect("Figures", list(FIGURES), default=wanted, format_func=LABELS.get, key="w_exp_figs")
+    offered = [f for f in FIGURES if f in LABELS]  # the attribution figures are exported from their own page
+    wanted = [f for f in state.view("figs").split(",") if f in offered]
+    which = st.multiselect("Figures", offered, default=wanted, format_func=LABELS.get, key="w_exp_figs")
     state.set_view("figs", which)
     try:
         style = style_controls()
@@ -127,7 +122,7 @@ def body() -> None:
     if not which:
         return
     try:
-        manifest = make_manifest(data_spec(), ds, cfg, which, options, style)
+        manifest = make_manifest(state.data_spec(), ds, cfg, which, options, style)
     except CdmInputError as e:
         st.error(str(e))
         return

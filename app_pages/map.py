@@ -7,7 +7,6 @@ import streamlit as st
 from cdm_core.analysis import metrics
 from cdm_core.analysis.embedding import (
     MapConfig,
-    compute_map,
     place_by_sources,
     place_by_top_source,
     place_by_transform,
@@ -18,24 +17,12 @@ from cdm_core.report import figures
 from ui import state
 from ui.click_select import click_select
 from ui.hover_thumbnails import hover_thumbnails
+from ui.maps import FRESH, cached_map
 from ui.selection import selected_points
 
 MAX_DRAWN = 30000
 BETWEEN_CLUSTERS = 0.1  # a sample whose sources spread over more than this fraction of the map is flagged
 SAMPLE_COLOURS = ("NN ratio", "effective sources", "NN distance", "source spread on the map", "none")
-
-
-_FRESH: set = set()  # maps computed (not read back) since the caption last said so
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def cached_map(content_hash: str, cfg: MapConfig, _ds):
-    bar = st.progress(0.0, text="Computing the map…")
-    emb = compute_map(_ds, cfg, callback=lambda stage, frac: bar.progress(frac, text=f"Map: {stage}…"))
-    bar.empty()
-    if not emb.from_cache:
-        _FRESH.add((content_hash, cfg))
-    return emb
 
 
 def selection(event, sample_curve: int) -> tuple[list[int], list[int]]:
@@ -70,8 +57,8 @@ def body() -> None:
         " (fixed random subset)" if len(emb.ids) < ds.n else "")
     if len(emb.ids) > MAX_DRAWN:
         note += f"; the first {MAX_DRAWN:,} are drawn"
-    fresh = (mapped.content_hash, cfg) in _FRESH
-    _FRESH.discard((mapped.content_hash, cfg))
+    fresh = (mapped.content_hash, cfg) in FRESH
+    FRESH.discard((mapped.content_hash, cfg))
     origin = "computed now" if fresh else "read from the disk cache" if emb.from_cache else "kept from earlier"
     st.caption(f"{method.upper()} map{' of the autoencoder latents' if space is not None else ''}, cached on disk "
                f"by content hash and settings ({origin}). {note}.")

@@ -115,3 +115,48 @@ def test_attribute_page_takes_uploads_and_refuses_bad_ones(digits):
     at.file_uploader(key="w_att_samples").upload("wrong.npy", npy(np.zeros((3, 10))), "application/octet-stream").run()
     assert not at.exception
     assert any("have 10 values each; this data set has 64" in e.value for e in at.error)
+
+
+def test_attribute_page_shows_the_map_position_and_exports_a_bundle_that_regenerates(digits, tmp_path, capsys):
+    import zipfile
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["data"] = "digits"
+    at.query_params["map"] = "pca"
+    at.switch_page("app_pages/attribute.py").run()
+    x = digits.points.astype(np.float64)
+    at.file_uploader(key="w_att_samples").upload("mine.npy", npy(np.stack([(x[7] + x[8]) / 2, x[5], x[9]])),
+                                                 "application/octet-stream").run()
+    assert not at.exception and not [e.value for e in at.error]
+    assert any("Map position" in h.value for h in at.subheader)
+    assert any("closest blend's items" in c.value for c in at.caption)
+    at.number_input(key="w_att_i").set_value(1).run()
+    at.button(key="w_att_build").click().run()
+    assert not at.exception and not [e.value for e in at.error]
+    blob = at.session_state["att_zip"][0]
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "bundle")
+    assert {"attribution.csv", "attribution.svg", "attribution_map.pdf", "attribution_samples.npy", "data.npz",
+            "manifest.json"} <= names
+    first = np.load(tmp_path / "bundle" / "data.npz")
+    assert int(first["attribution_sample"]) == 1 and first["attribution_memorised"].tolist() == [False, True, True]
+    # the bundle regenerates on its own, the samples travelling with it
+    code = main(["figure", "--manifest", str(tmp_path / "bundle" / "manifest.json"), "--out", str(tmp_path / "again")])
+    assert code == 0, capsys.readouterr().err
+    again = np.load(tmp_path / "again" / "data.npz")
+    for k in ("attribution_blend_ids", "attribution_blend_weights", "attribution_positions"):
+        np.testing.assert_array_equal(again[k], first[k])
+    assert (tmp_path / "again" / "attribution_samples.npy").exists()
+    rows = (tmp_path / "again" / "attribution.csv").read_text().splitlines()
+    assert rows[0].startswith("sample,nearest,d1,d1_d2,memorised") and len(rows) == 4
+
+
+def test_an_attribution_manifest_without_its_samples_is_a_one_line_error(digits, tmp_path):
+    from cdm_core.report import attribution_figures
+    from cdm_core.report.export import export_bundle, make_manifest
+    m = make_manifest("digits", digits, SamplerConfig(), ["attribution"], {})
+    with pytest.raises(CdmInputError, match="need options.attribution.samples"):
+        export_bundle(m, tmp_path / "out", ds=digits)
+    m = make_manifest("digits", digits, SamplerConfig(), ["attribution"], attribution_figures.options(8, 0.3, 0, False))
+    with pytest.raises(CdmInputError, match="attribution_samples.npy"):
+        export_bundle(m, tmp_path / "out", base_dir=tmp_path, ds=digits)

@@ -4,9 +4,11 @@ texts overlapping (the boxes the browser lays out, rotation included)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from cdm_core import SamplerConfig, load
+from cdm_core.report import attribution_figures
 from cdm_core.report.export import FIGURES, FigureStyle, export_bundle, make_manifest
 from tests.browser_util import browser, have_chromium
 
@@ -74,9 +76,13 @@ def bundle(request, tmp_path_factory):
     else:
         cfg = SamplerConfig(n_samples=16, sigma=0.5 if name == "digits" else 0.15, draws=4, steps=20)
         which = [f for f in FIGURES if f not in LOCAL_FIGURES]
-    m = make_manifest(name, ds, cfg, which, opts, STYLE)
     out = tmp_path_factory.mktemp(request.param.replace(":", "-").replace("=", ""))
-    export_bundle(m, out)
+    if model == "cfdm":  # attributed samples: a copy, a midpoint of two items and a point off the data
+        x = np.asarray(ds.points, np.float64)
+        np.save(out / attribution_figures.SAMPLES_FILE, np.stack([x[3], (x[1] + x[2]) / 2, x[4] + 0.3 * x.std()]))
+        opts |= attribution_figures.options(16, 1 / 3, 1, noise=False)
+    m = make_manifest(name, ds, cfg, which, opts, STYLE)
+    export_bundle(m, out, base_dir=out)
     return request.param, out, which
 
 

@@ -260,6 +260,12 @@ def is_upload(name: str | None = None) -> bool:
     return (name or dataset_name()).startswith(UPLOAD_PREFIX)
 
 
+def data_spec() -> str:
+    """How a manifest names the data: the registry name, or the bundled file for an upload."""
+    from cdm_core.report.export import UPLOADED_DATA
+    return UPLOADED_DATA if is_upload() else dataset_name()
+
+
 def selected_sample(n: int | None = None) -> int:
     """The selected sample, clamped to [0, n) when the number of samples is given (with a notice
     the first time a link's sample number is beyond the run)."""

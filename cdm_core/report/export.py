@@ -29,12 +29,12 @@ from PIL import Image
 from cdm_core.config import SamplerConfig
 from cdm_core.data.store import atomic_write_bytes, npy_bytes, npz_bytes
 from cdm_core.errors import CdmInputError
-from cdm_core.report import figures
+from cdm_core.report import attribution_figures, figures
 
 log = logging.getLogger(__name__)
 
 FIGURES = ("samples", "sources", "sensitivity", "influence", "map", "memorisation", "mosaic", "compare",
-           "memorisation_size")
+           "memorisation_size") + attribution_figures.FIGURES
 SIZE_PRESETS = {"single column": 3.25, "double column": 6.75}  # inches
 FORMATS = ("png", "svg", "pdf")
 MANIFEST_KIND = "cfdm-explorer figure manifest"
@@ -163,13 +163,19 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
     cfg = SamplerConfig.from_dict(m["sampler"])
     opts = m.get("options", {})
     i = int(opts.get("sample", 0))
+    which = m["figures"]
+    out, data = {}, {}
+    if any(w in attribution_figures.FIGURES for w in which):  # the user's samples, not a run of ours
+        out = attribution_figures.build(ds, cfg, opts, which, data, say)
+        which = [w for w in which if w not in attribution_figures.FIGURES]
+        if not which:
+            return out, data
     say("sampling")
     res = sample(ds, cfg)
     if not 0 <= i < len(res.samples):
         raise CdmInputError(f"options.sample must be in [0, {len(res.samples)}), got {i}")
-    out, data = {}, {"samples": res.samples, "source_ids": res.source_ids, "source_weights": res.source_weights,
-                     "nn_ids": res.nn_ids, "nn_dist": res.nn_dist}
-    which = m["figures"]
+    data |= {"samples": res.samples, "source_ids": res.source_ids, "source_weights": res.source_weights,
+             "nn_ids": res.nn_ids, "nn_dist": res.nn_dist}
     if "samples" in which:
         if ds.is_image:
             out["samples"] = figures.image_grid(res.samples, ds.image_shape, ncols=int(opts.get("ncols", 8)),
@@ -253,16 +259,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         pos = place(emb, res.source_ids, res.source_weights)
         edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
-        # on paper: a compact legend under the map (narrow entries, two rows in a column) and markers
-        # sized for a column figure, so the samples do not hide the clusters they sit in
-        out["map"].update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="center", x=0.5,
-                                             entrywidth=0.165, entrywidthmode="fraction", itemwidth=30,
-                                             itemsizing="constant",
-                                             tracegroupgap=0))
-        out["map"].update_traces(selector=dict(name="samples"), marker_size=7, marker_line_width=0.5,
-                                 marker_opacity=0.9)
-        out["map"].update_traces(selector=lambda t: t.name != "samples" and t.mode == "markers" and
-                                 (t.marker.size or 0) <= 6, marker_size=3)
+        attribution_figures.compact_map(out["map"])
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "mosaic" in which:
         out["mosaic"] = _mosaic(res, ds, i, data, opts)
@@ -464,6 +461,9 @@ def _arrays_and_tables(data: dict) -> tuple[dict, dict]:
         for s, (ids, inf) in enumerate(zip(arrays["training_ids"], arrays["influence"])):
             lines += [f"{s},{r},{int(j)},{float(v)!r}" for r, (j, v) in enumerate(zip(ids, inf)) if j >= 0]
         tables["influence.csv"] = "\n".join(lines) + "\n"
+    attributed = attribution_figures.csv_table(arrays)
+    if attributed is not None:
+        tables["attribution.csv"] = attributed
     return arrays, tables
 
 
@@ -504,6 +504,8 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
         atomic_write_bytes(out_dir / AUTOENCODER_FILE, weights_bytes(space.model, ds))
         files.append(AUTOENCODER_FILE)
         m = m | {"sampler": m["sampler"] | {"ae_weights": AUTOENCODER_FILE}, "autoencoder": space.describe()}
+    files += attribution_figures.carry_files(m, base_dir, out_dir)  # the user's samples travel with the bundle
+    m = attribution_figures.bundle_manifest(m)
     font = resolve_font(style.font_family)
     m = m | {"font_used": font}
     atomic_write_bytes(out_dir / "manifest.json", json.dumps(m, indent=2, sort_keys=True, default=str).encode())
@@ -512,11 +514,12 @@ def export_bundle(m: dict, out_dir, base_dir: Path | None = None, callback=None,
 
 
 def _with_paths_from(m: dict, base_dir: Path | None) -> dict:
-    """The manifest with a relative autoencoder weights path resolved against the bundle folder."""
+    """The manifest with relative paths (the autoencoder weights, the attributed samples) resolved
+    against the bundle folder."""
     path = m["sampler"].get("ae_weights", "")
     if path and base_dir is not None and not Path(path).is_absolute():
-        return m | {"sampler": m["sampler"] | {"ae_weights": str(Path(base_dir) / path)}}
-    return m
+        m = m | {"sampler": m["sampler"] | {"ae_weights": str(Path(base_dir) / path)}}
+    return m | {"options": attribution_figures.with_paths_from(m.get("options", {}), base_dir)}
 
 
 def _render_plotly(figs: dict, style: FigureStyle, out_dir: Path, browser: str) -> list[str]:

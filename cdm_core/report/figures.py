@@ -213,7 +213,8 @@ def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.nda
 
 def sources_images_figure(sample: np.ndarray, sample_title: str, sources: np.ndarray, source_titles: list[str],
                           nearest: np.ndarray, nearest_titles: list[str], image_shape: tuple,
-                          title: str | None = None) -> go.Figure:
+                          title: str | None = None,
+                          row_labels: tuple = ("sample, sources", "nearest (L2)")) -> go.Figure:
     """A labelled sources figure for images, on a grid with a label column: row 1 the sample, then
     its blend sources (titles give ids and exact weights); row 2 a row label, then the nearest
     training items under them (titles give ids and distances). Titles are short lines, so that
@@ -234,12 +235,14 @@ def sources_images_figure(sample: np.ndarray, sample_title: str, sources: np.nda
     for k in range(1, 2 * ncols + 1):  # square panels, so tiles keep the images' aspect
         fig.update_yaxes(scaleanchor=f"x{'' if k == 1 else k}", row=(k - 1) // ncols + 1, col=(k - 1) % ncols + 1)
     # row labels in the left margin, turned along the rows
-    for text, axis in (("sample, sources", ""), ("nearest (L2)", str(ncols + 1))):
+    for text, axis in zip(row_labels, ("", str(ncols + 1))):
         fig.add_annotation(text=text, textangle=-90, showarrow=False, xref="paper", yref=f"y{axis} domain",
                            x=0, xanchor="right", xshift=-4, y=0.5)
     fig.update_annotations(font_size=10)
     base_layout(fig, title, height=360)
-    fig.update_layout(margin=dict(l=24, r=5, t=52, b=5))
+    fig.update_layout(margin=dict(l=24, r=5, t=88 if title else 52, b=5))
+    if title:  # at the very top, above the three-line tile titles
+        fig.update_layout(title=dict(y=1.0, yref="container", yanchor="top", pad=dict(t=6)))
     return fig
 
 
