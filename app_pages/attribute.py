@@ -90,7 +90,10 @@ def body() -> None:
     if att.agreement_r is not None:
         c[2].metric(f"Median Pearson r vs {cfg.model}", f"{np.nanmedian(att.agreement_r):.3f}",
                     help="Each sample against the analytic model run from the same start noise.")
-    st.dataframe(table, hide_index=True, width="stretch", height=min(400, 38 + 35 * n))
+    st.dataframe(table, hide_index=True, width="stretch", height=min(400, 38 + 35 * n),
+                 column_config={c: st.column_config.NumberColumn(format="%.3g") for c in
+                                ("d1", "d1/d2", "main weight", "blend residual", "Pearson r", "r² = 1 − SS_res/SS_tot")
+                                if c in table})
     i = int(st.number_input("Show sample", 0, n - 1, 0, key="w_att_i"))
     st.markdown(f"**Sample #{i}**: " + ("**memorised**" if att.memorised[i] else "not memorised")
                 + f" by the criterion (d1/d2 = {att.nn_ratio[i]:.3g}); closest blend "
