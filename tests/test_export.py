@@ -22,12 +22,16 @@ needs_chromium = pytest.mark.skipif(not have_chromium(), reason="Debian chromium
 
 
 @pytest.mark.parametrize("name,sigma", [("moons:n=200", 0.1), ("digits", 0.5)])
-def test_every_builder_returns_a_valid_figure(name, sigma):
+def test_every_builder_returns_a_valid_figure(name, sigma, tmp_path):
+    from cdm_core.report import attribution_figures
     ds = load(name)
     cfg = CFG.replace(sigma=sigma)
     which = [f for f in FIGURES if f not in ("mosaic", "compare")]  # those two: a local model's run, below
+    np.save(tmp_path / "mine.npy", np.asarray(ds.points[:3], np.float64) + 0.01)  # attributed samples
+    opts = attribution_figures.options(8, 1 / 3, 2, noise=False)
+    opts["attribution"]["samples"] = str(tmp_path / "mine.npy")
     m = make_manifest(name, ds, cfg, which, {"sample": 1, "sigmas": [0.0, sigma], "map": {"method": "pca"},
-                                             "sizes": [40, 120], "models": ["cfdm", "gaussian"], "size_n": 8})
+                                             "sizes": [40, 120], "models": ["cfdm", "gaussian"], "size_n": 8} | opts)
     figs, data = build(m, ds)
     assert set(figs) == set(which)
     for k, f in figs.items():
