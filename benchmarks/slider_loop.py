@@ -75,6 +75,8 @@ def measure(url: str, data: str, moves: int) -> list[float]:
         page.goto(f"{url}/generate?data={data}")
         page.get_by_role("slider").first.wait_for()
         wait_idle(page)
+        page.wait_for_function("() => { const g = document.querySelector('[data-testid=\"stMain\"] .js-plotly-plot');"
+                               " return !!(g && g._fullData); }", timeout=120_000)  # the first run drawn
         slider = page.get_by_role("slider").first
         out, runs = [], []
         for _ in range(moves + 1):  # the first move warms the figure path and is not counted

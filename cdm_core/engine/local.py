@@ -5,8 +5,9 @@ and s = 1 / (2 (1 - t)^2), for a window size k (odd, half-width r = k // 2):
 
 - **LS, local score**: pixel p weighs training image i by its clipped k x k window W_k(p) only,
       logit_i(p) = log pi_i - s sum_{q in W_k(p)} |y_q - t x_{i,q}|^2,   D(y)_p = sum_i w_i(p) x_{i,p}.
-  Clipping at the border is the same as zero-padding both images. Window sums come from
-  cumulative sums (O(1) per pixel, not k^2).
+  Clipping at the border is the same as zero-padding both images. Window sums are products
+  with band matrices along each axis, and the squared distance is expanded (the |y|^2 term,
+  the same for every item, cancels), with each item's window norms computed once per size.
 - **ELS, equivariant local score**: pixel p compares its clipped window with the windows of every
   training image i at every position u clipped the same way (an interior pixel: every interior
   position), and takes the weighted mean of those windows' centre pixels,
@@ -40,6 +41,8 @@ from cdm_core.errors import CdmInputError
 
 CHUNK_ENTRIES = 1 << 18  # logits held at once per chunk (float64): small enough to stay in cache (measured
 #                          1.3 s against 2.1 s at 1 << 22 for digits, 64 samples, k = 3)
+SOURCES_CHUNK = 8  # the step that keeps per-pixel sources takes chunks this many times larger: fewer top-k calls
+MERGE_EVERY = 16  # chunk tops kept before they are merged into the running top k
 CACHE_BYTES = 256 << 20  # ELS keeps a size's training windows when they fit in this much memory
 
 
@@ -66,7 +69,8 @@ class _StreamingSoftmax:
         self.t1 = torch.zeros(b, p, dtype=F64, device=device)
         self.a = torch.zeros(b, p, c, dtype=F64, device=device)
         self.keep, self.entries = keep, 0
-        self.top = None  # (logits, ids, pixels), each (b, K, P)
+        self.top = None  # (logits, ids, pixels), each (b, K, P), of the chunks merged so far
+        self.pending = []  # chunk tops not merged yet: merged MERGE_EVERY at a time (one top-k, not one per chunk)
 
     def add(self, logits: torch.Tensor, weigh, ids: torch.Tensor, pixels: torch.Tensor) -> None:
         """logits (b, E, P), consumed (overwritten); weigh(e) -> (b, P, C) the e-weighted values;
@@ -75,17 +79,14 @@ class _StreamingSoftmax:
             k = min(self.keep, logits.shape[1])
             tl, ti = logits.topk(k, dim=1)
             shape = logits.shape
-            top = (tl, torch.gather(ids.expand(shape), 1, ti), torch.gather(pixels.expand(shape), 1, ti))
-            if self.top is not None:
-                cat = [torch.cat([old, new_], 1) for old, new_ in zip(self.top, top)]
-                tl, ti = cat[0].topk(min(self.keep, cat[0].shape[1]), dim=1)
-                top = (tl, torch.gather(cat[1], 1, ti), torch.gather(cat[2], 1, ti))
-            self.top = top
+            self.pending.append((tl, torch.gather(ids.expand(shape), 1, ti), torch.gather(pixels.expand(shape), 1, ti)))
+            if len(self.pending) >= MERGE_EVERY:
+                self._merge()
         new = torch.maximum(self.m, logits.amax(1))
         scale = torch.exp(self.m - new)
         d = logits.sub_(new[:, None, :])  # L - m <= 0
         e = torch.exp(d)
-        e.masked_fill_(e < FLUSH, 0.0)  # weights below 1e-30 of the max: 0 (no denormal products)
+        torch.threshold_(e, FLUSH, 0.0)  # weights up to 1e-30 of the max: 0 (no denormal products); one pass
         total = e.sum(1)
         if self.keep:  # sum e^(L - m) L = sum e^d d + m sum e^d, for the entropy
             self.t1 = self.t1 * scale + (e * d).sum(1) + new * total
@@ -94,10 +95,23 @@ class _StreamingSoftmax:
         self.m = new
         self.entries += logits.shape[1]
 
+    def _merge(self) -> None:
+        """The top `keep` of the merged tops and the pending chunk tops (the top k of a union is the
+        top k of its parts' top k)."""
+        parts = ([self.top] if self.top is not None else []) + self.pending
+        self.pending = []
+        if len(parts) == 1:
+            self.top = parts[0]
+            return
+        cat = [torch.cat(col, 1) for col in zip(*parts)]
+        tl, ti = cat[0].topk(min(self.keep, cat[0].shape[1]), dim=1)
+        self.top = (tl, torch.gather(cat[1], 1, ti), torch.gather(cat[2], 1, ti))
+
     def denoised(self) -> torch.Tensor:
         return self.a / self.s[..., None]  # (b, P, C)
 
     def sources(self) -> PixelSources:
+        self._merge()
         tl, ti, tp = self.top
         w = flush_tiny_(torch.exp(tl - self.m[:, None, :]) / self.s[:, None, :])
         omitted = (1.0 - w.sum(1)).clamp_min(0.0) + self.entries * FLUSH
@@ -107,37 +121,68 @@ class _StreamingSoftmax:
                             w.transpose(1, 2), omitted, entropy)
 
 
-def box_sum(e: torch.Tensor, r: int) -> torch.Tensor:
-    """Sums of e (..., H, W) over the (2r+1) x (2r+1) window around each pixel, clipped at the
-    border, from cumulative sums along each axis."""
-    for dim in (-2, -1):
-        n = e.shape[dim]
-        c = torch.nn.functional.pad(torch.cumsum(e, dim), (0, 0, 1, 0) if dim == -2 else (1, 0))
-        pos = torch.arange(n, device=e.device)
-        hi, lo = (pos + r).clamp_max(n - 1) + 1, (pos - r).clamp_min(0)
-        e = c.index_select(dim, hi) - c.index_select(dim, lo)
-    return e
+def band(n: int, r: int, device=None) -> torch.Tensor:
+    """(n, n) float64 0/1 matrix with ones where |i - j| <= r: multiplying by it sums a window of
+    half-width r along one axis, clipped at the border."""
+    pos = torch.arange(n, device=device)
+    return ((pos[:, None] - pos[None, :]).abs() <= r).to(F64)
 
 
-def ls_evaluate(y: torch.Tensor, t: float, size: int, images: torch.Tensor, log_pi: torch.Tensor,
-                shape: tuple, keep: int) -> _StreamingSoftmax:
-    """LS for states y (B, P, C) over training images (N, P, C), in chunks of items."""
+def ls_evaluate(y: torch.Tensor, t: float, size: int, rows: torch.Tensor, window_norms: torch.Tensor,
+                log_pi: torch.Tensor, shape: tuple, keep: int) -> tuple[torch.Tensor, PixelSources | None]:
+    """LS for states y (B, P, C) over the training images, one sample at a time in chunks of items
+    (the same products and chunks at any batch size: a sample does not depend on its batch). The
+    images come row by row, `rows` (H, N, W C) (`image_rows`); `window_norms` (H, N, W): each
+    item's squared norm over every pixel's window (`window_norms`)."""
     b, p, c = y.shape
     h, w = shape
-    n = images.shape[0]
+    n = rows.shape[1]
     s = 1.0 / (2 * (1 - t) ** 2)
-    acc = _StreamingSoftmax(b, p, c, keep, y.device)
-    rows = max(1, min(n, CHUNK_ENTRIES // max(1, b * p)))
-    pix = torch.arange(p, device=y.device)[None, None, :]
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        x = images[lo:hi]
-        sq = torch.sub(y[:, None], x[None], alpha=t).square_()  # |y_q - t x_iq|^2 per channel, (b, n, P, C)
-        sq = (sq[..., 0] if c == 1 else sq.sum(-1)).reshape(b, hi - lo, h, w)
-        logits = log_pi[lo:hi, None] - s * box_sum(sq, size // 2).reshape(b, hi - lo, p)
-        ids = torch.arange(lo, hi, device=y.device)[None, :, None]
-        acc.add(logits, lambda e: torch.einsum("bnp,npc->bpc", e, x), ids, pix)
-    return acc
+    r = size // 2
+    bh, bw = band(h, r, y.device), band(w, r, y.device)
+    items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // p))
+    pix = (torch.arange(h, device=y.device)[:, None] * w + torch.arange(w, device=y.device)[None, :])[:, None, :]
+    out, found = [], []
+    for one in y.reshape(b, h, w, c):
+        # sum_W |y - t x_i|^2 = sum_W |y|^2 - 2 t sum_W y . x_i + t^2 sum_W |x_i|^2; the first term
+        # is the same for every item of a pixel and cancels in its softmax (and its entropy). The
+        # middle term's window sums are two matrix products: x_i's row r times
+        # M[r][(c', ch), c] = y[r, c', ch] [|c - c'| <= r] (one product batched over rows, no
+        # elementwise pass), then the band matrix along the columns times every row's result.
+        m = (one[..., None] * bw[None, :, None, :]).reshape(h, w * c, w)
+        acc = _StreamingSoftmax(h, w, c, keep, y.device)  # layout (row, item, column)
+        for lo in range(0, n, items):
+            hi = min(n, lo + items)
+            cross = torch.matmul(bh, torch.bmm(rows[:, lo:hi], m).reshape(h, -1)).reshape(h, hi - lo, w)
+            logits = torch.add(log_pi[None, lo:hi, None] - (s * t * t) * window_norms[:, lo:hi], cross,
+                               alpha=2 * s * t)
+            values = rows[:, lo:hi].reshape(h, hi - lo, w, c)
+            ids = torch.arange(lo, hi, device=y.device)[None, :, None]
+            acc.add(logits, lambda e, v=values: torch.stack([(e * v[..., ch]).sum(1) for ch in range(c)], -1),
+                    ids, pix)
+        out.append(acc.denoised().reshape(p, c))  # (H, W, C) -> (P, C)
+        if keep:
+            found.append(acc.sources())
+    if not keep:
+        return torch.stack(out), None
+    parts = [torch.stack([getattr(f, k).reshape(p, *getattr(f, k).shape[2:]) for f in found])
+             for k in ("ids", "pixels", "weights", "omitted", "entropy")]
+    return torch.stack(out), PixelSources(*parts)
+
+
+def image_rows(images: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """(N, H W, C) images as (H, N, W C): row r of every item, contiguous."""
+    h, w = shape
+    return images.reshape(len(images), h, w * images.shape[-1]).transpose(0, 1).contiguous()
+
+
+def window_norms(images: torch.Tensor, shape: tuple, size: int) -> torch.Tensor:
+    """(H, N, W): each item's squared norm (over channels) summed over every pixel's clipped window."""
+    h, w = shape
+    sq = images.square().sum(-1).reshape(-1, h, w)
+    r = size // 2
+    boxed = torch.matmul(band(h, r, images.device), torch.matmul(sq, band(w, r, images.device)))
+    return boxed.transpose(0, 1).contiguous()
 
 
 class _ElsClass:
@@ -180,7 +225,7 @@ def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor,
         pc, f = cls.window.shape
         yp = y[:, cls.window].reshape(b, pc, f * c)  # (b, P_c, f C)
         acc = _StreamingSoftmax(b, pc, c, keep, device)
-        items = max(1, min(n, CHUNK_ENTRIES // max(1, b * pc * pc)))
+        items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // max(1, b * pc * pc)))
         for lo in range(0, n, items):
             hi = min(n, lo + items)
             xp, xx = cls.windows(images, lo, hi)  # (n, P_c, f C), |x_u|^2 (n P_c,)
@@ -271,9 +316,15 @@ class LocalScore(_LocalModel):
 
     name = "ls"
 
+    def __init__(self, training_set, log_pi, config):
+        super().__init__(training_set, log_pi, config)
+        self._norms: tuple[int, torch.Tensor] | None = None  # (size, window_norms) of the last size used
+        self.rows = image_rows(self.images, (self.h, self.w))
+
     def evaluate(self, y, t, size, keep):
-        acc = ls_evaluate(y, t, size, self.images, self.log_pi_t, (self.h, self.w), keep)
-        return acc.denoised(), acc.sources() if keep else None
+        if self._norms is None or self._norms[0] != size:  # schedules change size rarely: one kept
+            self._norms = (size, window_norms(self.images, (self.h, self.w), size))
+        return ls_evaluate(y, t, size, self.rows, self._norms[1], self.log_pi_t, (self.h, self.w), keep)
 
 
 class EquivariantLocalScore(_LocalModel):
