@@ -105,7 +105,8 @@ def els_work_per_step(shape: tuple, size: int, n_train: int) -> float:
 
 
 def ls_work_per_step(shape: tuple, n_train: int) -> float:
-    """LS per sample and step: N x H x W window sums (cumulative sums: O(1) per pixel) of C
-    squared differences, a softmax and a weighted sum."""
+    """LS per sample and step: N x H x W logits, each from two small matrix products (the window
+    sums, at matrix speed) and a dozen elementwise passes (logits, softmax, weighted sum per
+    channel); counted as the elementwise operations, which dominate the time."""
     c = shape[2] if len(shape) > 2 else 1
     return n_train * shape[0] * shape[1] * (5.0 * c + 12.0)
