@@ -195,12 +195,13 @@ def run(X, shape, weights=None, **cfg):
     return sample(ds, SamplerConfig(**cfg), weights=weights)
 
 
-def check_steps(res, model, X, shape, pi):
-    """Every Euler step of `res` against the reference from the library's own state x_k."""
+def check_steps(res, model, X, shape, pi, tol=None):
+    """Every Euler step of `res` against the reference from the library's own state x_k, to `tol`
+    (by default STEP_RTOL of the data's largest magnitude)."""
     cfg = res.config
     ts = grid(cfg.start, cfg.steps)
     sizes = cfg.patch_sizes or (None,) * cfg.steps
-    tol = STEP_RTOL * max(1.0, float(np.abs(X).max()))
+    tol = STEP_RTOL * max(1.0, float(np.abs(X).max())) if tol is None else tol
     traj = res.trajectory
     assert traj.shape == (cfg.steps + 1, cfg.n_samples, X.shape[1])
     worst = 0.0
@@ -496,3 +497,49 @@ def test_bad_configs_are_input_errors(changes):
     base = dict(n_samples=1, steps=3, device="cpu")
     with pytest.raises(CdmInputError):
         SamplerConfig(**(base | changes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The rounding guard of LS's expanded window distances
+# ---------------------------------------------------------------------------------------------
+
+FAR_TOL = 1e-8  # absolute, against items that differ by O(1) (a 1e6 state rounds at about 1e-10)
+
+
+def far_pattern_images(n, seed):
+    """Images with a large offset that differs from pixel to pixel (the per-channel mean LS works
+    about cannot remove it): the expanded distance's rounding is relative to |x|, here 1e6."""
+    pattern = 1e6 * np.linspace(-1.0, 1.0, int(np.prod(GREY)))
+    return base_images(GREY, n, seed) + pattern
+
+
+def test_ls_far_from_the_centre_matches_the_reference_through_its_guard():
+    X = far_pattern_images(8, seed=21)
+    res = run(X, GREY, n_samples=3, steps=6, model="ls", patch_schedule="3")
+    check_steps(res, "ls", X, GREY, norm_pi(None, len(X)), tol=FAR_TOL)
+
+
+def test_without_the_guard_ls_far_from_the_centre_is_wrong(monkeypatch):
+    """Mutation: with the guard's threshold at infinity the expanded form runs on every sample and
+    the steps leave the reference, so the test above can fail."""
+    import cdm_core.engine.local as local
+    monkeypatch.setattr(local, "REFINE_NATS", float("inf"))
+    X = far_pattern_images(8, seed=21)
+    res = run(X, GREY, n_samples=3, steps=6, model="ls", patch_schedule="3")
+    with pytest.raises(AssertionError):
+        check_steps(res, "ls", X, GREY, norm_pi(None, len(X)), tol=FAR_TOL)
+
+
+def test_els_far_from_the_centre_matches_the_reference_through_its_guard(monkeypatch):
+    """ELS's expanded window products have the same guard: the reference is met with it, and
+    missed with its threshold at infinity (mutation). From T = 0.5 the states sit near the far
+    data from the first step (from pure noise the first steps hardly weigh positions)."""
+    import cdm_core.engine.local as local
+    X = far_pattern_images(7, seed=22)
+    res = run(X, GREY, n_samples=2, steps=4, start=0.5, model="els", patch_schedule="3")
+    check_steps(res, "els", X, GREY, norm_pi(None, len(X)), tol=FAR_TOL)
+    monkeypatch.setattr(local, "REFINE_NATS", float("inf"))
+    res = run(X, GREY, n_samples=2, steps=4, start=0.5, model="els", patch_schedule="3")
+    with pytest.raises(AssertionError):
+        check_steps(res, "els", X, GREY, norm_pi(None, len(X)), tol=FAR_TOL)
+

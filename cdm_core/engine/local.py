@@ -37,6 +37,7 @@ import torch
 from cdm_core import patches
 from cdm_core.config import SamplerConfig
 from cdm_core.engine.blend import F64, FLUSH, Sources, StepResult, flush_tiny_
+from cdm_core.engine.refine import REFINE_NATS, expanded_error
 from cdm_core.errors import CdmInputError
 
 CHUNK_ENTRIES = 1 << 18  # logits held at once per chunk (float64): small enough to stay in cache (measured
@@ -128,20 +129,34 @@ def band(n: int, r: int, device=None) -> torch.Tensor:
     return ((pos[:, None] - pos[None, :]).abs() <= r).to(F64)
 
 
-def ls_evaluate(y: torch.Tensor, t: float, size: int, rows: torch.Tensor, window_norms: torch.Tensor,
-                log_pi: torch.Tensor, shape: tuple, keep: int) -> tuple[torch.Tensor, PixelSources | None]:
+@dataclass
+class LsTables:
+    """What LS reads at every step: the training images row-major (N, H W, C) and row by row
+    (H, N, W C) (`image_rows`), each item's squared window norms for the current size (H, N, W)
+    (`window_norms`), log pi (N,), and the two magnitudes of the rounding guard."""
+
+    images: torch.Tensor
+    rows: torch.Tensor
+    window_norms: torch.Tensor
+    log_pi: torch.Tensor
+    shape: tuple  # (H, W)
+    r_max: float  # largest item norm: bounds every window's |x_i|
+    log_pi_abs: float  # largest |log pi_i|
+
+
+def ls_evaluate(y: torch.Tensor, t: float, size: int, tab: LsTables, keep: int
+                ) -> tuple[torch.Tensor, PixelSources | None]:
     """LS for states y (B, P, C) over the training images, one sample at a time in chunks of items
-    (the same products and chunks at any batch size: a sample does not depend on its batch). The
-    images come row by row, `rows` (H, N, W C) (`image_rows`); `window_norms` (H, N, W): each
-    item's squared norm over every pixel's window (`window_norms`)."""
+    (the same products and chunks at any batch size: a sample does not depend on its batch)."""
     b, p, c = y.shape
-    h, w = shape
-    n = rows.shape[1]
+    h, w = tab.shape
+    n = tab.rows.shape[1]
     s = 1.0 / (2 * (1 - t) ** 2)
     r = size // 2
     bh, bw = band(h, r, y.device), band(w, r, y.device)
     items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // p))
     pix = (torch.arange(h, device=y.device)[:, None] * w + torch.arange(w, device=y.device)[None, :])[:, None, :]
+    window = min(2 * r + 1, h) * min(2 * r + 1, w) * c  # values in the largest window
     out, found = [], []
     for one in y.reshape(b, h, w, c):
         # sum_W |y - t x_i|^2 = sum_W |y|^2 - 2 t sum_W y . x_i + t^2 sum_W |x_i|^2; the first term
@@ -149,14 +164,24 @@ def ls_evaluate(y: torch.Tensor, t: float, size: int, rows: torch.Tensor, window
         # middle term's window sums are two matrix products: x_i's row r times
         # M[r][(c', ch), c] = y[r, c', ch] [|c - c'| <= r] (one product batched over rows, no
         # elementwise pass), then the band matrix along the columns times every row's result.
-        m = (one[..., None] * bw[None, :, None, :]).reshape(h, w * c, w)
+        # Guard: the expansion's rounding is relative to |y| and |x_i|, not to the distances; where
+        # its bound (refine.py, with the window's length) exceeds REFINE_NATS, this sample's
+        # logits are formed directly from the differences instead.
+        direct = float(expanded_error(2 * s * t, s * t * t, float(torch.linalg.vector_norm(one)), tab.r_max,
+                                      tab.log_pi_abs, window)) > REFINE_NATS
+        m = None if direct else (one[..., None] * bw[None, :, None, :]).reshape(h, w * c, w)
         acc = _StreamingSoftmax(h, w, c, keep, y.device)  # layout (row, item, column)
         for lo in range(0, n, items):
             hi = min(n, lo + items)
-            cross = torch.matmul(bh, torch.bmm(rows[:, lo:hi], m).reshape(h, -1)).reshape(h, hi - lo, w)
-            logits = torch.add(log_pi[None, lo:hi, None] - (s * t * t) * window_norms[:, lo:hi], cross,
-                               alpha=2 * s * t)
-            values = rows[:, lo:hi].reshape(h, hi - lo, w, c)
+            if direct:  # log pi_i - s sum_W |y - t x_i|^2, differences first
+                sq = torch.sub(one[None], tab.images[lo:hi].reshape(hi - lo, h, w, c), alpha=t).square_().sum(-1)
+                boxed = torch.matmul(bh, torch.matmul(sq, bw)).transpose(0, 1)  # (H, n, W)
+                logits = torch.sub(tab.log_pi[None, lo:hi, None], boxed, alpha=s)
+            else:
+                cross = torch.matmul(bh, torch.bmm(tab.rows[:, lo:hi], m).reshape(h, -1)).reshape(h, hi - lo, w)
+                logits = torch.add(tab.log_pi[None, lo:hi, None] - (s * t * t) * tab.window_norms[:, lo:hi], cross,
+                                   alpha=2 * s * t)
+            values = tab.rows[:, lo:hi].reshape(h, hi - lo, w, c)
             ids = torch.arange(lo, hi, device=y.device)[None, :, None]
             acc.add(logits, lambda e, v=values: torch.stack([(e * v[..., ch]).sum(1) for ch in range(c)], -1),
                     ids, pix)
@@ -209,8 +234,9 @@ class _ElsClass:
 
 
 def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor, log_pi: torch.Tensor,
-                 keep: int, device) -> tuple[torch.Tensor, PixelSources | None]:
-    """ELS for states y (B, P, C) over training images (N, P, C), one clip class at a time."""
+                 keep: int, device, direct: bool = False) -> tuple[torch.Tensor, PixelSources | None]:
+    """ELS for states y (B, P, C) over training images (N, P, C), one clip class at a time;
+    `direct`: logits from the differences themselves, not the expanded product (the guard)."""
     b, p, c = y.shape
     n = images.shape[0]
     s = 1.0 / (2 * (1 - t) ** 2)
@@ -225,16 +251,21 @@ def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor,
         pc, f = cls.window.shape
         yp = y[:, cls.window].reshape(b, pc, f * c)  # (b, P_c, f C)
         acc = _StreamingSoftmax(b, pc, c, keep, device)
-        items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // max(1, b * pc * pc)))
+        per_item = b * pc * pc * (f * c if direct else 1)
+        items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // max(1, per_item)))
         for lo in range(0, n, items):
             hi = min(n, lo + items)
             xp, xx = cls.windows(images, lo, hi)  # (n, P_c, f C), |x_u|^2 (n P_c,)
             e_count = (hi - lo) * pc
-            # logit = log pi_i - s |y_p - t x_u|^2 = [log pi_i - s t^2 |x_u|^2] + 2 s t y_p . x_u - s |y_p|^2;
-            # the last term is the same for every entry of a pixel and cancels in its softmax (and
-            # its entropy), so it is left out
-            logits = torch.matmul(xp.reshape(e_count, f * c), yp.transpose(1, 2)).mul_(2 * s * t)
-            logits.add_((log_pi[lo:hi].repeat_interleave(pc) - (s * t * t) * xx)[None, :, None])
+            if direct:  # log pi_i - s |y_p - t x_u|^2, differences first: (b, E, P_c)
+                diff = torch.sub(yp[:, None], xp.reshape(1, e_count, 1, f * c), alpha=t)
+                logits = torch.sub(log_pi[lo:hi].repeat_interleave(pc)[None, :, None], diff.square_().sum(-1),
+                                   alpha=s)
+            else:
+                # logit = [log pi_i - s t^2 |x_u|^2] + 2 s t y_p . x_u - s |y_p|^2; the last term is
+                # the same for every entry of a pixel and cancels in its softmax (and its entropy)
+                logits = torch.matmul(xp.reshape(e_count, f * c), yp.transpose(1, 2)).mul_(2 * s * t)
+                logits.add_((log_pi[lo:hi].repeat_interleave(pc) - (s * t * t) * xx)[None, :, None])
             centres = images[lo:hi][:, cls.pixels].reshape(e_count, c)  # x_{i,u}: the windows' centre pixels
             ids = torch.arange(lo, hi, device=device).repeat_interleave(pc)[None, :, None]
             pix = cls.pixels.repeat(hi - lo)[None, :, None]
@@ -277,6 +308,10 @@ class _LocalModel:
         self.sizes = config.patch_sizes
         self.grid = config.start + (1.0 - config.start) * np.arange(config.steps) / config.steps
         self.keep = config.pixel_sources
+        # the magnitudes of the rounding guard of the expanded logits (refine.expanded_error)
+        self.r_max = float(torch.linalg.vector_norm(self.images.reshape(len(active), -1), dim=1).max()) \
+            if len(active) else 0.0
+        self.log_pi_abs = float(self.log_pi_t.abs().max()) if len(active) else 0.0
 
     def begin(self, scaled):
         return None  # no smoothing draws (sigma is 0 for local models)
@@ -318,13 +353,16 @@ class LocalScore(_LocalModel):
 
     def __init__(self, training_set, log_pi, config):
         super().__init__(training_set, log_pi, config)
-        self._norms: tuple[int, torch.Tensor] | None = None  # (size, window_norms) of the last size used
+        self._size = None  # the window size of `self.tables` (schedules change size rarely: one kept)
         self.rows = image_rows(self.images, (self.h, self.w))
+        self.tables = None
 
     def evaluate(self, y, t, size, keep):
-        if self._norms is None or self._norms[0] != size:  # schedules change size rarely: one kept
-            self._norms = (size, window_norms(self.images, (self.h, self.w), size))
-        return ls_evaluate(y, t, size, self.rows, self._norms[1], self.log_pi_t, (self.h, self.w), keep)
+        if self._size != size:
+            self.tables = LsTables(self.images, self.rows, window_norms(self.images, (self.h, self.w), size),
+                                   self.log_pi_t, (self.h, self.w), self.r_max, self.log_pi_abs)
+            self._size = size
+        return ls_evaluate(y, t, size, self.tables, keep)
 
 
 class EquivariantLocalScore(_LocalModel):
@@ -352,4 +390,28 @@ class EquivariantLocalScore(_LocalModel):
         return self._classes[size]
 
     def evaluate(self, y, t, size, keep):
-        return els_evaluate(y, t, self.classes(size), self.images, self.log_pi_t, keep, y.device)
+        classes = self.classes(size)
+        s = 1.0 / (2 * (1 - t) ** 2)
+        window = max(cl.window.shape[1] for cl in classes) * self.c
+        # the guard of the expanded logits (as for LS): samples whose rounding bound exceeds
+        # REFINE_NATS are evaluated from the differences themselves
+        bound = expanded_error(2 * s * t, s * t * t, torch.linalg.vector_norm(y.reshape(len(y), -1), dim=1),
+                               self.r_max, self.log_pi_abs, window)
+        direct = bound > REFINE_NATS
+        if not bool(direct.any()):
+            return els_evaluate(y, t, classes, self.images, self.log_pi_t, keep, y.device)
+        parts = [(idx, els_evaluate(y[idx], t, classes, self.images, self.log_pi_t, keep, y.device, direct=flag))
+                 for flag, idx in ((False, torch.nonzero(~direct).flatten()), (True, torch.nonzero(direct).flatten()))
+                 if len(idx)]
+        out = torch.empty_like(y)
+        for idx, (den, _) in parts:
+            out[idx] = den
+        if not keep:
+            return out, None
+        fields = ("ids", "pixels", "weights", "omitted", "entropy")
+        merged = [torch.empty((len(y),) + getattr(parts[0][1][1], k).shape[1:], dtype=getattr(parts[0][1][1], k).dtype,
+                              device=y.device) for k in fields]
+        for idx, (_, src) in parts:
+            for m, k in zip(merged, fields):
+                m[idx] = getattr(src, k)
+        return out, PixelSources(*merged)
