@@ -45,8 +45,9 @@ MODEL_HELP = {
            "any training image; samples are patch mosaics, every pixel an exact blend of training pixels.",
 }
 SCHEDULE_ONE, SCHEDULE_LIST = "one size", "one per step"
-# measured floating-point rates here (SamplerConfig.work per second), to say what a run will cost
-RATE = {"cfdm": 2e10, "gaussian": 2e10, "ls": 1.5e9, "els": 3e9}
+# measured floating-point rates here (SamplerConfig.work per second; benchmarks/models.py, 2026-12-03:
+# ls 1.4e9 on digits and MNIST-5k, els 3.9e9 on digits), to say what a run will cost
+RATE = {"cfdm": 2e10, "gaussian": 2e10, "ls": 1.4e9, "els": 4e9}
 
 
 def model_controls(ds, p: dict) -> None:

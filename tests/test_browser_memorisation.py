@@ -110,7 +110,7 @@ def test_attribute_an_upload_then_download_its_bundle(server, page, artifacts):
     page.locator(".st-key-w_att_samples input[type=file]").set_input_files(
         files=[{"name": "mine.npy", "mimeType": "application/octet-stream",
                 "buffer": npy(np.stack([(x[7] + x[8]) / 2, x[5]]))}])
-    page.get_by_text("Map position").wait_for(timeout=HEAVY_TIMEOUT)
+    page.get_by_text("Map position", exact=True).wait_for(timeout=HEAVY_TIMEOUT)
     chart_drawn(page, "att_map")
     wait_idle(page)
     no_exception(page)
