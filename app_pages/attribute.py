@@ -13,7 +13,8 @@ from cdm_core.analysis.metrics import COPY_RATIO
 from cdm_core.data.files import load_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import attribution_figures, figures
-from cdm_core.report.export import export_bundle, label_of, make_manifest, zip_bundle
+from cdm_core.report.export import export_bundle, make_manifest, zip_bundle
+from cdm_core.report.figures import label_of
 from ui import state
 from ui.maps import cached_map
 

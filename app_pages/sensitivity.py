@@ -15,7 +15,7 @@ from cdm_core.analysis.sensitivity import (
 from cdm_core.data.files import load_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
-from cdm_core.report.export import label_of
+from cdm_core.report.figures import label_of
 from ui import state
 from ui.click_select import click_select
 

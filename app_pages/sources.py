@@ -6,7 +6,7 @@ import streamlit as st
 
 from cdm_core.analysis import dust
 from cdm_core.report import figures
-from cdm_core.report.export import label_of
+from cdm_core.report.figures import label_of
 from ui import state
 from ui.click_select import click_select
 from ui.mosaic_view import mosaic_section

@@ -7,7 +7,7 @@ import streamlit as st
 
 from cdm_core.analysis import mosaic
 from cdm_core.report import mosaic_figures
-from cdm_core.report.export import label_of
+from cdm_core.report.figures import label_of
 from ui.click_select import click_select
 
 TOP_REGIONS = 8

@@ -37,8 +37,7 @@ def with_paths_from(opts: dict, base_dir: Path | None) -> dict:
 
 
 def blend_title(ds, j: int, w: float) -> str:
-    from cdm_core.report.export import label_of
-    label = label_of(ds, j).strip(" ()")
+    label = figures.label_of(ds, j).strip(" ()")
     return f"#{j}<br>{'class ' + label + '<br>' if label else ''}w={w:.2f}"
 
 

@@ -30,6 +30,7 @@ from cdm_core.config import SamplerConfig
 from cdm_core.data.store import atomic_write_bytes, npy_bytes, npz_bytes
 from cdm_core.errors import CdmInputError
 from cdm_core.report import attribution_figures, figures
+from cdm_core.report.figures import label_of
 
 log = logging.getLogger(__name__)
 
@@ -332,13 +333,6 @@ def _size_curves(ds, cfg: SamplerConfig, opts: dict, data: dict, say):
                                seeds=int(opts.get("size_seeds", 1)), ratio=ratio)
     data["size_rows"] = rows
     return size_curves_figure(rows, emm(rows), criterion_label(ratio))
-
-
-def label_of(ds, j: int) -> str:
-    """ " (label)" for training item j when the data set names its labels, else ""."""
-    if ds.labels is None or ds.label_names is None or not 0 <= int(ds.labels[j]) < len(ds.label_names):
-        return ""
-    return f" ({ds.label_names[int(ds.labels[j])]})"
 
 
 # ----------------------------------------------------------------------------- writing

@@ -308,6 +308,13 @@ def _signed(vec: np.ndarray, image_shape: tuple) -> np.ndarray:
     return arr.mean(2) if arr.ndim == 3 else arr  # colour: mean over channels
 
 
+def label_of(ds, j: int) -> str:
+    """ " (label)" for training item j when the data set names its labels, else ""."""
+    if ds.labels is None or ds.label_names is None or not 0 <= int(ds.labels[j]) < len(ds.label_names):
+        return ""
+    return f" ({ds.label_names[int(ds.labels[j])]})"
+
+
 def compact_number(v: float) -> str:
     """2 significant digits, short exponent: 6.5e-5, 0.12, 3.4."""
     text = f"{v:.2g}"
