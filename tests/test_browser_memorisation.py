@@ -137,3 +137,29 @@ def test_attribute_an_upload_then_download_its_bundle(server, page, artifacts):
         files=[{"name": "wrong.npy", "mimeType": "application/octet-stream", "buffer": npy(np.zeros((3, 10)))}])
     page.get_by_text("have 10 values each; this data set has 64").wait_for(timeout=HEAVY_TIMEOUT)
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+INSIDE = """(key) => {
+    const g = document.querySelector(`.st-key-${key} .js-plotly-plot`), b = g.getBoundingClientRect();
+    return [...g.querySelectorAll('.annotation-text, .g-gtitle text, .xtitle, .ytitle')].map(t => {
+        const r = t.getBoundingClientRect();
+        return {text: t.textContent, inside: r.top >= b.top - 0.5 && r.bottom <= b.bottom + 0.5
+                && r.left >= b.left - 0.5 && r.right <= b.right + 0.5};
+    });
+}"""
+
+
+def test_memorisation_panel_titles_are_whole(server, page, artifacts):
+    """Against σ on moons: every panel title of the sweep and of the strip of samples at each σ
+    lies inside its chart (the strip's first row of titles was cut in half)."""
+    open_page(page, f"{server}/memorisation?data=moons")
+    no_exception(page)
+    for key in ("sweep_fig", "sweep_strip"):
+        chart_drawn(page, key)
+    wait_rendered(page)
+    for key in ("sweep_fig", "sweep_strip"):
+        texts = page.evaluate(INSIDE, key)
+        assert texts, key
+        cut = [t["text"] for t in texts if not t["inside"]]
+        assert not cut, f"{key}: titles cut at the chart's edge: {cut}"
+    screenshot(page, artifacts / "memorisation-sigma.png")

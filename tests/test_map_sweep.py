@@ -107,3 +107,22 @@ def test_placement_by_top_source_and_source_spread():
     mean = place_by_sources(emb, ids, w)
     spread = source_spread(emb, mean, ids, w)
     assert spread[0] > 0.4 and spread[1] < 0.01  # far-apart sources vs neighbours
+
+
+@pytest.mark.parametrize("maker", ["strip", "sweep"])
+def test_the_first_row_of_panel_titles_fits_in_the_top_margin(maker):
+    """A panel title of the top row sits above the plot area, in the figure's top margin: the
+    margin must hold a line of it (the strip of samples at each σ had 10 px and cut its first row
+    of titles in half)."""
+    from cdm_core.report import figures
+    rng = np.random.default_rng(0)
+    if maker == "strip":
+        fig = figures.strip_scatter(rng.normal(size=(50, 2)), [rng.normal(size=(8, 2))] * 4, [0.0, 0.1, 0.2, 0.3])
+    else:
+        rows = [{"sigma": s, "draws": 4, "start": 0.0, "copy_fraction": 0.5, "memorised_fraction": 0.5,
+                 "mean_effective_sources": 2.0, "diversity": 1.0} for s in (0.0, 0.5)]
+        fig = figures.sweep_figure(rows)
+    top_titles = [a for a in fig.layout.annotations if a.yref == "paper" and a.y >= 0.99]
+    assert top_titles
+    size = max(a.font.size or fig.layout.font.size for a in top_titles)
+    assert fig.layout.margin.t >= 1.4 * size, (fig.layout.margin.t, size)

@@ -598,6 +598,8 @@ def sweep_figure(rows: list[dict], current_sigma: float | None = None, title: st
     fig.update_annotations(font_size=12)
     base_layout(fig, title, height=460)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, xanchor="center", x=0.5))
+    if not title:  # room for the top row's panel titles
+        fig.update_layout(margin=dict(t=30))
     return fig  # what the error bars are (±1 s.d. over `seeds` seeds) belongs in the caption
 
 
@@ -616,7 +618,9 @@ def strip_scatter(train: np.ndarray, sample_sets: list[np.ndarray], sigmas: list
                                    marker=dict(size=6, color=SAMPLE_COLOUR)), r, c)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    return base_layout(fig, None, height=300 * nrows)
+    base_layout(fig, None, height=300 * nrows)
+    fig.update_layout(margin=dict(t=34))  # room for the first row's panel titles (10 px cut them in half)
+    return fig
 
 
 def thumbnail_sprite(vectors: np.ndarray, image_shape: tuple, cols: int = 64) -> tuple[Image.Image, int]:
