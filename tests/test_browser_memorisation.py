@@ -12,33 +12,16 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.browser_util import HEAVY_TIMEOUT, browser, have_chromium, new_context, open_page, wait_idle, wait_rendered
+from tests import test_browser_models as models_journeys
+from tests.browser_util import HEAVY_TIMEOUT, have_chromium, open_page, wait_idle, wait_rendered
 from tests.test_browser_models import no_exception, screenshot
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not have_chromium(),
                                  reason="Debian chromium is not installed (make setup installs it as root)")]
 
-
-@pytest.fixture(scope="module")
-def server():
-    from tests.browser_util import streamlit_server
-    with streamlit_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with browser() as b:
-        yield b
-
-
-@pytest.fixture
-def page(chromium):
-    ctx = new_context(chromium)
-    pg = ctx.new_page()
-    yield pg
-    ctx.close()
+# the server, browser and page fixtures of the model journeys (module-scoped: one server here)
+server, chromium, page = models_journeys.server, models_journeys.chromium, models_journeys.page
 
 
 def chart_drawn(page, key: str) -> None:

@@ -36,11 +36,6 @@ def with_paths_from(opts: dict, base_dir: Path | None) -> dict:
     return opts | {"attribution": att} if att else opts
 
 
-def blend_title(ds, j: int, w: float) -> str:
-    label = figures.label_of(ds, j).strip(" ()")
-    return f"#{j}<br>{'class ' + label + '<br>' if label else ''}w={w:.2f}"
-
-
 def sample_figure(ds, samples: np.ndarray, att, i: int, shown: int = 6):
     """Sample i, then its closest blend's items (weight >= 1e-3, largest first), then its nearest items."""
     if not ds.is_image:
@@ -52,7 +47,7 @@ def sample_figure(ds, samples: np.ndarray, att, i: int, shown: int = 6):
     verdict = "memorised" if att.memorised[i] else "not memorised"
     return figures.sources_images_figure(
         samples[i], f"sample<br>#{i}", ds.points[ids],
-        [blend_title(ds, int(j), float(v)) for j, v in zip(ids, w)], ds.points[near],
+        [figures.tile_title(ds, int(j), f"w={v:.2f}") for j, v in zip(ids, w)], ds.points[near],
         [f"#{j}<br>d={d:.3g}" for j, d in zip(near, dist)], ds.image_shape,
         title=f"#{i}: {verdict} (d1/d2 = {att.nn_ratio[i]:.2f}), blend residual {att.blend_residual[i]:.2g}",
         row_labels=("sample, blend", "nearest (L2)"))
@@ -73,26 +68,8 @@ def map_figure(ds, att, emb, pos: np.ndarray, i: int, for_paper: bool = False):
     fig = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names,
                              sample_values=att.nn_ratio, value_name="d1/d2", value_range=(0.0, 1.0), selected=i)
     if for_paper:
-        compact_map(fig)
+        figures.paper_map(fig)
     return fig
-
-
-def compact_map(fig) -> None:
-    """A map for a column figure: each class named at its median position instead of a legend
-    (which took a third of the height), markers sized so the samples do not hide their clusters."""
-    training = [t for t in fig.data if t.mode == "markers" and t.name != "samples" and t.customdata is not None
-                and not str(t.name).startswith("sample #")]
-    labelled = len(training) > 1
-    for t in training if labelled else []:
-        x, y = np.asarray(t.x, float), np.asarray(t.y, float)
-        if len(x):
-            fig.add_annotation(x=float(np.median(x)), y=float(np.median(y)), text=str(t.name), showarrow=False,
-                               bgcolor="rgba(255,255,255,0.7)", borderpad=0)
-    fig.update_layout(showlegend=False, margin=dict(l=5, r=5, t=5, b=5))
-    fig.update_traces(selector=dict(name="samples"), marker_size=7, marker_line_width=0.5, marker_opacity=0.9)
-    fig.update_traces(selector=lambda t: str(t.name).startswith("sample #"), marker_size=12,
-                      marker_line_width=1.5)
-    fig.update_traces(selector=lambda t: t in training, marker_size=3)
 
 
 def build(ds, cfg: SamplerConfig, opts: dict, which: list, data: dict, say) -> dict:

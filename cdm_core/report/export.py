@@ -203,13 +203,11 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
             srcs = ds.points[ids] if space is None else space.decode(res.train_latents[ids])
             near = (res.nn_ids[i] if space is None else res.pixel_nn_ids[i])[:6]
             dist = (res.nn_dist[i] if space is None else res.pixel_nn_dist[i])[:6]
-            def tile_title(j, line):  # id, class label, value: one short line each
-                label = label_of(ds, j).strip(" ()")
-                return f"#{j}<br>{'class ' + label + '<br>' if label else ''}{line}"
             out["sources"] = figures.sources_images_figure(
                 res.samples[i], f"sample<br>#{i}", srcs,
-                [tile_title(j, f"{weight_word}={v:.2f}") for j, v in zip(ids, w)],
-                ds.points[near], [tile_title(j, f"d={d:.3g}") for j, d in zip(near, dist)], ds.image_shape)
+                [figures.tile_title(ds, j, f"{weight_word}={v:.2f}") for j, v in zip(ids, w)],
+                ds.points[near], [figures.tile_title(ds, j, f"d={d:.3g}") for j, d in zip(near, dist)],
+                ds.image_shape)
         else:
             out["sources"] = figures.sources_scatter(ds.points[:, :2], res.samples[i, :2], ids, w, res.nn_ids[i])
     if "sensitivity" in which or "influence" in which:
@@ -260,7 +258,7 @@ def build(m: dict, ds, callback=None) -> tuple[dict, dict]:
         pos = place(emb, res.source_ids, res.source_weights)
         edges = source_edges(emb, pos, res.source_ids, res.source_weights, [i])
         out["map"] = figures.map_figure(emb.positions, emb.ids, ds.labels, pos, edges, label_names=ds.label_names)
-        attribution_figures.compact_map(out["map"])
+        figures.paper_map(out["map"])
         data |= {"map_ids": emb.ids, "map_positions": emb.positions, "sample_positions": pos}
     if "mosaic" in which:
         out["mosaic"] = _mosaic(res, ds, i, data, opts)

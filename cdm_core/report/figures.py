@@ -315,6 +315,13 @@ def label_of(ds, j: int) -> str:
     return f" ({ds.label_names[int(ds.labels[j])]})"
 
 
+def tile_title(ds, j: int, line: str) -> str:
+    """A tile's title for item j: id, class label (when the set names labels), a value; one short
+    line each, so neighbouring titles never run together in a column-wide figure."""
+    label = label_of(ds, j).strip(" ()")
+    return f"#{j}<br>{'class ' + label + '<br>' if label else ''}{line}"
+
+
 def compact_number(v: float) -> str:
     """2 significant digits, short exponent: 6.5e-5, 0.12, 3.4."""
     text = f"{v:.2g}"
@@ -560,6 +567,24 @@ def map_figure(train_pos: np.ndarray, train_ids: np.ndarray, labels, sample_pos:
     fig.update_yaxes(showticklabels=False, title=None)
     fig.update_layout(dragmode="lasso", clickmode="event+select")
     return fig
+
+
+def paper_map(fig) -> None:
+    """A map for a column figure: each class named at its median position instead of a legend
+    (which took a third of the height), markers sized so the samples do not hide their clusters."""
+    training = [t for t in fig.data if t.mode == "markers" and t.name != "samples" and t.customdata is not None
+                and not str(t.name).startswith("sample #")]
+    labelled = len(training) > 1
+    for t in training if labelled else []:
+        x, y = np.asarray(t.x, float), np.asarray(t.y, float)
+        if len(x):
+            fig.add_annotation(x=float(np.median(x)), y=float(np.median(y)), text=str(t.name), showarrow=False,
+                               bgcolor="rgba(255,255,255,0.7)", borderpad=0)
+    fig.update_layout(showlegend=False, margin=dict(l=5, r=5, t=5, b=5))
+    fig.update_traces(selector=dict(name="samples"), marker_size=7, marker_line_width=0.5, marker_opacity=0.9)
+    fig.update_traces(selector=lambda t: str(t.name).startswith("sample #"), marker_size=12,
+                      marker_line_width=1.5)
+    fig.update_traces(selector=lambda t: t in training, marker_size=3)
 
 
 SWEEP_METRICS = (("copy_fraction", "copies (exact sources)"), ("memorised_fraction", "memorised (d1/d2 < 1/3)"),
