@@ -158,7 +158,8 @@ def ls_evaluate(y: torch.Tensor, t: float, size: int, tab: LsTables, keep: int
     pix = (torch.arange(h, device=y.device)[:, None] * w + torch.arange(w, device=y.device)[None, :])[:, None, :]
     window = min(2 * r + 1, h) * min(2 * r + 1, w) * c  # values in the largest window
     out, found = [], []
-    for one in y.reshape(b, h, w, c):
+    norms = torch.linalg.vector_norm(y.reshape(b, -1), dim=1).tolist()  # one host read per step, not per sample
+    for one, y_norm in zip(y.reshape(b, h, w, c), norms):
         # sum_W |y - t x_i|^2 = sum_W |y|^2 - 2 t sum_W y . x_i + t^2 sum_W |x_i|^2; the first term
         # is the same for every item of a pixel and cancels in its softmax (and its entropy). The
         # middle term's window sums are two matrix products: x_i's row r times
@@ -167,8 +168,7 @@ def ls_evaluate(y: torch.Tensor, t: float, size: int, tab: LsTables, keep: int
         # Guard: the expansion's rounding is relative to |y| and |x_i|, not to the distances; where
         # its bound (refine.py, with the window's length) exceeds REFINE_NATS, this sample's
         # logits are formed directly from the differences instead.
-        direct = float(expanded_error(2 * s * t, s * t * t, float(torch.linalg.vector_norm(one)), tab.r_max,
-                                      tab.log_pi_abs, window)) > REFINE_NATS
+        direct = float(expanded_error(2 * s * t, s * t * t, y_norm, tab.r_max, tab.log_pi_abs, window)) > REFINE_NATS
         m = None if direct else (one[..., None] * bw[None, :, None, :]).reshape(h, w * c, w)
         acc = _StreamingSoftmax(h, w, c, keep, y.device)  # layout (row, item, column)
         for lo in range(0, n, items):
