@@ -201,3 +201,17 @@ def test_ivf_refuses_magnitudes_its_clustering_cannot_hold():
     pts = make_points(0, 300, 3, 0.0, 1e20, False, False)
     with pytest.raises(CdmInputError, match="too large"):
         sample(pts, SamplerConfig(n_samples=2, steps=3, index="ivf"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                          st.sampled_from([1e-30, np.nextafter(1e-30, 0), np.nextafter(1e-30, 1), 0.0, -0.0, 5e-324])),
+                min_size=1, max_size=64))
+def test_the_in_place_flush_is_the_flush(values):
+    """`flush_tiny_` (two in-place passes, used on every softmax block) zeroes exactly what
+    `flush_tiny` zeroes: below 1e-30, negative and NaN; 1e-30 itself and everything above are kept."""
+    import torch
+
+    from cdm_core.engine.blend import flush_tiny, flush_tiny_
+    w = torch.tensor(values, dtype=torch.float64)
+    assert torch.equal(flush_tiny_(w.clone()), flush_tiny(w))

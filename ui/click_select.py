@@ -5,6 +5,9 @@ selections only: a plain click on a point fires an empty selection. A small
 `st.components.v2` component (its JavaScript runs in the app page) finds the chart by its key,
 listens to plotly's click events and sends the clicked point's id back as a trigger value. The
 Python callback runs before the next script run, so the page draws the new selection at once.
+Small clouds are SVG traces (figures.SVG_POINTS), where plotly gives a click on coinciding markers
+to the first trace drawn (the training data under a memorised sample): the click then goes to the
+nearest marker of a selectable trace under the pointer.
 """
 
 from __future__ import annotations
@@ -12,6 +15,30 @@ from __future__ import annotations
 import streamlit as st
 
 JS = """
+const nearestSelectable = (gd, e, curves) => {
+  const lay = gd._fullLayout;
+  if (!e || !lay || !gd._fullData) return null;
+  const box = gd.getBoundingClientRect();
+  let best = null, bestDist = Infinity;
+  for (const c of curves) {
+    const tr = gd._fullData[c];
+    if (!tr || !tr.x || !tr.y || !tr.customdata) continue;
+    const xa = lay['xaxis' + (tr.xaxis || 'x').slice(1)], ya = lay['yaxis' + (tr.yaxis || 'y').slice(1)];
+    if (!xa || !ya || xa.type !== 'linear' || ya.type !== 'linear') continue;
+    const size = (tr.marker && typeof tr.marker.size === 'number') ? tr.marker.size : 6;
+    for (let i = 0; i < tr.x.length; i++) {
+      const dx = box.left + xa._offset + xa.l2p(tr.x[i]) - e.clientX;
+      const dy = box.top + ya._offset + ya.l2p(tr.y[i]) - e.clientY;
+      const dist = Math.hypot(dx, dy);
+      if (dist <= size / 2 + 2 && dist < bestDist) {
+        bestDist = dist;
+        best = {curveNumber: c, customdata: tr.customdata[i]};
+      }
+    }
+  }
+  return best;
+};
+
 export default function(component) {
   const { data, setTriggerValue } = component;
   let attached = null;
@@ -20,8 +47,12 @@ export default function(component) {
     if (!gd || gd === attached || typeof gd.on !== 'function') return;
     attached = gd;
     gd.on('plotly_click', (ev) => {
-      const p = ev && ev.points && ev.points[0];
-      if (!p || !data.curves.includes(p.curveNumber)) return;
+      let p = ev && ev.points && ev.points[0];
+      // SVG traces hand a click on coinciding markers (a memorised sample on its training item)
+      // to the first trace drawn: then the nearest marker of a selectable trace under the
+      // pointer gets it
+      if (p && !data.curves.includes(p.curveNumber)) p = nearestSelectable(gd, ev.event, data.curves);
+      if (!p) return;
       // customdata is a number, or a row whose first entry is the id (an array, or an array-like
       // object when plotly decoded a 2-D typed array)
       const raw = p.customdata;

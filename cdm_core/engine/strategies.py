@@ -150,7 +150,7 @@ class DenseStrategy(Strategy):
         far = self.may_refine(a, c, x, scaled)
         # whole samples per chunk, so each sample's mean over its draws is formed in one place
         for lo, hi in row_blocks(b, self.n * m, DENSE_CHUNK_VALUES):
-            w = flush_tiny(torch.softmax(self.dense_logits(y[lo * m:hi * m], t, far), dim=1))
+            w = flush_tiny_(torch.softmax(self.dense_logits(y[lo * m:hi * m], t, far), dim=1))
             mean_w[lo:hi] = w.reshape(hi - lo, m, self.n).mean(1)
             if per_draw is not None:
                 per_draw[lo * m:hi * m] = w
@@ -217,7 +217,7 @@ class FactorisedStrategy(Strategy):
                 flat = lg.reshape(-1, self.n)
                 refine_(flat, y.reshape(-1, y.shape[-1]), t, self.x, self.log_pi, e.reshape(-1))
                 lg = flat.reshape(lg.shape)
-            w = flush_tiny(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
+            w = flush_tiny_(torch.softmax(lg, dim=-1))  # (r, M or 1, N)
             torch.mean(w, 1, out=mean_w[lo:hi])
             if per_draw is not None:
                 per_draw[lo:hi] = w

@@ -149,27 +149,43 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
 
 # ---------------------------------------------------------------------------- point clouds
 
-def train_trace(points: np.ndarray, labels=None, max_points: int = 20000, name: str = "training data"):
+# Point clouds up to this many points (training data and samples together) are drawn as SVG. A
+# browser without a GPU (headless, remote desktops, most laptops' default for a VM) rasterises WebGL
+# in software, and plotly created a new WebGL context on every redraw: 0.23 s of each σ move on
+# moons went to `getContext` alone (BENCHMARKS.md, the slider loop). A few thousand SVG markers
+# redraw in milliseconds; larger clouds need WebGL.
+SVG_POINTS = 5000
+
+
+def scatter_class(n_points: int):
+    """go.Scatter (SVG) for small clouds, go.Scattergl (WebGL) for large ones."""
+    return go.Scatter if n_points <= SVG_POINTS else go.Scattergl
+
+
+def train_trace(points: np.ndarray, labels=None, max_points: int = 20000, name: str = "training data",
+                extra_points: int = 0):
+    """The training cloud; `extra_points` drawn beside it count towards the SVG / WebGL choice."""
     pts = points[:max_points]
     colour = TRAIN_COLOUR
-    return go.Scattergl(x=pts[:, 0], y=pts[:, 1], mode="markers", name=name,
-                        marker=dict(size=4, color=colour, opacity=0.55),
-                        customdata=np.arange(len(pts)), hovertemplate="training #%{customdata}<extra></extra>")
+    return scatter_class(len(pts) + extra_points)(
+        x=pts[:, 0], y=pts[:, 1], mode="markers", name=name, marker=dict(size=4, color=colour, opacity=0.55),
+        customdata=np.arange(len(pts)), hovertemplate="training #%{customdata}<extra></extra>")
 
 
 def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_name: str = "nn ratio",
                     title: str | None = None, highlight: int | None = None) -> go.Figure:
     """2-D samples over the training data, coloured by a memorisation measure."""
-    fig = go.Figure(train_trace(train))
+    fig = go.Figure(train_trace(train, extra_points=len(samples)))
     marker = dict(size=8, line=dict(width=0.5, color="white"))
     if values is not None:
         marker |= dict(color=values, colorscale=SEQUENTIAL, cmin=0, cmax=1, showscale=True,
                        colorbar=dict(title=dict(text=value_name, side="right"), thickness=12))
     else:
         marker |= dict(color=SAMPLE_COLOUR)
-    fig.add_trace(go.Scattergl(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples", marker=marker,
-                               customdata=np.arange(len(samples)),
-                               hovertemplate="sample #%{customdata}<br>(%{x:.3f}, %{y:.3f})<extra></extra>"))
+    points = scatter_class(min(len(train), 20000) + len(samples))
+    fig.add_trace(points(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples", marker=marker,
+                         customdata=np.arange(len(samples)),
+                         hovertemplate="sample #%{customdata}<br>(%{x:.3f}, %{y:.3f})<extra></extra>"))
     if highlight is not None:
         fig.add_trace(go.Scatter(x=samples[[highlight], 0], y=samples[[highlight], 1], mode="markers",
                                  name=f"sample #{highlight}", hoverinfo="skip",
