@@ -310,9 +310,9 @@ def test_pixel_latent_toggle(server, page, artifacts):
                                          ("data=digits&n=32&sigma=0.5&draws=4", "gen_grid")])
 def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
     """A plain click on a sample (2-D scatter or image tile) selects it at once: the caption, the
-    outline and the link to its sources follow in the same rerun. On moons sample #5 is a copy of
-    training item 513, so the click lands on coinciding markers (SVG gives it to the training trace
-    unless click_select looks for the sample under the pointer)."""
+    outline and the link to its sources follow in the same rerun. On moons sample #5 is drawn over
+    training item 513's marker, so the click lands on overlapping markers (SVG gives it to the
+    training trace unless click_select looks for the sample under the pointer)."""
     open_page(page, f"{server}/generate?{query}")
     page.get_by_text("Selected sample: #0").wait_for()
     pos = point_position(page, chart, 5)

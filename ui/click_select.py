@@ -5,8 +5,8 @@ selections only: a plain click on a point fires an empty selection. A small
 `st.components.v2` component (its JavaScript runs in the app page) finds the chart by its key,
 listens to plotly's click events and sends the clicked point's id back as a trigger value. The
 Python callback runs before the next script run, so the page draws the new selection at once.
-Small clouds are SVG traces (figures.SVG_POINTS), where plotly gives a click on coinciding markers
-to the first trace drawn (the training data under a memorised sample): the click then goes to the
+Small clouds are SVG traces (figures.SVG_POINTS), where plotly gives a click on overlapping markers
+to the first trace drawn (the training data under a sample): the click then goes to the
 nearest marker of a selectable trace under the pointer.
 """
 
@@ -48,8 +48,8 @@ export default function(component) {
     attached = gd;
     gd.on('plotly_click', (ev) => {
       let p = ev && ev.points && ev.points[0];
-      // SVG traces hand a click on coinciding markers (a memorised sample on its training item)
-      // to the first trace drawn: then the nearest marker of a selectable trace under the
+      // SVG traces hand a click on overlapping markers (a sample over a training point) to the
+      // first trace drawn: then the nearest marker of a selectable trace under the
       // pointer gets it
       if (p && !data.curves.includes(p.curveNumber)) p = nearestSelectable(gd, ev.event, data.curves);
       if (!p) return;
