@@ -326,6 +326,26 @@ def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
     page.screenshot(path=str(artifacts / f"click-select-{chart}.png"), full_page=True)
 
 
+def test_box_selection_on_the_svg_scatter_selects_a_sample(server, page, artifacts):
+    """Moons draws SVG traces (small clouds): a small box around a sample selects that sample,
+    not the training points the box also holds."""
+    open_page(page, f"{server}/generate?data=moons&n=32&sigma=0.1&draws=4")
+    page.get_by_text("Selected sample: #0").wait_for()
+    kinds = page.evaluate("() => document.querySelector('.st-key-gen_scatter .js-plotly-plot')._fullData"
+                          ".map(t => t.type)")
+    assert set(kinds) == {"scatter"}, kinds  # SVG, not WebGL (figures.SVG_POINTS)
+    pos = point_position(page, "gen_scatter", 7)
+    page.mouse.move(pos["x"] - 4, pos["y"] - 4)
+    page.mouse.down()
+    page.mouse.move(pos["x"], pos["y"], steps=3)
+    page.mouse.move(pos["x"] + 4, pos["y"] + 4, steps=3)
+    page.mouse.up()
+    page.get_by_text("Selected sample: #7").wait_for()
+    wait_idle(page)
+    assert "sample=7" in page.url
+    no_exception(page)
+
+
 def test_slider_updates_sidebar_in_the_same_run(server, page, artifacts):
     """Moving σ on a toy set regenerates at once and the sidebar shows the new σ and this run's
     time (not the previous interaction's)."""
