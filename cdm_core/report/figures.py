@@ -151,8 +151,8 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
 
 # Point clouds up to this many points (training data and samples together) are drawn as SVG. A
 # browser without a GPU (headless, remote desktops, most laptops' default for a VM) rasterises WebGL
-# in software, and plotly created a new WebGL context on every redraw: 0.23 s of each σ move on
-# moons went to `getContext` alone (BENCHMARKS.md, the slider loop). A few thousand SVG markers
+# in software, and Streamlit remounts a chart whose figure changed, so every redraw created a new
+# WebGL context: 0.23 s of each σ move on moons went to `getContext` alone (BENCHMARKS.md). A few thousand SVG markers
 # redraw in milliseconds; larger clouds need WebGL.
 SVG_POINTS = 5000
 
