@@ -440,6 +440,33 @@ def test_batch_independence(model, schedule):
             np.testing.assert_array_equal(getattr(alone, name), getattr(full, name)[:1], err_msg=name)
 
 
+@pytest.mark.parametrize("model", ["ls", "els"])
+@pytest.mark.parametrize("scale", [1.0, 1e5])  # 1e5: the expanded logits' guard sends ELS to the direct form
+def test_batch_independence_over_many_chunks_and_groups(model, scale, monkeypatch):
+    """Every number of a sample, its per-pixel sources included, is bitwise the same alone and in
+    batches of 1, 3 and 19 (more than one ELS group), in the expanded and the direct form. Small
+    chunks (CHUNK_ENTRIES patched) make each softmax stream over many chunks of items. An 8 x 8
+    image with k = 5 has clip classes of one pixel: matrix-vector products, whose BLAS kernels
+    change most with the shape."""
+    from cdm_core.engine import local
+    monkeypatch.setattr(local, "CHUNK_ENTRIES", 1 << 11)
+    rng = np.random.default_rng(21)
+    X = rng.random((40, 64)) * scale
+    X[39] = X[3]  # a duplicated item: tied logits
+    common = dict(steps=3, model=model, patch_schedule="5,3,5", seed=9, trajectory=False)
+    shape = (8, 8)
+    full = run(X, shape, n_samples=19, batch_size=19, **common)
+    names = ("samples", "pixel_source_ids", "pixel_source_pixels", "pixel_source_weights", "pixel_source_omitted",
+             "pixel_entropy")
+    for other in (run(X, shape, n_samples=19, batch_size=1, **common),
+                  run(X, shape, n_samples=19, batch_size=3, **common)):
+        for name in names:
+            np.testing.assert_array_equal(getattr(other, name), getattr(full, name), err_msg=name)
+    alone = run(X, shape, n_samples=1, **common)
+    for name in names:
+        np.testing.assert_array_equal(getattr(alone, name), getattr(full, name)[:1], err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedules
 # ---------------------------------------------------------------------------------------------
