@@ -15,6 +15,8 @@
 3. `els` against cfdm `exact` on digits, and on a 500-item Fashion-MNIST subset its work estimate
    (`SamplerConfig.work`) against the measured time.
 `--fresh` also times a first call in a fresh process (what a CLI run pays) against a second one.
+`--cuda` runs only the GPU cases (benchmarks/gpu_session.sh): LS on MNIST-5k against cfdm on the same
+GPU, and ELS on the whole of Fashion-MNIST (4 and 16 samples) against cfdm `exact`.
 
 Every timed case follows a warm-up call that prepares the set and settles the allocator (a shorter
 run where a full one is long); each figure is the median of `--repeats` timed calls unless the
@@ -206,6 +208,53 @@ def els_table(rows: list) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. on a GPU (--cuda): LS where cfdm is live, ELS on the whole of Fashion-MNIST
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
+
+
+def synced(fn, device: str):
+    """fn with the device's queue drained before the clock stops."""
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+def gpu_cases(device: str, els_items: int, els_samples: list, repeats: int) -> str:
+    """LS on MNIST-5k against cfdm (its dashboard defaults, sigma 1, M = 4) on the same device, and
+    ELS on the first `els_items` Fashion-MNIST items (all 60,000 by default) against cfdm exact."""
+    lines = [f"On {device_name(device)} (device {device}), torch {torch.__version__}.", ""]
+    ds = load("mnist")
+    ls = SamplerConfig(device=device, n_samples=64, steps=20, model="ls", patch_schedule=PRESET, trajectory=False)
+    cf = SamplerConfig(device=device, n_samples=64, steps=20, sigma=1.0, draws=4, trajectory=False)
+    sample(ds, ls.replace(steps=1))
+    sample(ds, cf)
+    ls_s, _ = timed(synced(lambda: sample(ds, ls), device), repeats)
+    cf_s, _ = timed(synced(lambda: sample(ds, cf), device), repeats)
+    lines += ["| case | runs | ls (s) | cfdm sigma 1, M 4 (s) | ls / cfdm |", "| --- | ---: | ---: | ---: | ---: |",
+              f"| MNIST-5k, 64 samples, S = 20, {PRESET} | median of {repeats} | {ls_s:.3f} | {cf_s:.3f} "
+              f"| {ls_s / cf_s:.1f} |", ""]
+    full = load("fashion-mnist")
+    sub = Dataset(name=f"fashion-mnist[:{els_items}]", points=full.points[:els_items], image_shape=full.image_shape)
+    rows = []
+    for n in els_samples:
+        e = SamplerConfig(device=device, n_samples=n, steps=20, model="els", patch_schedule=PRESET, trajectory=False)
+        x = SamplerConfig(device=device, n_samples=n, steps=20, index="exact", trajectory=False)
+        sample(sub, e.replace(steps=1, n_samples=1))
+        sample(sub, x)
+        els_s, _ = timed(synced(lambda: sample(sub, e), device), 1)
+        exact_s, _ = timed(synced(lambda: sample(sub, x), device), repeats)
+        rows.append({"case": f"Fashion-MNIST first {sub.n:,}, {n} samples, S = 20, {PRESET}", "repeats": 1,
+                     "els": els_s, "base": exact_s, "work": e.work(sub.n, sub.dim, sub.image_shape)})
+        print(f"els, {n} samples: {els_s:.1f} s", flush=True)
+    return "\n".join(lines) + "\n" + els_table(rows)
+
+
+# ---------------------------------------------------------------------------------------------
 # first call in a fresh process: what a CLI run or a new dashboard worker pays
 
 FRESH = r"""
@@ -265,8 +314,19 @@ def main() -> None:
     p.add_argument("--mnist-repeats", type=int, default=1, help="timed calls of the long MNIST-5k ls case")
     p.add_argument("--quick", action="store_true", help="leave out the long cases (MNIST-5k ls, Fashion-MNIST els)")
     p.add_argument("--fresh", action="store_true", help="also time a first call in a fresh process (digits ls, els)")
+    p.add_argument("--cuda", action="store_true", help="only the GPU cases (LS on MNIST-5k against cfdm, ELS on "
+                   "the whole of Fashion-MNIST), on the CUDA device")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # --cuda --device cpu: a dry run
+    p.add_argument("--els-items", type=int, default=60000, help="Fashion-MNIST items for the --cuda ELS case")
+    p.add_argument("--els-samples", default="4,16", help="samples of the --cuda ELS runs, comma-separated")
     a = p.parse_args()
     t_start = time.perf_counter()
+    if a.cuda:
+        text = gpu_cases(a.device, a.els_items, [int(v) for v in a.els_samples.split(",")], a.repeats)
+        print("### the local models on a GPU\n\n" + text + f"\n\n{time.perf_counter() - t_start:.0f} s in all.")
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "models_cuda.md").write_text(text + "\n")
+        return
     print(f"Measured {datetime.date.today()} on {cpu_name()}, {platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU; "
           f"load average at start {os.getloadavg()[0]:.2f}; float64 GEMM {gemm_rate():.1f} GFLOP/s.\n", flush=True)
