@@ -149,3 +149,17 @@ def open_page(page, url):
     page.wait_for_selector("h1", timeout=HEAVY_TIMEOUT)
     wait_idle(page, timeout=HEAVY_TIMEOUT)
     assert page.get_by_text("Page not found").count() == 0, url
+
+
+def click_point(page, pos: dict) -> None:
+    """Click a plotted point as a person does: the pointer comes to rest on it and plotly's hover
+    label shows before the button goes down (plotly takes a click's point from its hover, which it
+    computes on a mouse move; a move and a click in the same instant could race it)."""
+    page.mouse.move(pos["x"] - 6, pos["y"] - 6)
+    page.mouse.move(pos["x"], pos["y"], steps=3)
+    try:
+        page.wait_for_function("() => !!document.querySelector('.hoverlayer .hovertext')", polling=50, timeout=3000)
+    except Exception:  # a point without a hover label (hoverinfo skip) is still clicked
+        pass
+    page.mouse.down()
+    page.mouse.up()

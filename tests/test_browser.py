@@ -15,6 +15,7 @@ from tests.browser_util import (
     HEAVY_TIMEOUT,
     STEP_TIMEOUT,
     browser,
+    click_point,
     have_chromium,
     new_context,
     open_page,
@@ -316,7 +317,7 @@ def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
     open_page(page, f"{server}/generate?{query}")
     page.get_by_text("Selected sample: #0").wait_for()
     pos = point_position(page, chart, 5)
-    page.mouse.click(pos["x"], pos["y"])
+    click_point(page, pos)
     page.get_by_text("Selected sample: #5").wait_for()
     wait_idle(page)
     assert page.get_by_role("link", name=re.compile("Sources of sample #5")).count() == 1
@@ -327,22 +328,27 @@ def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
 
 
 def test_box_selection_on_the_svg_scatter_selects_a_sample(server, page, artifacts):
-    """Moons draws SVG traces (small clouds): a small box around a sample selects that sample,
-    not the training points the box also holds."""
+    """Moons draws SVG traces (small clouds): a box around a sample that has no other sample
+    nearby selects that sample, not the training points the box also holds."""
     open_page(page, f"{server}/generate?data=moons&n=32&sigma=0.1&draws=4")
     page.get_by_text("Selected sample: #0").wait_for()
     kinds = page.evaluate("() => document.querySelector('.st-key-gen_scatter .js-plotly-plot')._fullData"
                           ".map(t => t.type)")
     assert set(kinds) == {"scatter"}, kinds  # SVG, not WebGL (figures.SVG_POINTS)
-    pos = point_position(page, "gen_scatter", 7)
-    page.mouse.move(pos["x"] - 4, pos["y"] - 4)
+    pos = [point_position(page, "gen_scatter", i) for i in range(32)]
+    # the sample farthest from every other (a 40-px box must hold it alone), not the selected #0
+    far = max(range(1, 32), key=lambda i: min(abs(pos[i]["x"] - q["x"]) + abs(pos[i]["y"] - q["y"])
+                                              for j, q in enumerate(pos) if j != i))
+    x, y = pos[far]["x"], pos[far]["y"]
+    assert min(max(abs(x - q["x"]), abs(y - q["y"])) for j, q in enumerate(pos) if j != far) > 22
+    page.mouse.move(x - 20, y - 20)
     page.mouse.down()
-    page.mouse.move(pos["x"], pos["y"], steps=3)
-    page.mouse.move(pos["x"] + 4, pos["y"] + 4, steps=3)
+    page.mouse.move(x, y, steps=5)
+    page.mouse.move(x + 20, y + 20, steps=5)
     page.mouse.up()
-    page.get_by_text("Selected sample: #7").wait_for()
+    page.get_by_text(f"Selected sample: #{far}").wait_for()
     wait_idle(page)
-    assert "sample=7" in page.url
+    assert f"sample={far}" in page.url
     no_exception(page)
 
 
@@ -366,7 +372,7 @@ def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
     open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4")
     page.get_by_text("Edges join sample #0").wait_for()
     pos = point_position(page, "map_chart", 7)
-    page.mouse.click(pos["x"], pos["y"])
+    click_point(page, pos)
     page.get_by_text("Edges join sample #7").wait_for()
     wait_idle(page)
     assert "sample=7" in page.url
@@ -499,7 +505,7 @@ def test_click_a_source_on_the_sources_scatter(server, page, artifacts):
         return {x: r.left + xa._offset + xa.l2p(tr.x[i]), y: r.top + ya._offset + ya.l2p(tr.y[i]),
                 id: tr.customdata[i]};
     }""")
-    page.mouse.click(pos["x"], pos["y"])
+    click_point(page, pos)
     # the picked item (the clicked neighbour, or a source drawn over it) is marked by a trace named
     # after it, and the table's selector shows the same item
     marked = page.wait_for_function("""() => {

@@ -467,6 +467,19 @@ def test_batch_independence_over_many_chunks_and_groups(model, scale, monkeypatc
         np.testing.assert_array_equal(getattr(alone, name), getattr(full, name)[:1], err_msg=name)
 
 
+def test_els_is_batch_independent_when_a_lone_sample_sums_a_long_chunk():
+    """A 3 x 3 image's corners are one-pixel clip classes. With 40,000 items, a sample alone then
+    sums a chunk of that many entries into a single output, which ATen splits across threads (with
+    two or more) and adds in another order than the same sum in a batch. Found by review: chunks of
+    one-pixel classes stay below local.ONE_OUTPUT_SUM_LIMIT."""
+    X = np.random.default_rng(5).random((40000, 9))
+    common = dict(steps=2, model="els", patch_schedule="3", seed=2, trajectory=False)
+    full = run(X, (3, 3), n_samples=3, batch_size=3, **common)
+    one = run(X, (3, 3), n_samples=3, batch_size=1, **common)
+    for name in ("samples", "pixel_source_ids", "pixel_source_weights", "pixel_source_omitted", "pixel_entropy"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(full, name), err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Schedules
 # ---------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ selections only: a plain click on a point fires an empty selection. A small
 `st.components.v2` component (its JavaScript runs in the app page) finds the chart by its key,
 listens to plotly's click events and sends the clicked point's id back as a trigger value. The
 Python callback runs before the next script run, so the page draws the new selection at once.
-Small clouds are SVG traces (figures.SVG_POINTS), where plotly gives a click on overlapping markers
-to the first trace drawn (the training data under a sample): the click then goes to the
-nearest marker of a selectable trace under the pointer.
+Small clouds are SVG traces (figures.SVG_POINTS). Where their markers overlap, plotly's hover
+prefers the smaller marker (a training point under a sample), so the click then goes to the
+nearest visible marker of a selectable trace under the pointer (its own size as the reach).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ const nearestSelectable = (gd, e, curves) => {
   let best = null, bestDist = Infinity;
   for (const c of curves) {
     const tr = gd._fullData[c];
-    if (!tr || !tr.x || !tr.y || !tr.customdata) continue;
+    if (!tr || tr.visible !== true || !tr.x || !tr.y || !tr.customdata) continue;  // not hidden from the legend
     const xa = lay['xaxis' + (tr.xaxis || 'x').slice(1)], ya = lay['yaxis' + (tr.yaxis || 'y').slice(1)];
     if (!xa || !ya || xa.type !== 'linear' || ya.type !== 'linear') continue;
-    const size = (tr.marker && typeof tr.marker.size === 'number') ? tr.marker.size : 6;
+    const sizes = tr.marker ? tr.marker.size : undefined;  // a number, or one per marker
     for (let i = 0; i < tr.x.length; i++) {
+      const size = typeof sizes === 'number' ? sizes : (sizes && Number.isFinite(+sizes[i]) ? +sizes[i] : 6);
       const dx = box.left + xa._offset + xa.l2p(tr.x[i]) - e.clientX;
       const dy = box.top + ya._offset + ya.l2p(tr.y[i]) - e.clientY;
       const dist = Math.hypot(dx, dy);
@@ -48,9 +49,9 @@ export default function(component) {
     attached = gd;
     gd.on('plotly_click', (ev) => {
       let p = ev && ev.points && ev.points[0];
-      // SVG traces hand a click on overlapping markers (a sample over a training point) to the
-      // first trace drawn: then the nearest marker of a selectable trace under the
-      // pointer gets it
+      // where SVG markers overlap (a sample over a training point), plotly's hover prefers the
+      // smaller marker, so the click may name a trace that is not selectable: then the nearest
+      // marker of a selectable trace under the pointer gets it
       if (p && !data.curves.includes(p.curveNumber)) p = nearestSelectable(gd, ev.event, data.curves);
       if (!p) return;
       // customdata is a number, or a row whose first entry is the id (an array, or an array-like

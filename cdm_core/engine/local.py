@@ -45,6 +45,10 @@ CHUNK_ENTRIES = 1 << 18  # logits held at once per chunk (float64): small enough
 SOURCES_CHUNK = 8  # the step that keeps per-pixel sources takes chunks this many times larger: fewer top-k calls
 MERGE_EVERY = 16  # chunk tops kept before they are merged into the running top k
 CACHE_BYTES = 256 << 20  # ELS keeps a size's training windows when they fit in this much memory
+# ATen splits a reduction with a single output over at least this many inputs across threads
+# (at::internal::GRAIN_SIZE; its two-pass reduction), which adds in another order than the same sum
+# beside other outputs: a one-pixel clip class keeps its chunks below it (els_evaluate)
+ONE_OUTPUT_SUM_LIMIT = 32768
 ELS_GROUP = 16  # ELS samples evaluated together, chunks sized for a full group (els_evaluate); digits, 20
 #                 steps, 64 samples: 10.3 s at 2, 7.7 s at 4, 6.1 s at 8, 5.6 s at 16 and 32, 6.7 s at 64
 
@@ -242,7 +246,8 @@ def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor,
 
     A sample's numbers never depend on its batch: samples go in groups of at most ELS_GROUP, the
     chunks of items are sized for a full group whatever the group's size, and the two products
-    (logits, weighted centres) are one matrix product per sample. A product over the batch (an
+    (logits, weighted centres) are one matrix product per sample; the chunks of a one-pixel clip
+    class stay below ONE_OUTPUT_SUM_LIMIT items. A product over the batch (an
     einsum, or one matmul broadcast over it) let BLAS pick its kernel by the batch size: on an
     AVX-512 CPU the per-pixel sources of a sample alone and in a batch of five differed in the last
     bit (tests/test_models_reference.py::test_batch_independence)."""
@@ -275,6 +280,8 @@ def _els_group(y, t, classes, images, log_pi, keep, device, direct, out, srcs) -
         acc = _StreamingSoftmax(b, pc, c, keep, device)
         per_item = ELS_GROUP * pc * pc * (f * c if direct else 1)  # a full group's, whatever b is
         items = max(1, min(n, CHUNK_ENTRIES * (SOURCES_CHUNK if keep else 1) // max(1, per_item)))
+        if pc == 1:  # a one-pixel class: a lone sample's sums over a chunk have one output each
+            items = min(items, ONE_OUTPUT_SUM_LIMIT - 1)
         for lo in range(0, n, items):
             hi = min(n, lo + items)
             xp, xx = cls.windows(images, lo, hi)  # (n, P_c, f C), |x_u|^2 (n P_c,)
