@@ -64,8 +64,12 @@ export default function(component) {
     });
   };
   attach();
+  // a chart redrawn by a rerun is a new element (Streamlit remounts a changed figure): hook into
+  // it as soon as it is in the page, or a click just after a redraw went unheard until the timer
+  const observer = new MutationObserver(attach);
+  observer.observe(document.body, {childList: true, subtree: true});
   const timer = setInterval(attach, 300);
-  return () => clearInterval(timer);
+  return () => { clearInterval(timer); observer.disconnect(); };
 }
 """
 
