@@ -29,7 +29,7 @@ entropy), so memory stays bounded at any N.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ CACHE_BYTES = 256 << 20  # ELS keeps a size's training windows when they fit in 
 # beside other outputs: a one-pixel clip class keeps its chunks below it (els_evaluate)
 ONE_OUTPUT_SUM_LIMIT = 32768
 ELS_GROUP = 16  # ELS samples evaluated together, chunks sized for a full group (els_evaluate); digits, 20
-#                 steps, 64 samples: 10.3 s at 2, 7.7 s at 4, 6.1 s at 8, 5.6 s at 16 and 32, 6.7 s at 64
+#                 steps, 64 samples: 10.3 s at 2, 7.7 s at 4, 6.1 s at 8, 5.6 s at 16, 5.7 s at 32, 6.7 s at 64
 
 
 @dataclass
@@ -63,6 +63,9 @@ class PixelSources:
     weights: torch.Tensor  # (B, P, K) float64, 0 padded, largest first
     omitted: torch.Tensor  # (B, P) float64: weight left out of the K kept (plus flushed weights)
     entropy: torch.Tensor  # (B, P) float64: entropy of the pixel's full weights, nats
+
+
+_SOURCE_FIELDS = tuple(f.name for f in fields(PixelSources))  # ids, pixels, weights, omitted, entropy
 
 
 class _StreamingSoftmax:
@@ -247,10 +250,10 @@ def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor,
     A sample's numbers never depend on its batch: samples go in groups of at most ELS_GROUP, the
     chunks of items are sized for a full group whatever the group's size, and the two products
     (logits, weighted centres) are one matrix product per sample; the chunks of a one-pixel clip
-    class stay below ONE_OUTPUT_SUM_LIMIT items. A product over the batch (an
-    einsum, or one matmul broadcast over it) let BLAS pick its kernel by the batch size: on an
-    AVX-512 CPU the per-pixel sources of a sample alone and in a batch of five differed in the last
-    bit (tests/test_models_reference.py::test_batch_independence)."""
+    class stay below ONE_OUTPUT_SUM_LIMIT items. A product over the batch (an einsum, or one
+    matmul broadcast over it) let BLAS pick its kernel by the batch size: on an AVX-512 CPU the
+    per-pixel sources of a sample alone and in a batch of five differed in the last bit
+    (tests/test_models_reference.py::test_batch_independence)."""
     b, p, c = y.shape
     out = torch.empty(b, p, c, dtype=F64, device=device)
     srcs = None
@@ -264,9 +267,6 @@ def els_evaluate(y: torch.Tensor, t: float, classes: list, images: torch.Tensor,
         _els_group(y[rows], t, classes, images, log_pi, keep, device, direct, out[rows],
                    None if srcs is None else PixelSources(*(getattr(srcs, k)[rows] for k in _SOURCE_FIELDS)))
     return out, srcs
-
-
-_SOURCE_FIELDS = ("ids", "pixels", "weights", "omitted", "entropy")
 
 
 def _els_group(y, t, classes, images, log_pi, keep, device, direct, out, srcs) -> None:
@@ -448,10 +448,9 @@ class EquivariantLocalScore(_LocalModel):
             out[idx] = den
         if not keep:
             return out, None
-        fields = ("ids", "pixels", "weights", "omitted", "entropy")
         merged = [torch.empty((len(y),) + getattr(parts[0][1][1], k).shape[1:], dtype=getattr(parts[0][1][1], k).dtype,
-                              device=y.device) for k in fields]
+                              device=y.device) for k in _SOURCE_FIELDS]
         for idx, (_, src) in parts:
-            for m, k in zip(merged, fields):
+            for m, k in zip(merged, _SOURCE_FIELDS):
                 m[idx] = getattr(src, k)
         return out, PixelSources(*merged)

@@ -152,8 +152,8 @@ def image_grid_figure(vectors: np.ndarray, image_shape: tuple, ncols: int = 8, v
 # Point clouds up to this many points (training data and samples together) are drawn as SVG. A
 # browser without a GPU (headless, remote desktops, most laptops' default for a VM) rasterises WebGL
 # in software, and Streamlit remounts a chart whose figure changed, so every redraw created a new
-# WebGL context: 0.23 s of each σ move on moons went to `getContext` alone (BENCHMARKS.md). A few thousand SVG markers
-# redraw in milliseconds; larger clouds need WebGL.
+# WebGL context: 0.23 s of each σ move on moons went to `getContext` alone (BENCHMARKS.md). A few
+# thousand SVG markers redraw in milliseconds; larger clouds need WebGL.
 SVG_POINTS = 5000
 
 
@@ -182,7 +182,7 @@ def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_n
                        colorbar=dict(title=dict(text=value_name, side="right"), thickness=12))
     else:
         marker |= dict(color=SAMPLE_COLOUR)
-    points = scatter_class(min(len(train), 20000) + len(samples))
+    points = type(fig.data[0])  # the training cloud's kind, chosen for both clouds together
     fig.add_trace(points(x=samples[:, 0], y=samples[:, 1], mode="markers", name="samples", marker=marker,
                          customdata=np.arange(len(samples)),
                          hovertemplate="sample #%{customdata}<br>(%{x:.3f}, %{y:.3f})<extra></extra>"))
