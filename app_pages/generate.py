@@ -9,9 +9,8 @@ from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
 from ui import state
-from ui.click_select import click_select
 from ui.compare import compare_panel
-from ui.selection import selected_points
+from ui.live_chart import live_chart
 
 HELP = {
     "sigma": "Smoothing scale σ: 0 copies training points; larger values blend points that are farther apart.",
@@ -208,13 +207,6 @@ def summary(res, ds) -> None:
                                                       + precision)
 
 
-def pick_from(event, curve: int | None) -> None:
-    for c, idx in selected_points(event):
-        if curve is None or c == curve:
-            state.select_sample(idx)
-            return
-
-
 def results(run, ds) -> None:
     res = run.result
     summary(res, ds)
@@ -224,10 +216,9 @@ def results(run, ds) -> None:
     if ds.is_image:
         fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=12, values=ratio, value_name="NN ratio",
                                         scale=figures.grid_scale(ds.image_shape), selected=sel)
-        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
-                                key="gen_grid", config={"displayModeBar": False})
-        pick_from(event, curve=len(fig.data) - 1)  # the invisible per-tile markers come last
-        click_select("gen_grid", [len(fig.data) - 1], lambda curve, i: state.select_sample(i))
+        # the invisible per-tile markers come last; the chart is updated in place (ui/live_chart.py)
+        live_chart(fig, "gen_grid", [len(fig.data) - 1], lambda curve, i: state.select_sample(i),
+                   config={"displayModeBar": False})
     else:
         # one view at a time: the animated trajectories (a frame per step) are costly to draw, so
         # they are sent to the browser only when asked for, keeping the slider loop fast
@@ -236,10 +227,9 @@ def results(run, ds) -> None:
         if view == "Samples":
             fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio",
                                           highlight=sel if sel < len(res.samples) else None)
-            event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box"),
-                                    key="gen_scatter")
-            pick_from(event, curve=1)
-            click_select("gen_scatter", [1], lambda curve, i: state.select_sample(i))
+            # updated in place on every σ move (ui/live_chart.py): a remounted chart took longer
+            # to draw than the sampler took to run
+            live_chart(fig, "gen_scatter", [1], lambda curve, i: state.select_sample(i))
         else:
             if res.trajectory is not None:
                 st.plotly_chart(figures.trajectories_figure(ds.points[:, :2], res.trajectory[..., :2],

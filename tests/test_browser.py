@@ -54,6 +54,13 @@ def page(chromium):
     ctx.close()
 
 
+def rgb_of(colour: str) -> list[int]:
+    """Red, green and blue of a CSS colour written "#rrggbb" or "rgb(r, g, b)"."""
+    if colour.startswith("#") and len(colour) == 7:
+        return [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
+    return [int(v) for v in re.findall(r"\d+", colour)[:3]]
+
+
 def no_exception(page):
     assert page.locator("[data-testid='stException']").count() == 0
 
@@ -367,6 +374,34 @@ def test_slider_updates_sidebar_in_the_same_run(server, page, artifacts):
     no_exception(page)
 
 
+@pytest.mark.parametrize("query,chart", [("data=moons&sigma=0.1", "gen_scatter"),
+                                         ("data=digits&n=32&sigma=0.5&draws=4", "gen_grid")])
+def test_a_sigma_move_updates_the_samples_chart_in_place(server, page, artifacts, query, chart):
+    """The samples chart is drawn once and updated on each σ move (ui/live_chart.py), not torn
+    down and drawn again: the same chart element shows the new samples, and a click on it still
+    selects."""
+    open_page(page, f"{server}/generate?{query}")
+    selector = f".st-key-{chart} .js-plotly-plot"
+    page.wait_for_function(f"() => !!(document.querySelector('{selector}') || {{}})._fullData")
+    before = page.evaluate(f"""() => {{ const g = document.querySelector('{selector}'); g.__cfdmTag = 'first';
+                                      return JSON.stringify(g.data); }}""")
+    old = page.get_by_role("slider").first.get_attribute("aria-valuetext")
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("(o) => document.querySelector('input[type=range]').getAttribute('aria-valuetext') !== o",
+                           arg=old)
+    new = page.get_by_role("slider").first.get_attribute("aria-valuetext")
+    page.get_by_text(f"σ = {float(new):g} ·").first.wait_for()
+    wait_idle(page)
+    page.wait_for_function(f"""(b) => {{ const g = document.querySelector('{selector}');
+        return g && JSON.stringify(g.data) !== b; }}""", arg=before)
+    assert page.evaluate(f"() => document.querySelector('{selector}').__cfdmTag") == "first"  # not remounted
+    assert page.locator(selector).count() == 1
+    click_point(page, point_position(page, chart, 3))
+    page.get_by_text("Selected sample: #3").wait_for()
+    no_exception(page)
+
+
 @pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
 def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
     open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4")
@@ -421,6 +456,13 @@ def test_dark_theme_follows_the_system(server, chromium, artifacts):
         bg = page.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
         rgb = [int(v) for v in re.findall(r"\d+", bg)[:3]]
         assert sum(rgb) < 150, bg  # a dark background
+        # the samples chart (ui/live_chart.py) is themed like the app: dark paper, light text
+        page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})"
+                               "._fullLayout")
+        paper, text = page.evaluate("() => { const l = document.querySelector('.st-key-gen_scatter .js-plotly-plot')"
+                                    "._fullLayout; return [l.paper_bgcolor, l.font.color]; }")
+        assert sum(rgb_of(paper)) < 150, paper
+        assert sum(rgb_of(text)) > 450, text
         no_exception(page)
         page.screenshot(path=str(artifacts / "dark-generate.png"), full_page=True)
     finally:

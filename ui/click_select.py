@@ -14,7 +14,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-JS = """
+# shared with ui/live_chart.py: which point a click or a selection names, and its id
+POINT_JS = """
+// customdata is a number, or a row whose first entry is the id (an array, or an array-like object
+// when plotly decoded a 2-D typed array); null when it holds no usable id
+const pointId = (p) => {
+  const raw = p ? p.customdata : undefined;
+  const cd = (raw !== null && typeof raw === 'object') ? (raw[0] !== undefined ? raw[0] : raw['0']) : raw;
+  const id = Number(cd);
+  return raw === undefined || raw === null || !Number.isFinite(id) ? null : id;
+};
+
 const nearestSelectable = (gd, e, curves) => {
   const lay = gd._fullLayout;
   if (!e || !lay || !gd._fullData) return null;
@@ -39,7 +49,9 @@ const nearestSelectable = (gd, e, curves) => {
   }
   return best;
 };
+"""
 
+JS = POINT_JS + """
 export default function(component) {
   const { data, setTriggerValue } = component;
   let attached = null;
@@ -53,13 +65,8 @@ export default function(component) {
       // smaller marker, so the click may name a trace that is not selectable: then the nearest
       // marker of a selectable trace under the pointer gets it
       if (p && !data.curves.includes(p.curveNumber)) p = nearestSelectable(gd, ev.event, data.curves);
-      if (!p) return;
-      // customdata is a number, or a row whose first entry is the id (an array, or an array-like
-      // object when plotly decoded a 2-D typed array)
-      const raw = p.customdata;
-      const cd = (raw !== null && typeof raw === 'object') ? (raw[0] !== undefined ? raw[0] : raw['0']) : raw;
-      const id = Number(cd);
-      if (!Number.isFinite(id)) return;
+      const id = pointId(p);
+      if (id === null) return;
       setTriggerValue('clicked', {curve: p.curveNumber, id: id, t: Date.now()});
     });
   };
@@ -76,9 +83,8 @@ export default function(component) {
 _component = st.components.v2.component("cfdm_click_select", js=JS)
 
 
-def clicked_point(state_key: str) -> tuple[int, int] | None:
-    """(curve, id) of the click that triggered this run, read from the component's session state."""
-    value = st.session_state.get(state_key)
+def clicked_point_of(value) -> tuple[int, int] | None:
+    """(curve, id) of the click a component's value holds (a dict or an attribute object)."""
     clicked = value.get("clicked") if isinstance(value, dict) else getattr(value, "clicked", None)
     if not clicked:
         return None
@@ -86,6 +92,11 @@ def clicked_point(state_key: str) -> tuple[int, int] | None:
         return int(clicked["curve"]), int(clicked["id"])
     except (KeyError, TypeError, ValueError):  # a click without a usable id selects nothing
         return None
+
+
+def clicked_point(state_key: str) -> tuple[int, int] | None:
+    """(curve, id) of the click that triggered this run, read from the component's session state."""
+    return clicked_point_of(st.session_state.get(state_key))
 
 
 def click_select(chart_key: str, curves: list[int], on_click) -> None:

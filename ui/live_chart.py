@@ -1,0 +1,193 @@
+"""A plotly chart that stays in the page between reruns, for the slider loop.
+
+`st.plotly_chart` hashes the figure into its element id, so every changed figure is a new
+element: the browser tears the old chart down and draws the new one from scratch (`newPlot`),
+which on a σ move took longer than the sampler. This `st.components.v2` component keeps one
+chart under a fixed key and hands each new figure to `Plotly.react`, which updates the chart in
+place. Its plotly.js is the copy plotly.py ships (Streamlit does not expose its own), served from
+the app's static folder. A click on a point, or the first point of a box or lasso, of a
+selectable trace is sent back as (curve, id); the chart is themed from Streamlit's `--st-*`
+colours as `st.plotly_chart` themes it. Where plotly.js cannot be served, `live_chart` draws with
+`st.plotly_chart` and the same selection callbacks instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from pathlib import Path
+
+import plotly
+import plotly.graph_objects as go
+import plotly.io as pio
+import streamlit as st
+
+from ui.click_select import POINT_JS, click_select, clicked_point_of
+from ui.selection import selected_points
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parents[1] / "static"  # served at app/static/ (server.enableStaticServing)
+PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"  # versioned: a stale copy is never served for a newer plotly.py
+
+JS = POINT_JS + """
+const loadPlotly = (url) => {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!window.__cfdmPlotly) {
+    window.__cfdmPlotly = new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      s.src = url;
+      s.onload = () => (window.Plotly ? resolve(window.Plotly) : reject(new Error('no Plotly in ' + url)));
+      s.onerror = () => { window.__cfdmPlotly = null; reject(new Error('could not load ' + url)); };
+      document.head.appendChild(s);
+    });
+  }
+  return window.__cfdmPlotly;
+};
+
+// Streamlit's plotly theme, from the theme's CSS variables (so dark mode follows the app)
+const themed = (layout, el) => {
+  const css = getComputedStyle(el);
+  const v = (name, d) => (css.getPropertyValue(name) || '').trim() || d;
+  const text = v('--st-text-color', '#31333F'), bg = v('--st-background-color', '#FFFFFF');
+  const grid = v('--st-border-color-light', 'rgba(49, 51, 63, 0.1)'), border = v('--st-border-color', grid);
+  // axis labels in the text colour faded, as Streamlit's own theme draws them
+  const hex = text.match(/^#([0-9a-f]{6})$/i), n = hex ? parseInt(hex[1], 16) : 0;
+  const faded = hex ? `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, 0.6)` : text;
+  const axis = {gridcolor: grid, zerolinecolor: grid, tickcolor: grid, minor: {gridcolor: grid}, automargin: true,
+                tickfont: {color: faded, size: 12}, title: {font: {color: faded, size: 14}}};
+  const template = {layout: {
+    font: {color: text, family: v('--st-font', 'sans-serif'), size: 12},
+    paper_bgcolor: bg, plot_bgcolor: bg,
+    colorway: v('--st-chart-categorical-colors', '').split(',').map(c => c.trim()).filter(Boolean),
+    xaxis: Object.assign({showgrid: false, zeroline: false}, axis), yaxis: axis,
+    legend: {font: {color: text, size: 12}, bgcolor: 'rgba(0,0,0,0)'},
+    hoverlabel: {bgcolor: bg, bordercolor: border, font: {color: text, size: 12}},
+    coloraxis: {colorbar: {tickfont: {color: faded}, title: {font: {color: faded}}}},
+  }, data: {scatter: [{marker: {colorbar: {tickfont: {color: text}, title: {font: {color: faded}}}}}]}};
+  if (!template.layout.colorway.length) delete template.layout.colorway;
+  return Object.assign({}, layout, {template: template});
+};
+
+const instances = new WeakMap();  // one chart per mounted component (its parentElement)
+
+export default function(component) {
+  const { data, parentElement, setTriggerValue } = component;
+  let inst = instances.get(parentElement);
+  if (!inst) {
+    const div = document.createElement('div');
+    div.style.width = '100%';
+    parentElement.appendChild(div);
+    inst = {div: div, curves: [], next: null, busy: false, hooked: false};
+    instances.set(parentElement, inst);
+  }
+  inst.curves = data.curves || [];
+  inst.next = data;
+
+  const hook = (gd) => {
+    if (inst.hooked) return;
+    inst.hooked = true;
+    gd.on('plotly_click', (ev) => {
+      let p = ev && ev.points && ev.points[0];
+      // SVG markers that overlap: plotly's hover prefers the smaller one (a training point under a
+      // sample), so a click that names a trace that is not selectable goes to the nearest
+      // selectable marker under the pointer
+      if (p && !inst.curves.includes(p.curveNumber)) p = nearestSelectable(gd, ev.event, inst.curves);
+      const id = pointId(p);
+      if (id !== null) setTriggerValue('clicked', {curve: p.curveNumber, id: id, t: Date.now()});
+    });
+    gd.on('plotly_selected', (ev) => {
+      if (!ev || !(ev.range || ev.lassoPoints)) return;  // a click also selects: plotly_click has it
+      const points = (ev.points || []).filter(p => inst.curves.includes(p.curveNumber))
+        .map(p => [p.curveNumber, pointId(p)]).filter(p => p[1] !== null);
+      if (points.length) setTriggerValue('selected', {points: points, t: Date.now()});
+    });
+  };
+
+  // draw the newest figure only: moves that arrive while a draw runs are superseded, not queued
+  const drain = (Plotly) => {
+    if (inst.busy || !inst.next) return;
+    const d = inst.next;
+    inst.next = null;
+    inst.busy = true;
+    const fig = JSON.parse(d.figure);
+    Plotly.react(inst.div, fig.data, themed(fig.layout || {}, parentElement), d.config)
+      .then(() => hook(inst.div))
+      .catch((err) => { inst.div.textContent = 'The chart could not be drawn: ' + err.message; })
+      .finally(() => { inst.busy = false; drain(Plotly); });
+  };
+  loadPlotly(data.plotly_url).then(drain).catch((err) => {
+    inst.div.textContent = 'The chart could not be drawn (' + err.message + '): reload the page.';
+  });
+}
+"""
+
+# light DOM (not a shadow root): plotly.js puts its styles (hover labels, modebar) in the page's head
+_component = st.components.v2.component("cfdm_live_chart", js=JS, isolate_styles=False)
+
+
+@functools.cache
+def plotly_js_url() -> str | None:
+    """The URL of plotly.py's own plotly.js in the app's static folder (copied there once), or
+    None where it cannot be served: static serving off, or the folder not writable."""
+    if not st.get_option("server.enableStaticServing"):
+        return None
+    target = STATIC / PLOTLY_JS
+    try:
+        if not target.is_file():
+            source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+            STATIC.mkdir(exist_ok=True)
+            partial = target.with_suffix(".part")
+            shutil.copyfile(source, partial)
+            partial.replace(target)  # atomic: a browser never loads half a copy
+    except OSError as e:
+        log.warning("plotly.js cannot be served from %s (%s): charts are redrawn in full", STATIC, e)
+        return None
+    return f"app/static/{PLOTLY_JS}"
+
+
+def figure_json(fig: go.Figure) -> str:
+    """The figure as plotly.js reads it, without plotly.py's default template: the component
+    themes the chart from the app's colours, as `st.plotly_chart` does."""
+    spec = fig.to_plotly_json()
+    spec.get("layout", {}).pop("template", None)
+    return pio.json.to_json_plotly(spec)
+
+
+def picked_point(value, curves: list[int]) -> tuple[int, int] | None:
+    """(curve, id) of what the component's trigger in this run names: the clicked point, else the
+    first point of a box or lasso that lies on one of `curves` (the value is a dict or an
+    attribute object, depending on Streamlit's version)."""
+    hit = clicked_point_of(value)
+    if hit is not None:
+        return hit
+    selected = value.get("selected") if isinstance(value, dict) else getattr(value, "selected", None)
+    try:
+        return next(((int(c), int(i)) for c, i in (selected or {}).get("points") or [] if int(c) in curves), None)
+    except (TypeError, ValueError):  # a malformed selection selects nothing
+        return None
+
+
+def live_chart(fig: go.Figure, key: str, curves: list[int], on_pick, config: dict | None = None) -> None:
+    """Draw `fig` under `key`, updated in place on later reruns. `on_pick(curve, id)` runs before
+    the rerun that a click on a point of one of `curves` causes, or a box or lasso around some
+    (its first point); points carry their id as (first) customdata."""
+    config = {"displaylogo": False, "responsive": True} | (config or {})
+    url = plotly_js_url()
+    if url is None:
+        event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                key=key, config=config)
+        hit = next(((c, i) for c, i in selected_points(event) if c in curves), None)
+        if hit is not None:
+            on_pick(*hit)
+        click_select(key, curves, on_pick)
+        return
+
+    def picked():
+        hit = picked_point(st.session_state.get(key), curves)
+        if hit is not None:
+            on_pick(*hit)
+
+    _component(data={"figure": figure_json(fig), "curves": [int(c) for c in curves], "config": config,
+                     "plotly_url": url}, key=key, on_clicked_change=picked, on_selected_change=picked)
