@@ -4,6 +4,7 @@ is tested in the real browser (tests/test_browser.py)."""
 
 import base64
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,9 @@ def decoded(values) -> np.ndarray:
 @pytest.fixture
 def static_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(live_chart, "STATIC", tmp_path / "static")
-    live_chart.plotly_js_url.cache_clear()
+    live_chart.served_copy.cache_clear()
     yield tmp_path / "static"
-    live_chart.plotly_js_url.cache_clear()
+    live_chart.served_copy.cache_clear()
 
 
 def test_figure_json_keeps_the_data_and_drops_only_the_default_template():
@@ -45,16 +46,50 @@ def test_figure_json_keeps_the_data_and_drops_only_the_default_template():
     assert spec["layout"]["dragmode"] == "select" and spec["layout"]["height"] == fig.layout.height
 
 
+def serving_on(name):
+    return True if name == "server.enableStaticServing" else None
+
+
 def test_plotly_js_is_plotly_pys_own_copy_served_from_the_static_folder(static_dir, monkeypatch):
-    monkeypatch.setattr(st, "get_option", lambda name: True if name == "server.enableStaticServing" else None)
+    monkeypatch.setattr(st, "get_option", serving_on)
     url = live_chart.plotly_js_url()
     assert url == f"app/static/plotly-{plotly.__version__}.min.js"
     copy = static_dir / f"plotly-{plotly.__version__}.min.js"
-    source = live_chart.Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     assert copy.read_bytes() == source.read_bytes()
-    assert not list(static_dir.glob("*.part"))  # no half copy left behind
-    live_chart.plotly_js_url.cache_clear()
-    assert live_chart.plotly_js_url() == url  # an existing copy is served as is
+    assert [f.name for f in static_dir.iterdir()] == [copy.name]  # no partial copy left behind
+    written = copy.stat().st_mtime_ns
+    live_chart.served_copy.cache_clear()
+    assert live_chart.plotly_js_url() == url
+    assert copy.stat().st_mtime_ns == written  # a whole copy already there is served as is
+
+
+def test_a_truncated_copy_is_replaced(static_dir, monkeypatch):
+    monkeypatch.setattr(st, "get_option", serving_on)
+    static_dir.mkdir()
+    copy = static_dir / f"plotly-{plotly.__version__}.min.js"
+    copy.write_text("/* half a file */")
+    live_chart.plotly_js_url()
+    assert copy.stat().st_size == (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").stat().st_size
+
+
+def test_sessions_copying_at_once_all_get_the_whole_file(static_dir, monkeypatch):
+    monkeypatch.setattr(st, "get_option", serving_on)
+    urls = []
+
+    def session():
+        live_chart.served_copy.cache_clear()
+        urls.append(live_chart.plotly_js_url())
+
+    threads = [threading.Thread(target=session) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(urls)) == 1 and urls[0] is not None
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    assert (static_dir / f"plotly-{plotly.__version__}.min.js").read_bytes() == source.read_bytes()
+    assert len(list(static_dir.iterdir())) == 1
 
 
 def test_no_plotly_js_url_without_static_serving(static_dir, monkeypatch):
@@ -69,9 +104,13 @@ def test_no_plotly_js_url_where_the_static_folder_cannot_be_written(static_dir, 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(live_chart.shutil, "copyfile", refuse)
+    monkeypatch.setattr(live_chart.tempfile, "mkstemp", refuse)
     assert live_chart.plotly_js_url() is None  # the caller then draws with st.plotly_chart
     assert "cannot be served" in caplog.text
+    monkeypatch.undo()  # writable again: the failure was not cached
+    monkeypatch.setattr(st, "get_option", serving_on)
+    monkeypatch.setattr(live_chart, "STATIC", static_dir)
+    assert live_chart.plotly_js_url() is not None
 
 
 @pytest.mark.parametrize("value,curves,expected", [
@@ -80,6 +119,7 @@ def test_no_plotly_js_url_where_the_static_folder_cannot_be_written(static_dir, 
     ({"selected": {"points": [[0, 513]]}}, [1], None),  # a box around training points only
     ({"selected": {"points": [["x", None]]}}, [1], None),  # malformed: nothing selected, no error
     ({"clicked": {"curve": 1}}, [1], None),
+    ({"clicked": {"curve": 0, "id": 513}}, [1], None),  # a click on a trace that selects nothing
     (None, [1], None),
 ])
 def test_picked_point_reads_a_click_or_the_first_point_of_a_box(value, curves, expected):

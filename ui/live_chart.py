@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import plotly
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parents[1] / "static"  # served at app/static/ (server.enableStaticServing)
 PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"  # versioned: a stale copy is never served for a newer plotly.py
 
-JS = POINT_JS + """
+JS = POINT_JS + r"""
 const loadPlotly = (url) => {
   if (window.Plotly) return Promise.resolve(window.Plotly);
   if (!window.__cfdmPlotly) {
@@ -60,7 +63,7 @@ const themed = (layout, el) => {
   const template = {layout: {
     font: {color: text, family: v('--st-font', 'sans-serif'), size: 12},
     paper_bgcolor: bg, plot_bgcolor: bg,
-    colorway: v('--st-chart-categorical-colors', '').split(',').map(c => c.trim()).filter(Boolean),
+    colorway: v('--st-chart-categorical-colors', '').match(/#[0-9a-f]{3,8}|rgba?\([^)]*\)|hsla?\([^)]*\)/gi) || [],
     xaxis: Object.assign({showgrid: false, zeroline: false}, axis), yaxis: axis,
     legend: {font: {color: text, size: 12}, bgcolor: 'rgba(0,0,0,0)'},
     hoverlabel: {bgcolor: bg, bordercolor: border, font: {color: text, size: 12}},
@@ -78,11 +81,12 @@ export default function(component) {
   if (!inst) {
     const div = document.createElement('div');
     div.style.width = '100%';
-    parentElement.appendChild(div);
-    inst = {div: div, curves: [], next: null, busy: false, hooked: false};
+    const note = document.createElement('div');  // errors go here, never into plotly's own element
+    note.style.color = 'var(--st-red-text-color, #bd4043)';
+    parentElement.append(div, note);
+    inst = {div: div, note: note, curves: [], next: null, busy: false, hooked: false};
     instances.set(parentElement, inst);
   }
-  inst.curves = data.curves || [];
   inst.next = data;
 
   const hook = (gd) => {
@@ -105,21 +109,36 @@ export default function(component) {
     });
   };
 
-  // draw the newest figure only: moves that arrive while a draw runs are superseded, not queued
+  // draw the newest figure only: moves that arrive while a draw runs are superseded, not queued.
+  // The selectable curves change with the figure drawn, not with the figure received.
   const drain = (Plotly) => {
     if (inst.busy || !inst.next) return;
     const d = inst.next;
     inst.next = null;
     inst.busy = true;
-    const fig = JSON.parse(d.figure);
-    Plotly.react(inst.div, fig.data, themed(fig.layout || {}, parentElement), d.config)
-      .then(() => hook(inst.div))
-      .catch((err) => { inst.div.textContent = 'The chart could not be drawn: ' + err.message; })
+    Promise.resolve()
+      .then(() => {
+        const fig = JSON.parse(d.figure);
+        return Plotly.react(inst.div, fig.data, themed(fig.layout || {}, parentElement), d.config);
+      })
+      .then(() => { inst.curves = d.curves || []; inst.note.textContent = ''; hook(inst.div); })
+      .catch((err) => {
+        inst.note.textContent = 'The chart could not be drawn: ' + err.message;
+        Plotly.purge(inst.div);  // the next figure starts from an empty chart, with its listeners again
+        inst.hooked = false;
+      })
       .finally(() => { inst.busy = false; drain(Plotly); });
   };
   loadPlotly(data.plotly_url).then(drain).catch((err) => {
-    inst.div.textContent = 'The chart could not be drawn (' + err.message + '): reload the page.';
+    inst.note.textContent = 'The chart could not be drawn (' + err.message + '): reload the page.';
   });
+  // Streamlit calls the cleanup of a run that a newer run superseded as well as at unmount: only
+  // a chart that has left the page is released (plotly's resize listener holds it otherwise)
+  return () => {
+    if (parentElement.isConnected) return;
+    if (window.Plotly) window.Plotly.purge(inst.div);
+    instances.delete(parentElement);
+  };
 }
 """
 
@@ -127,23 +146,39 @@ export default function(component) {
 _component = st.components.v2.component("cfdm_live_chart", js=JS, isolate_styles=False)
 
 
-@functools.cache
 def plotly_js_url() -> str | None:
     """The URL of plotly.py's own plotly.js in the app's static folder (copied there once), or
-    None where it cannot be served: static serving off, or the folder not writable."""
+    None where it cannot be served: static serving off, or the folder not writable (then tried
+    again on the next call, as a failure is not cached)."""
     if not st.get_option("server.enableStaticServing"):
         return None
-    target = STATIC / PLOTLY_JS
     try:
-        if not target.is_file():
-            source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-            STATIC.mkdir(exist_ok=True)
-            partial = target.with_suffix(".part")
-            shutil.copyfile(source, partial)
-            partial.replace(target)  # atomic: a browser never loads half a copy
+        return served_copy()
     except OSError as e:
         log.warning("plotly.js cannot be served from %s (%s): charts are redrawn in full", STATIC, e)
         return None
+
+
+_copy_lock = threading.Lock()
+
+
+@functools.cache
+def served_copy() -> str:
+    """Copy plotly.js into STATIC unless a whole copy is there, and return its URL. A copy is
+    written to a file of its own and renamed into place, so sessions and server processes that
+    copy at once never see (or serve) half a file."""
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    target = STATIC / PLOTLY_JS
+    with _copy_lock:
+        if not (target.is_file() and target.stat().st_size == source.stat().st_size):
+            STATIC.mkdir(exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=STATIC, prefix=".plotly-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    shutil.copyfileobj(src, out)
+                os.replace(partial, target)
+            finally:
+                Path(partial).unlink(missing_ok=True)
     return f"app/static/{PLOTLY_JS}"
 
 
@@ -161,7 +196,7 @@ def picked_point(value, curves: list[int]) -> tuple[int, int] | None:
     attribute object, depending on Streamlit's version)."""
     hit = clicked_point_of(value)
     if hit is not None:
-        return hit
+        return hit if hit[0] in curves else None
     selected = value.get("selected") if isinstance(value, dict) else getattr(value, "selected", None)
     try:
         return next(((int(c), int(i)) for c, i in (selected or {}).get("points") or [] if int(c) in curves), None)
