@@ -402,6 +402,31 @@ def test_a_sigma_move_updates_the_samples_chart_in_place(server, page, artifacts
     no_exception(page)
 
 
+def test_the_samples_chart_comes_back_after_the_trajectories_view_and_another_page(server, page, artifacts):
+    """The chart kept in the page (ui/live_chart.py) is mounted again, drawn and clickable after it
+    left the page: the Trajectories view replaces it, and so does another page."""
+    open_page(page, f"{server}/generate?data=moons&n=32&sigma=0.1&draws=4")
+    page.get_by_text("Selected sample: #0").wait_for()
+    page.get_by_text("Trajectories", exact=True).click()
+    page.get_by_text("Press Play or drag the time slider").wait_for()
+    wait_idle(page)
+    assert page.locator(".st-key-gen_scatter .js-plotly-plot").count() == 0
+    page.get_by_text("Samples", exact=True).click()
+    wait_idle(page)
+    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    click_point(page, point_position(page, "gen_scatter", 4))
+    page.get_by_text("Selected sample: #4").wait_for()
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Data").click()
+    wait_idle(page)
+    page.locator("[data-testid='stSidebarNav'] a", has_text="Generate").click()
+    wait_idle(page)
+    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    assert page.locator(".st-key-gen_scatter .js-plotly-plot").count() == 1
+    click_point(page, point_position(page, "gen_scatter", 6))
+    page.get_by_text("Selected sample: #6").wait_for()
+    no_exception(page)
+
+
 @pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
 def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
     open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4")
