@@ -427,6 +427,23 @@ def test_the_samples_chart_comes_back_after_the_trajectories_view_and_another_pa
     no_exception(page)
 
 
+def test_the_samples_chart_says_so_when_plotly_js_cannot_load_and_tries_again(server, page, artifacts):
+    """If the browser cannot fetch plotly.js (a proxy in the way, a dropped connection), the chart's
+    place says so in one line, the rest of the page works, and the next draw tries again."""
+    page.route("**/app/static/plotly-*.min.js", lambda route: route.abort())
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    page.get_by_text(re.compile(r"The chart could not be drawn \(could not load .*\): reload the page")).wait_for()
+    assert page.locator(".st-key-gen_scatter .js-plotly-plot").count() == 0
+    no_exception(page)
+    page.unroute("**/app/static/plotly-*.min.js")
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.get_by_text("σ = 0.105 ·").first.wait_for()
+    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    assert page.get_by_text("The chart could not be drawn").count() == 0
+    no_exception(page)
+
+
 @pytest.mark.timeout(HEAVY_TEST_S)  # the map page may be the server's first UMAP run
 def test_plain_click_selects_a_sample_on_the_map(server, page, artifacts):
     open_page(page, f"{server}/map?data=digits&n=16&sigma=0.5&draws=4")

@@ -41,8 +41,10 @@ const loadPlotly = (url) => {
     window.__cfdmPlotly = new Promise((resolve, reject) => {
       const s = document.createElement('script');
       s.src = url;
-      s.onload = () => (window.Plotly ? resolve(window.Plotly) : reject(new Error('no Plotly in ' + url)));
-      s.onerror = () => { window.__cfdmPlotly = null; reject(new Error('could not load ' + url)); };
+      // a failed load is tried again on the next draw, not remembered for the tab's lifetime
+      const fail = (why) => { window.__cfdmPlotly = null; s.remove(); reject(new Error(why)); };
+      s.onload = () => (window.Plotly ? resolve(window.Plotly) : fail('no Plotly in ' + url));
+      s.onerror = () => fail('could not load ' + url);
       document.head.appendChild(s);
     });
   }
