@@ -116,6 +116,12 @@ def wait_rendered(page, timeout: float = STEP_TIMEOUT) -> None:
         " && [...document.images].every(i => i.complete)", polling=100, timeout=timeout)
 
 
+def wait_chart(page, chart_key: str, timeout: float = STEP_TIMEOUT) -> None:
+    """The plotly chart with key `chart_key` is in the page and drawn."""
+    page.wait_for_function(f"() => !!(document.querySelector('.st-key-{chart_key} .js-plotly-plot') || {{}})._fullData",
+                           timeout=timeout)
+
+
 def stable_box(locator, timeout: float = STEP_TIMEOUT) -> dict:
     """The element's bounding box once layout has settled (the same on three reads in a row)."""
     deadline = time.time() + timeout / 1000

@@ -22,6 +22,7 @@ from tests.browser_util import (
     point_position,
     stable_box,
     streamlit_server,
+    wait_chart,
     wait_idle,
     wait_rendered,
 )
@@ -382,7 +383,7 @@ def test_a_sigma_move_updates_the_samples_chart_in_place(server, page, artifacts
     selects."""
     open_page(page, f"{server}/generate?{query}")
     selector = f".st-key-{chart} .js-plotly-plot"
-    page.wait_for_function(f"() => !!(document.querySelector('{selector}') || {{}})._fullData")
+    wait_chart(page, chart)
     before = page.evaluate(f"""() => {{ const g = document.querySelector('{selector}'); g.__cfdmTag = 'first';
                                       return JSON.stringify(g.data); }}""")
     old = page.get_by_role("slider").first.get_attribute("aria-valuetext")
@@ -413,14 +414,14 @@ def test_the_samples_chart_comes_back_after_the_trajectories_view_and_another_pa
     assert page.locator(".st-key-gen_scatter .js-plotly-plot").count() == 0
     page.get_by_text("Samples", exact=True).click()
     wait_idle(page)
-    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    wait_chart(page, "gen_scatter")
     click_point(page, point_position(page, "gen_scatter", 4))
     page.get_by_text("Selected sample: #4").wait_for()
     page.locator("[data-testid='stSidebarNav'] a", has_text="Data").click()
     wait_idle(page)
     page.locator("[data-testid='stSidebarNav'] a", has_text="Generate").click()
     wait_idle(page)
-    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    wait_chart(page, "gen_scatter")
     assert page.locator(".st-key-gen_scatter .js-plotly-plot").count() == 1
     click_point(page, point_position(page, "gen_scatter", 6))
     page.get_by_text("Selected sample: #6").wait_for()
@@ -439,7 +440,7 @@ def test_the_samples_chart_says_so_when_plotly_js_cannot_load_and_tries_again(se
     page.get_by_role("slider").first.focus()
     page.keyboard.press("ArrowRight")
     page.get_by_text("σ = 0.105 ·").first.wait_for()
-    page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})._fullData")
+    wait_chart(page, "gen_scatter")
     assert page.get_by_text("The chart could not be drawn").count() == 0
     no_exception(page)
 
@@ -496,11 +497,9 @@ def test_dark_theme_follows_the_system(server, chromium, artifacts):
         open_page(page, f"{server}/generate?data=moons")
         wait_rendered(page)
         bg = page.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
-        rgb = [int(v) for v in re.findall(r"\d+", bg)[:3]]
-        assert sum(rgb) < 150, bg  # a dark background
+        assert sum(rgb_of(bg)) < 150, bg  # a dark background
         # the samples chart (ui/live_chart.py) is themed like the app: dark paper, light text
-        page.wait_for_function("() => !!(document.querySelector('.st-key-gen_scatter .js-plotly-plot') || {})"
-                               "._fullLayout")
+        wait_chart(page, "gen_scatter")
         paper, text = page.evaluate("() => { const l = document.querySelector('.st-key-gen_scatter .js-plotly-plot')"
                                     "._fullLayout; return [l.paper_bgcolor, l.font.color]; }")
         assert sum(rgb_of(paper)) < 150, paper

@@ -55,8 +55,7 @@ def test_plotly_js_is_plotly_pys_own_copy_served_from_the_static_folder(static_d
     url = live_chart.plotly_js_url()
     assert url == f"app/static/plotly-{plotly.__version__}.min.js"
     copy = static_dir / f"plotly-{plotly.__version__}.min.js"
-    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    assert copy.read_bytes() == source.read_bytes()
+    assert copy.read_bytes() == live_chart.PLOTLY_SOURCE.read_bytes()
     assert [f.name for f in static_dir.iterdir()] == [copy.name]  # no partial copy left behind
     written = copy.stat().st_mtime_ns
     live_chart.served_copy.cache_clear()
@@ -70,7 +69,7 @@ def test_a_truncated_copy_is_replaced(static_dir, monkeypatch):
     copy = static_dir / f"plotly-{plotly.__version__}.min.js"
     copy.write_text("/* half a file */")
     live_chart.plotly_js_url()
-    assert copy.stat().st_size == (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").stat().st_size
+    assert copy.stat().st_size == live_chart.PLOTLY_SOURCE.stat().st_size
 
 
 def test_sessions_copying_at_once_all_get_the_whole_file(static_dir, monkeypatch):
@@ -87,8 +86,7 @@ def test_sessions_copying_at_once_all_get_the_whole_file(static_dir, monkeypatch
     for t in threads:
         t.join()
     assert len(set(urls)) == 1 and urls[0] is not None
-    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    assert (static_dir / f"plotly-{plotly.__version__}.min.js").read_bytes() == source.read_bytes()
+    assert (static_dir / f"plotly-{plotly.__version__}.min.js").read_bytes() == live_chart.PLOTLY_SOURCE.read_bytes()
     assert len(list(static_dir.iterdir())) == 1
 
 

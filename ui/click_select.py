@@ -83,9 +83,15 @@ export default function(component) {
 _component = st.components.v2.component("cfdm_click_select", js=JS)
 
 
+def trigger_value(value, name: str):
+    """A component value's trigger `name` (Streamlit hands the value as a dict or an attribute
+    object, depending on its version); None when not set."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
 def clicked_point_of(value) -> tuple[int, int] | None:
-    """(curve, id) of the click a component's value holds (a dict or an attribute object)."""
-    clicked = value.get("clicked") if isinstance(value, dict) else getattr(value, "clicked", None)
+    """(curve, id) of the click a component's value holds."""
+    clicked = trigger_value(value, "clicked")
     if not clicked:
         return None
     try:

@@ -26,12 +26,13 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import streamlit as st
 
-from ui.click_select import POINT_JS, click_select, clicked_point_of
+from ui.click_select import POINT_JS, click_select, clicked_point_of, trigger_value
 from ui.selection import selected_points
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parents[1] / "static"  # served at app/static/ (server.enableStaticServing)
+PLOTLY_SOURCE = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # the copy plotly.py ships
 PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"  # versioned: a stale copy is never served for a newer plotly.py
 
 JS = POINT_JS + r"""
@@ -169,8 +170,7 @@ def served_copy() -> str:
     """Copy plotly.js into STATIC unless a whole copy is there, and return its URL. A copy is
     written to a file of its own and renamed into place, so sessions and server processes that
     copy at once never see (or serve) half a file."""
-    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    target = STATIC / PLOTLY_JS
+    source, target = PLOTLY_SOURCE, STATIC / PLOTLY_JS
     with _copy_lock:
         if not (target.is_file() and target.stat().st_size == source.stat().st_size):
             STATIC.mkdir(exist_ok=True)
@@ -199,7 +199,7 @@ def picked_point(value, curves: list[int]) -> tuple[int, int] | None:
     hit = clicked_point_of(value)
     if hit is not None:
         return hit if hit[0] in curves else None
-    selected = value.get("selected") if isinstance(value, dict) else getattr(value, "selected", None)
+    selected = trigger_value(value, "selected")
     try:
         return next(((int(c), int(i)) for c, i in (selected or {}).get("points") or [] if int(c) in curves), None)
     except (TypeError, ValueError):  # a malformed selection selects nothing
