@@ -57,6 +57,7 @@ def test_plotly_js_is_plotly_pys_own_copy_served_from_the_static_folder(static_d
     copy = static_dir / f"plotly-{plotly.__version__}.min.js"
     assert copy.read_bytes() == live_chart.PLOTLY_SOURCE.read_bytes()
     assert [f.name for f in static_dir.iterdir()] == [copy.name]  # no partial copy left behind
+    assert copy.stat().st_mode & 0o777 == 0o644
     written = copy.stat().st_mtime_ns
     live_chart.served_copy.cache_clear()
     assert live_chart.plotly_js_url() == url

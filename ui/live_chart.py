@@ -178,6 +178,7 @@ def served_copy() -> str:
             try:
                 with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
                     shutil.copyfileobj(src, out)
+                os.chmod(partial, 0o644)  # mkstemp makes it private; a served file is readable like its source
                 os.replace(partial, target)
             finally:
                 Path(partial).unlink(missing_ok=True)
