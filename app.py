@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from cdm_core.data.registry import REGISTRY, availability
-from ui import heap, state
+from ui import frame, heap, state
 from ui.history import one_entry_per_page
 
 # the post-rerun collection skips the imported modules (0.1-0.2 s a rerun otherwise): ui/heap.py
@@ -68,26 +68,7 @@ with st.sidebar:
     missing = [n for n in REGISTRY if not availability(n)[0]]
     if missing:
         st.caption("Unavailable here: " + ", ".join(missing) + " (see the Data page).")
+frame.begin(notice_box, summary)  # filled by frame.finish, or by a fragment's rerun (ui/frame.py)
 
 nav.run()
-state.sync_url()
-
-if state.link_notices():
-    with notice_box.container(border=True, key="link_notices"):
-        st.warning("**This link needed changes:**\n\n" + "\n".join(f"- {m}" for m in state.link_notices()),
-                   icon=":material/link_off:")
-        if st.button("Dismiss", key="w_dismiss_notices"):
-            state.dismiss_link_notices()
-            st.rerun()
-
-with summary.container():
-    p = st.session_state.params
-    space = " · latent space" if p.get("space") == "latent" else ""
-    model = p.get("model", "cfdm")
-    smoothing = f"σ = {p['sigma']:g} · M = {p['draws']}" if model == "cfdm" else model
-    if model in ("ls", "els"):
-        smoothing += f" · patches {p.get('patch_schedule') or 'fashion-resnet'}"
-    st.caption(f"{smoothing} · S = {p['steps']} · T = {p['start']:g} · n = {p['n']} · seed {p['seed']}{space}")
-    run = state.current_run()
-    if run is not None:
-        st.caption(f"Last run: {run.result.samples.shape[0]} samples in {run.result.seconds:.2f} s")
+frame.finish()

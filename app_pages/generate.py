@@ -8,7 +8,7 @@ from cdm_core.config import INDEX_KINDS, PATCH_MODELS
 from cdm_core.engine.sampler import time_grid
 from cdm_core.errors import CdmInputError
 from cdm_core.report import figures
-from ui import state
+from ui import frame, state
 from ui.compare import compare_panel
 from ui.live_chart import live_chart
 
@@ -134,16 +134,15 @@ def space_controls(ds, p: dict) -> None:
                        "about 3 minutes on Fashion-MNIST) and cached on disk.")
 
 
-def controls(ds) -> dict:
+def controls(ds):
+    """Every setting but σ, and the column the σ slider goes in (None when the model has no σ):
+    σ is drawn by the fragment below, so that a σ move reruns the fragment only."""
     p = dict(state.params())
     model_controls(ds, p)
     if p["model"] in PATCH_MODELS:
         p["space"] = "data"  # local models work on pixels
     else:
         space_controls(ds, p)
-    # the range is fixed per data set and space (state.sigma_range): a range that followed σ
-    # changed one rerun late and swallowed the move that crossed its boundary
-    sig_max, sig_step = state.sigma_range(state.dataset_name(), p.get("space", "data"), float(p["sigma"]))
     if p["model"] != "cfdm":  # σ, M, neighbours, index and Ray belong to the closed-form model
         c1, c2, c3, c4 = st.columns(4)
         p["steps"] = c1.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
@@ -153,10 +152,8 @@ def controls(ds) -> dict:
         p["seed"] = int(c4.number_input("Seed", 0, 2**31 - 1, int(p["seed"]), help=HELP["seed"], key="w_seed"))
         p["backend"], p["shards"] = "local", 0
         state.set_params(p)
-        return p
-    c1, c2, c3, c4 = st.columns(4)
-    p["sigma"] = c1.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
-                           help=HELP["sigma"], key="w_sigma", format="%.4g")
+        return p, None
+    sigma_box, c2, c3, c4 = st.columns(4)
     p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
     p["start"] = c4.slider("Start time T", 0.0, 0.95, float(p["start"]), step=0.05, help=HELP["start"], key="w_start")
@@ -171,7 +168,7 @@ def controls(ds) -> dict:
     if p["space"] == "latent":
         p["backend"], p["shards"] = "local", 0  # the autoencoder and its latents live in this process
         state.set_params(p)
-        return p
+        return p, sigma_box
     with st.expander("Compute backend", expanded=p.get("backend") == "ray"):
         b1, b2 = st.columns(2)
         p["backend"] = b1.radio("Backend", ["local", "ray"], index=1 if p.get("backend") == "ray" else 0,
@@ -185,7 +182,18 @@ def controls(ds) -> dict:
         else:
             p["shards"] = 0
     state.set_params(p)
-    return p
+    return p, sigma_box
+
+
+def sigma_control(box) -> None:
+    """The σ slider, in its column of the settings row, and σ into the settings."""
+    p = dict(state.params())
+    # the range is fixed per data set and space (state.sigma_range): a range that followed σ
+    # changed one rerun late and swallowed the move that crossed its boundary
+    sig_max, sig_step = state.sigma_range(state.dataset_name(), p.get("space", "data"), float(p["sigma"]))
+    p["sigma"] = box.slider("σ (smoothing)", 0.0, sig_max, min(float(p["sigma"]), sig_max), step=sig_step,
+                            help=HELP["sigma"], key="w_sigma", format="%.4g")
+    state.set_params(p)
 
 
 def summary(res, ds) -> None:
@@ -252,7 +260,23 @@ def body() -> None:
     st.title("Generate")
     ds = state.current_dataset()
     st.caption(f"Training-free samplers on **{ds.name}** ({ds.n:,} items), with the exact sources of every sample.")
-    p = controls(ds)
+    _, sigma_box = controls(ds)
+    live_part(ds, sigma_box)
+
+
+@st.fragment
+def live_part(ds, sigma_box) -> None:
+    """σ, the run and its results: what a σ move changes, rerun alone on a σ move (and on a click
+    in the results), so the other settings, the title and the sidebar are not sent again. The
+    sidebar's summary and the URL are refreshed by `frame.finish_fragment`."""
+    state.guard(lambda: live_body(ds, sigma_box))
+    frame.finish_fragment()
+
+
+def live_body(ds, sigma_box) -> None:
+    if sigma_box is not None:
+        sigma_control(sigma_box)
+    p = state.params()
     try:
         cfg = state.config_from(p, trajectory=not ds.is_image)
     except CdmInputError as e:
