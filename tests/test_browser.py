@@ -375,6 +375,59 @@ def test_slider_updates_sidebar_in_the_same_run(server, page, artifacts):
     no_exception(page)
 
 
+# Streamlit marks every element a rerun will redraw as stale (data-stale="true") when the run starts
+WATCH_STALE = """() => {
+    const box = (el) => el.closest('[data-testid="stElementContainer"]');
+    const watched = [box(document.querySelector('[data-testid="stHeading"]')),
+                     box(document.querySelectorAll('[data-testid="stSlider"]')[1]),
+                     box(document.querySelector('[data-testid="stSidebar"] [data-testid="stSelectbox"]'))];
+    window.__cfdmStale = [];
+    new MutationObserver((ms) => { for (const m of ms) if (m.target.getAttribute('data-stale') === 'true')
+        window.__cfdmStale.push(m.target.innerText.slice(0, 40)); })
+        .observe(document.body, {subtree: true, attributes: true, attributeFilter: ['data-stale']});
+    window.__cfdmWatched = watched;
+    return watched.every((el) => el);
+}"""
+STALE_WATCHED = """() => window.__cfdmStale.filter((t) =>
+    window.__cfdmWatched.some((el) => el.innerText.slice(0, 40) === t))"""
+
+
+def test_a_sigma_move_reruns_only_the_results_and_keeps_the_frame_in_step(server, page, artifacts):
+    """σ, the run and its results are one fragment: a σ move reruns it alone, so the title, the
+    other settings and the sidebar's data set are never redrawn (never marked stale), while the
+    samples, the sidebar's summary and the URL follow every move, small or to either end. A
+    change of another setting is a full run that keeps σ."""
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    wait_chart(page, "gen_scatter")
+    assert page.evaluate(WATCH_STALE)
+    selector = ".st-key-gen_scatter .js-plotly-plot"
+    for key in ["ArrowRight", "PageUp", "End", "Home", "ArrowRight"]:
+        before = page.evaluate(f"() => JSON.stringify(document.querySelector('{selector}').data)")
+        old = page.get_by_role("slider").first.get_attribute("aria-valuetext")
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press(key)
+        page.wait_for_function("(o) => document.querySelector('input[type=range]').getAttribute('aria-valuetext')"
+                               " !== o", arg=old)
+        new = float(page.get_by_role("slider").first.get_attribute("aria-valuetext"))
+        page.locator("[data-testid='stSidebar']").get_by_text(f"σ = {new:g} ·").wait_for()
+        wait_idle(page)
+        page.wait_for_function(f"(b) => JSON.stringify(document.querySelector('{selector}').data) !== b",
+                               arg=before)
+        assert f"sigma={new:g}" in page.url
+        assert "Last run: 64 samples" in page.locator("[data-testid='stSidebar']").inner_text()
+    assert page.evaluate(STALE_WATCHED) == []  # the fragment's reruns left them alone
+    assert page.locator("[data-testid='stSidebar']").get_by_text("σ = ").count() == 1  # one summary
+    draws = page.get_by_role("slider").nth(1)
+    draws.focus()
+    page.keyboard.press("ArrowRight")  # M is outside the fragment: a full run
+    page.locator("[data-testid='stSidebar']").get_by_text(f"σ = {new:g} · M = 5 ·").wait_for()
+    wait_idle(page)
+    assert page.evaluate(STALE_WATCHED)  # the full run redrew them
+    assert "draws=5" in page.url and f"sigma={new:g}" in page.url
+    assert page.get_by_role("slider").first.get_attribute("aria-valuetext") == f"{new:g}"
+    no_exception(page)
+
+
 @pytest.mark.parametrize("query,chart", [("data=moons&sigma=0.1", "gen_scatter"),
                                          ("data=digits&n=32&sigma=0.5&draws=4", "gen_grid")])
 def test_a_sigma_move_updates_the_samples_chart_in_place(server, page, artifacts, query, chart):
