@@ -235,6 +235,7 @@ def results(run, ds) -> None:
         if view == "Samples":
             fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio",
                                           highlight=sel if sel < len(res.samples) else None)
+            figures.steady_ranges(fig, ds.points, res.samples)  # the same layout while samples stay inside
             # updated in place on every σ move (ui/live_chart.py): a remounted chart took longer
             # to draw than the sampler took to run
             live_chart(fig, "gen_scatter", [1], lambda curve, i: state.select_sample(i))

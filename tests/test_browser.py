@@ -335,11 +335,19 @@ def test_plain_click_selects_a_sample(server, page, artifacts, query, chart):
     page.screenshot(path=str(artifacts / f"click-select-{chart}.png"), full_page=True)
 
 
-def test_box_selection_on_the_svg_scatter_selects_a_sample(server, page, artifacts):
+@pytest.mark.parametrize("moved", [False, True])
+def test_box_selection_on_the_svg_scatter_selects_a_sample(server, page, artifacts, moved):
     """Moons draws SVG traces (small clouds): a box around a sample that has no other sample
-    nearby selects that sample, not the training points the box also holds."""
+    nearby selects that sample, not the training points the box also holds; also after a σ move,
+    which moves the samples without drawing the chart again (plotly's selection styling threw
+    on the training cloud then, until live_chart restored its links)."""
     open_page(page, f"{server}/generate?data=moons&n=32&sigma=0.1&draws=4")
     page.get_by_text("Selected sample: #0").wait_for()
+    if moved:
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("ArrowRight")
+        page.locator("[data-testid='stSidebar']").get_by_text("σ = 0.105 ·").wait_for()
+        wait_idle(page)
     kinds = page.evaluate("() => document.querySelector('.st-key-gen_scatter .js-plotly-plot')._fullData"
                           ".map(t => t.type)")
     assert set(kinds) == {"scatter"}, kinds  # SVG, not WebGL (figures.SVG_POINTS)
@@ -453,6 +461,49 @@ def test_a_sigma_move_updates_the_samples_chart_in_place(server, page, artifacts
     assert page.locator(selector).count() == 1
     click_point(page, point_position(page, chart, 3))
     page.get_by_text("Selected sample: #3").wait_for()
+    no_exception(page)
+
+
+# every sample marker's position and colour as drawn (the second trace of the scatter)
+DRAWN_SAMPLES = """() => {
+    const g = document.querySelector('.st-key-gen_scatter .js-plotly-plot');
+    const pts = [...g.querySelectorAll('.scatterlayer .trace')[1].querySelectorAll('path.point')];
+    return pts.map((p) => [p.getAttribute('transform'), p.style.fill]);
+}"""
+
+
+def test_a_sigma_move_that_only_moves_samples_draws_what_a_full_redraw_draws(server, page, artifacts):
+    """A σ move that keeps the layout moves the sample markers (Plotly.animate, without redrawing
+    the training cloud) instead of drawing the chart again: every marker's position and colour
+    must then be what a full Plotly.react of the same figure draws, and the data the chart holds
+    must be the new samples."""
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    wait_chart(page, "gen_scatter")
+    for _ in range(3):
+        before = page.evaluate(DRAWN_SAMPLES)
+        old = page.get_by_role("slider").first.get_attribute("aria-valuetext")
+        page.evaluate("() => { window.__cfdmReacts = 0; const P = window.Plotly; if (!P.__cfdmCounted) {"
+                      " const r = P.react; P.react = (...a) => { window.__cfdmReacts += 1; return r(...a); };"
+                      " P.__cfdmCounted = true; } }")
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("(o) => document.querySelector('input[type=range]').getAttribute('aria-valuetext')"
+                               " !== o", arg=old)
+        new = float(page.get_by_role("slider").first.get_attribute("aria-valuetext"))
+        page.locator("[data-testid='stSidebar']").get_by_text(f"σ = {new:g} ·").wait_for()
+        wait_idle(page)
+        page.wait_for_function(f"(b) => JSON.stringify(({DRAWN_SAMPLES})()) !== JSON.stringify(b)", arg=before)
+        moved = page.evaluate(DRAWN_SAMPLES)
+        assert page.evaluate("() => window.__cfdmReacts") == 0  # moved, not drawn again
+        assert len(moved) == 64
+        redrawn = page.evaluate("""async () => {
+            const g = document.querySelector('.st-key-gen_scatter .js-plotly-plot');
+            await Plotly.react(g, g.data, g.layout);
+            return (""" + DRAWN_SAMPLES + """)();
+        }""")
+        assert moved == redrawn
+    click_point(page, point_position(page, "gen_scatter", 5))
+    page.get_by_text("Selected sample: #5").wait_for()
     no_exception(page)
 
 

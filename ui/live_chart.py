@@ -78,6 +78,43 @@ const themed = (layout, el) => {
 
 const instances = new WeakMap();  // one chart per mounted component (its parentElement)
 
+// A σ move changes where the samples are and their colours, nothing else: the training cloud,
+// the layout (explicit axis ranges) and every style stay. Plotly.react redraws every trace, and
+// the training cloud's points took most of its time; Plotly.animate without a redraw moves only
+// the traces named, as a frame of an animation. It is used only when nothing but the points
+// (x, y, marker colour) of some traces changed; anything else is drawn by Plotly.react.
+const MOVING = ['x', 'y'];
+const fixedPart = (trace) => {
+  const t = Object.assign({}, trace);
+  for (const k of MOVING) delete t[k];
+  if (t.marker) { t.marker = Object.assign({}, t.marker); delete t.marker.color; }
+  return JSON.stringify(t);
+};
+const movingPart = (trace) => JSON.stringify([trace.x, trace.y, trace.marker && trace.marker.color]);
+const movingData = (trace) => {
+  const d = {x: trace.x, y: trace.y};
+  if (trace.marker && trace.marker.color !== undefined) d.marker = {color: trace.marker.color};
+  return d;
+};
+// The animation recomputes every trace's calcdata but re-links to its SVG group (node3) only the
+// traces it moved; plotly's click selection styles every trace through that link and threw on
+// the others, so their links (to groups the animation left in place) are restored.
+const moveTraces = (Plotly, gd, traces, data) => {
+  const groups = (gd.calcdata || []).map((cd) => cd && cd[0] && cd[0].node3);
+  return Plotly.animate(gd, {data: traces.map((i) => movingData(data[i])), traces: traces},
+                        {frame: {duration: 0, redraw: false}, transition: {duration: 0}, mode: 'immediate'})
+    .then(() => (gd.calcdata || []).forEach((cd, i) => {
+      if (cd && cd[0] && !cd[0].node3 && groups[i]) cd[0].node3 = groups[i];
+    }));
+};
+// the traces to move ([] when nothing changed), or null where the chart must be drawn again
+const movedTraces = (before, now) => {
+  if (!before || before.layout !== now.layout || before.config !== now.config) return null;
+  if (before.fixed.length !== now.fixed.length || now.fixed.some((f, i) => f !== before.fixed[i])) return null;
+  const moved = now.moving.map((m, i) => (m !== before.moving[i] ? i : -1)).filter((i) => i >= 0);
+  return moved.every((i) => now.kinds[i] === 'scatter') ? moved : null;  // only SVG scatter moves
+};
+
 export default function(component) {
   const { data, parentElement, setTriggerValue } = component;
   let inst = instances.get(parentElement);
@@ -122,13 +159,23 @@ export default function(component) {
     Promise.resolve()
       .then(() => {
         const fig = JSON.parse(d.figure);
-        return Plotly.react(inst.div, fig.data, themed(fig.layout || {}, parentElement), d.config);
+        const layout = themed(fig.layout || {}, parentElement);
+        const drawn = {layout: JSON.stringify(layout), config: JSON.stringify(d.config || {}),
+                       fixed: fig.data.map(fixedPart), moving: fig.data.map(movingPart),
+                       kinds: fig.data.map((t) => t.type || 'scatter')};
+        const plan = movedTraces(inst.drawn, drawn);
+        inst.drawn = null;  // until this draw has succeeded
+        const draw = plan && !plan.length ? Promise.resolve()  // the same figure again
+          : plan ? moveTraces(Plotly, inst.div, plan, fig.data)
+          : Plotly.react(inst.div, fig.data, layout, d.config);
+        return draw.then(() => { inst.drawn = drawn; });
       })
       .then(() => { inst.curves = d.curves || []; inst.note.textContent = ''; hook(inst.div); })
       .catch((err) => {
         inst.note.textContent = 'The chart could not be drawn: ' + err.message;
         Plotly.purge(inst.div);  // the next figure starts from an empty chart, with its listeners again
         inst.hooked = false;
+        inst.drawn = null;
       })
       .finally(() => { inst.busy = false; drain(Plotly); });
   };

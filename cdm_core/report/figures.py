@@ -195,6 +195,27 @@ def samples_scatter(train: np.ndarray, samples: np.ndarray, values=None, value_n
     return fig
 
 
+def steady_ranges(fig: go.Figure, train: np.ndarray, samples: np.ndarray, cells: int = 8,
+                  pad: float = 0.05) -> go.Figure:
+    """Explicit axis ranges that cover the training points and the samples, padded by `pad` of
+    the training span and rounded outward to 1/`cells` of it: a σ move that keeps every sample
+    inside leaves the layout as it was, so the dashboard moves the samples instead of redrawing
+    the chart (ui/live_chart.py). Plotly's autorange would shift with every sample."""
+    pts = np.concatenate([np.asarray(train, np.float64)[:, :2], np.asarray(samples, np.float64)[:, :2]])
+    pts = pts[np.isfinite(pts).all(1)]
+    if not len(pts):
+        return fig
+    lo_t, hi_t = np.asarray(train, np.float64)[:, :2].min(0), np.asarray(train, np.float64)[:, :2].max(0)
+    span = hi_t - lo_t
+    span = np.where(span > 0, span, np.maximum(1.0, np.abs(hi_t)))  # a flat cloud still gets a range
+    cell = span / cells
+    lo = np.floor((pts.min(0) - pad * span) / cell) * cell
+    hi = np.ceil((pts.max(0) + pad * span) / cell) * cell
+    fig.update_xaxes(range=[float(lo[0]), float(hi[0])], autorange=False)
+    fig.update_yaxes(range=[float(lo[1]), float(hi[1])], autorange=False)
+    return fig
+
+
 def trajectories_figure(train: np.ndarray, trajectory: np.ndarray, times: np.ndarray,
                         title: str | None = None, max_paths: int = 64) -> go.Figure:
     """Animated 2-D trajectories from noise to data: faint full paths, a frame per step."""
