@@ -135,8 +135,8 @@ def space_controls(ds, p: dict) -> None:
 
 
 def controls(ds):
-    """Every setting but σ, and the column the σ slider goes in (None when the model has no σ):
-    σ is drawn by the fragment below, so that a σ move reruns the fragment only."""
+    """Every setting but σ, into the settings; returns the column the σ slider goes in (None when
+    the model has no σ): σ is drawn by the fragment below, so that a σ move reruns it alone."""
     p = dict(state.params())
     model_controls(ds, p)
     if p["model"] in PATCH_MODELS:
@@ -152,7 +152,7 @@ def controls(ds):
         p["seed"] = int(c4.number_input("Seed", 0, 2**31 - 1, int(p["seed"]), help=HELP["seed"], key="w_seed"))
         p["backend"], p["shards"] = "local", 0
         state.set_params(p)
-        return p, None
+        return None
     sigma_box, c2, c3, c4 = st.columns(4)
     p["draws"] = c2.slider("Draws M", 1, 32, int(p["draws"]), help=HELP["draws"], key="w_draws")
     p["steps"] = c3.slider("Steps S", 1, 200, int(p["steps"]), help=HELP["steps"], key="w_steps")
@@ -168,7 +168,7 @@ def controls(ds):
     if p["space"] == "latent":
         p["backend"], p["shards"] = "local", 0  # the autoencoder and its latents live in this process
         state.set_params(p)
-        return p, sigma_box
+        return sigma_box
     with st.expander("Compute backend", expanded=p.get("backend") == "ray"):
         b1, b2 = st.columns(2)
         p["backend"] = b1.radio("Backend", ["local", "ray"], index=1 if p.get("backend") == "ray" else 0,
@@ -182,7 +182,7 @@ def controls(ds):
         else:
             p["shards"] = 0
     state.set_params(p)
-    return p, sigma_box
+    return sigma_box
 
 
 def sigma_control(box) -> None:
@@ -261,8 +261,7 @@ def body() -> None:
     st.title("Generate")
     ds = state.current_dataset()
     st.caption(f"Training-free samplers on **{ds.name}** ({ds.n:,} items), with the exact sources of every sample.")
-    _, sigma_box = controls(ds)
-    live_part(ds, sigma_box)
+    live_part(ds, controls(ds))
 
 
 @st.fragment
