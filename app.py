@@ -68,7 +68,6 @@ with st.sidebar:
     missing = [n for n in REGISTRY if not availability(n)[0]]
     if missing:
         st.caption("Unavailable here: " + ", ".join(missing) + " (see the Data page).")
-frame.begin(notice_box, summary)  # filled by frame.finish, or by a fragment's rerun (ui/frame.py)
 
-nav.run()
-frame.finish()
+with frame.full_run(notice_box, summary):  # then the URL, notices and summary (ui/frame.py)
+    nav.run()

@@ -219,7 +219,7 @@ def results(run, ds) -> None:
     res = run.result
     summary(res, ds)
     ratio = metrics.nn_ratio(res.nn_dist)
-    sel = state.selected_sample()
+    sel = state.selected_sample(len(res.samples))  # a link's sample beyond the run: clamped, with a notice
     view = None
     if ds.is_image:
         fig = figures.image_grid_figure(res.samples, ds.image_shape, ncols=12, values=ratio, value_name="NN ratio",
@@ -234,8 +234,10 @@ def results(run, ds) -> None:
                                     label_visibility="collapsed") or "Samples"
         if view == "Samples":
             fig = figures.samples_scatter(ds.points[:, :2], res.samples[:, :2], values=ratio, value_name="NN ratio",
-                                          highlight=sel if sel < len(res.samples) else None)
+                                          highlight=sel)
             figures.steady_ranges(fig, ds.points, res.samples)  # the same layout while samples stay inside
+            # a zoom or pan is kept through σ moves and clicks alike (moved or redrawn), per data set
+            fig.update_layout(uirevision=ds.content_hash)
             # updated in place on every σ move (ui/live_chart.py): a remounted chart took longer
             # to draw than the sampler took to run
             live_chart(fig, "gen_scatter", [1], lambda curve, i: state.select_sample(i))
@@ -245,7 +247,7 @@ def results(run, ds) -> None:
                                                             time_grid(res.config.start, res.config.steps)),
                                 width="stretch", key="gen_traj")
                 st.caption("Press Play or drag the time slider: samples flow from noise (t = T) to data (t = 1).")
-    sel = state.selected_sample()
+    sel = state.selected_sample(len(res.samples))  # a click above may have changed it
     c1, c2 = st.columns([3, 1])
     if ds.is_image or view == "Samples":  # the trajectories view draws neither the colours nor the outline
         cue = "Border colour" if ds.is_image else "Colour"

@@ -420,3 +420,14 @@ def test_a_link_to_a_sample_beyond_the_run_says_which_one_is_shown():
     assert "sample=99999 is beyond this run's 8 samples: showing #7." in notices(at)
     at.switch_page("app_pages/generate.py").run()
     assert notices(at).count("sample=99999") == 1  # said once, kept until dismissed
+
+
+def test_a_link_to_a_sample_beyond_the_run_is_clamped_on_the_generate_page_too():
+    """Generate showed "Selected sample: #99999" with nothing outlined and no notice."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in {"data": "moons", "n": "8", "sample": "99999"}.items():
+        at.query_params[k] = v
+    at.switch_page("app_pages/generate.py").run()
+    assert not at.exception and not errors(at)
+    assert "sample=99999 is beyond this run's 8 samples: showing #7." in notices(at)
+    assert any("Selected sample: **#7**" in c.value for c in at.caption)

@@ -482,7 +482,7 @@ def test_a_sigma_move_that_only_moves_samples_draws_what_a_full_redraw_draws(ser
     for _ in range(3):
         before = page.evaluate(DRAWN_SAMPLES)
         old = page.get_by_role("slider").first.get_attribute("aria-valuetext")
-        page.evaluate("() => { window.__cfdmReacts = 0; const P = window.Plotly; if (!P.__cfdmCounted) {"
+        page.evaluate("() => { window.__cfdmReacts = 0; const P = window.__cfdmPlotlyLib; if (!P.__cfdmCounted) {"
                       " const r = P.react; P.react = (...a) => { window.__cfdmReacts += 1; return r(...a); };"
                       " P.__cfdmCounted = true; } }")
         page.get_by_role("slider").first.focus()
@@ -498,12 +498,50 @@ def test_a_sigma_move_that_only_moves_samples_draws_what_a_full_redraw_draws(ser
         assert len(moved) == 64
         redrawn = page.evaluate("""async () => {
             const g = document.querySelector('.st-key-gen_scatter .js-plotly-plot');
-            await Plotly.react(g, g.data, g.layout);
+            await window.__cfdmPlotlyLib.react(g, g.data, g.layout);
             return (""" + DRAWN_SAMPLES + """)();
         }""")
         assert moved == redrawn
     click_point(page, point_position(page, "gen_scatter", 5))
     page.get_by_text("Selected sample: #5").wait_for()
+    no_exception(page)
+
+
+def test_a_zoom_on_the_samples_chart_is_kept_through_sigma_moves_and_clicks(server, page, artifacts):
+    """A zoom survives a σ move (the samples are moved) and a click on a sample (the chart is
+    drawn again, a new highlight): both paths keep what the user set (uirevision)."""
+    open_page(page, f"{server}/generate?data=moons&sigma=0.1")
+    wait_chart(page, "gen_scatter")
+    ranges = """() => { const l = document.querySelector('.st-key-gen_scatter .js-plotly-plot')._fullLayout;
+                        return [l.xaxis.range.map((v) => +v.toFixed(3)), l.yaxis.range.map((v) => +v.toFixed(3))]; }"""
+    # a zoom by mouse (a GUI edit, which uirevision keeps; a plain relayout would be the figure's)
+    page.locator(".st-key-gen_scatter").scroll_into_view_if_needed()
+    box = page.locator(".st-key-gen_scatter .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.locator(".st-key-gen_scatter .modebar-btn[data-title='Zoom']").click()
+    page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.7 * box["width"], box["y"] + 0.7 * box["height"], steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    zoomed = page.evaluate(ranges)
+    page.get_by_role("slider").first.focus()
+    page.keyboard.press("ArrowRight")
+    page.locator("[data-testid='stSidebar']").get_by_text("σ = 0.105 ·").wait_for()
+    wait_idle(page)
+    assert page.evaluate(ranges) == zoomed
+    # the slider's focus scrolled the page: the plot area is measured where it is now
+    page.locator(".st-key-gen_scatter").scroll_into_view_if_needed()
+    box = stable_box(page.locator(".st-key-gen_scatter .nsewdrag").first)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.locator(".st-key-gen_scatter .modebar-btn[data-title='Box Select']").click()  # back to selecting
+    inside = next(i for i in range(1, 64) if box["x"] + 10 < (q := point_position(page, "gen_scatter", i))["x"]
+                  < box["x"] + box["width"] - 10 and box["y"] + 10 < q["y"] < box["y"] + box["height"] - 10)
+    click_point(page, point_position(page, "gen_scatter", inside))
+    page.get_by_text(f"Selected sample: #{inside}").wait_for()
+    wait_idle(page)
+    assert page.evaluate(ranges) == zoomed
     no_exception(page)
 
 

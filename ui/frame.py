@@ -11,6 +11,8 @@ which draws the notice with its Dismiss button.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import streamlit as st
 
 from ui import state
@@ -19,6 +21,19 @@ _BOXES = "_frame_boxes"  # (notices, summary) placeholders of the last full run
 _FULL_RUN = "_frame_full_run"  # True between `begin` and `finish` of a full run
 _SHOWN = "_frame_notices_shown"  # the link notices the last full run drew
 _SUMMARY_BY_FRAGMENT = "_frame_summary_by_fragment"  # a fragment wrote the summary in this full run
+
+
+@contextmanager
+def full_run(notice_box, summary_box):
+    """Around the page of a full run: the placeholders `finish` and fragments fill, then `finish`.
+    A run that ends early (st.rerun, st.stop, an error) is no longer a full run either, so the
+    fragment reruns that follow still refresh the URL and the summary."""
+    begin(notice_box, summary_box)
+    try:
+        yield
+        finish()
+    finally:
+        st.session_state[_FULL_RUN] = False
 
 
 def begin(notice_box, summary_box) -> None:

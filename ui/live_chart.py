@@ -36,15 +36,24 @@ PLOTLY_SOURCE = Path(plotly.__file__).parent / "package_data" / "plotly.min.js" 
 PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"  # versioned: a stale copy is never served for a newer plotly.py
 
 JS = POINT_JS + r"""
+// Always the copy this app serves, kept apart from window.Plotly: st.plotly_chart sets that
+// global to Streamlit's own plotly.js when it draws a chart, and the in-place move below relies on
+// the version it was tested with. A global that was there before ours is put back.
 const loadPlotly = (url) => {
-  if (window.Plotly) return Promise.resolve(window.Plotly);
   if (!window.__cfdmPlotly) {
     window.__cfdmPlotly = new Promise((resolve, reject) => {
+      const before = window.Plotly;
       const s = document.createElement('script');
       s.src = url;
       // a failed load is tried again on the next draw, not remembered for the tab's lifetime
       const fail = (why) => { window.__cfdmPlotly = null; s.remove(); reject(new Error(why)); };
-      s.onload = () => (window.Plotly ? resolve(window.Plotly) : fail('no Plotly in ' + url));
+      s.onload = () => {
+        const ours = window.Plotly;
+        if (before !== undefined) window.Plotly = before;
+        if (!ours || ours === before) return fail('no Plotly in ' + url);
+        window.__cfdmPlotlyLib = ours;  // for the cleanup below (and for tests)
+        return resolve(ours);
+      };
       s.onerror = () => fail('could not load ' + url);
       document.head.appendChild(s);
     });
@@ -186,7 +195,7 @@ export default function(component) {
   // a chart that has left the page is released (plotly's resize listener holds it otherwise)
   return () => {
     if (parentElement.isConnected) return;
-    if (window.Plotly) window.Plotly.purge(inst.div);
+    if (window.__cfdmPlotlyLib) window.__cfdmPlotlyLib.purge(inst.div);
     instances.delete(parentElement);
   };
 }

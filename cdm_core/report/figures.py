@@ -211,8 +211,12 @@ def steady_ranges(fig: go.Figure, train: np.ndarray, samples: np.ndarray, cells:
     cell = span / cells
     lo = np.floor((pts.min(0) - pad * span) / cell) * cell
     hi = np.ceil((pts.max(0) + pad * span) / cell) * cell
-    fig.update_xaxes(range=[float(lo[0]), float(hi[0])], autorange=False)
-    fig.update_yaxes(range=[float(lo[1]), float(hi[1])], autorange=False)
+    # constrain="domain": an equal-aspect chart (scaleanchor) keeps exactly these ranges and
+    # narrows its plot area instead. With plotly's default ("range") the browser widens the range
+    # to the aspect and writes the widened one back, so the next figure's range differs from it
+    # and plotly's uirevision drops the user's zoom on every redraw.
+    fig.update_xaxes(range=[float(lo[0]), float(hi[0])], autorange=False, constrain="domain")
+    fig.update_yaxes(range=[float(lo[1]), float(hi[1])], autorange=False, constrain="domain")
     return fig
 
 
